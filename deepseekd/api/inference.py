@@ -1,0 +1,173 @@
+"""Turns validated OpenAI requests into engine calls: model lookup, context and cap checks."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import AsyncIterator, Sequence
+
+from deepseekd.api.errors import APIError, bad_request, unavailable
+from deepseekd.api.schemas import ChatCompletionRequest, CompletionRequest, _Sampling
+from deepseekd.config import ApiSettings
+from deepseekd.engine.types import (
+    Engine,
+    EngineRejected,
+    EngineUnavailable,
+    GenerationOptions,
+    GenerationStep,
+)
+from deepseekd.lifecycle import Lifecycle, Phase
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A request ready for the engine."""
+
+    model: str
+    prompt_ids: list[int]
+    options: GenerationOptions
+
+
+class InferenceService:
+    def __init__(self, lifecycle: Lifecycle, limits: ApiSettings) -> None:
+        self._life = lifecycle
+        self._limits = limits
+
+    def engine(self) -> Engine:
+        """The engine, or a 503 that says why it cannot take requests now."""
+        life = self._life
+        if life.phase is Phase.READY and life.engine is not None:
+            return life.engine
+        if life.phase in (Phase.LOADING, Phase.WARMING):
+            raise unavailable("the model is loading and warming up; retry shortly", code="warming_up")
+        if life.phase is Phase.DRAINING:
+            raise unavailable("the service is shutting down", code="shutting_down")
+        raise unavailable("the inference engine is not running")
+
+    def check_model(self, requested: str | None) -> Engine:
+        engine = self.engine()
+        if requested is not None and requested != engine.model_name:
+            raise APIError(
+                404,
+                f"model '{requested}' does not exist; available: {engine.model_name}",
+                code="model_not_found",
+                param="model",
+            )
+        return engine
+
+    async def prepare_chat(self, req: ChatCompletionRequest) -> Prepared:
+        engine = self.check_model(req.model)
+        if len(req.messages) > self._limits.max_messages:
+            raise bad_request(
+                f"messages: at most {self._limits.max_messages} messages per request",
+                param="messages",
+            )
+        messages = [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.content}
+            for m in req.messages
+        ]
+        try:
+            prompt_ids = await engine.encode_chat(messages)
+        except (ValueError, TypeError, KeyError) as exc:
+            # Chat templates raise for sequences they cannot render (e.g. two system turns).
+            raise bad_request(
+                f"messages: the model's chat template cannot render these messages: {exc}",
+                param="messages",
+            ) from None
+        if req.top_logprobs is not None and not req.logprobs:
+            raise bad_request("top_logprobs: requires logprobs to be true", param="top_logprobs")
+        logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        max_tokens = req.max_completion_tokens or req.max_tokens
+        param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+        return Prepared(
+            engine.model_name,
+            prompt_ids,
+            self._options(req, engine, prompt_ids, max_tokens, param, logprobs, "top_logprobs"),
+        )
+
+    async def prepare_completion(self, req: CompletionRequest) -> Prepared:
+        engine = self.check_model(req.model)
+        if not req.prompt:
+            raise bad_request("prompt: must not be empty", param="prompt")
+        prompt_ids = await engine.encode_text(req.prompt)
+        return Prepared(
+            engine.model_name,
+            prompt_ids,
+            self._options(req, engine, prompt_ids, req.max_tokens, "max_tokens", req.logprobs, "logprobs"),
+        )
+
+    async def prepare_simple(self, prompt: str, max_tokens: int | None) -> Prepared:
+        engine = self.engine()
+        prompt_ids = await engine.encode_chat([{"role": "user", "content": prompt}])
+        req = _Sampling()
+        return Prepared(
+            engine.model_name,
+            prompt_ids,
+            self._options(req, engine, prompt_ids, max_tokens, "max_tokens", None, "logprobs"),
+        )
+
+    def _options(
+        self,
+        req: _Sampling,
+        engine: Engine,
+        prompt_ids: Sequence[int],
+        max_tokens: int | None,
+        max_param: str,
+        logprobs: int | None,
+        logprobs_param: str,
+    ) -> GenerationOptions:
+        lim = self._limits
+        context = engine.max_model_len
+        room = context - len(prompt_ids)
+        if room <= 0:
+            raise bad_request(
+                f"messages: the prompt is {len(prompt_ids)} tokens, but this model's context "
+                f"is {context} tokens; shorten the prompt",
+                param="messages" if logprobs_param == "top_logprobs" else "prompt",
+                code="context_length_exceeded",
+            )
+        if req.n > lim.max_n:
+            raise bad_request(f"n: at most {lim.max_n} choices per request", param="n")
+        if logprobs is not None and logprobs > lim.max_logprobs:
+            raise bad_request(
+                f"{logprobs_param}: at most {lim.max_logprobs} on this server", param=logprobs_param
+            )
+        if max_tokens is None:
+            max_tokens = min(room, lim.max_tokens_cap)
+        elif max_tokens > lim.max_tokens_cap:
+            raise bad_request(
+                f"{max_param}: at most {lim.max_tokens_cap} on this server", param=max_param
+            )
+        elif max_tokens > room:
+            raise bad_request(
+                f"{max_param}: this model's context is {context} tokens and the prompt takes "
+                f"{len(prompt_ids)}, so at most {room} tokens can be generated; you asked for {max_tokens}",
+                param=max_param,
+                code="context_length_exceeded",
+            )
+        return GenerationOptions(
+            max_tokens=max_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            n=req.n,
+            stop=req.stop,
+            seed=req.seed,
+            presence_penalty=req.presence_penalty,
+            frequency_penalty=req.frequency_penalty,
+            logprobs=logprobs,
+        )
+
+    async def run(
+        self, prepared: Prepared, request_id: str, *, stream: bool
+    ) -> AsyncIterator[GenerationStep]:
+        """Engine steps; engine failures become 503/400. Closing the iterator aborts the request."""
+        engine = self.engine()
+        gen = engine.generate(prepared.prompt_ids, prepared.options, request_id, stream=stream)
+        async with contextlib.aclosing(gen):
+            try:
+                async for step in gen:
+                    yield step
+            except EngineUnavailable as exc:
+                raise unavailable(str(exc)) from exc
+            except EngineRejected as exc:
+                raise bad_request(str(exc)) from exc

@@ -1,0 +1,276 @@
+"""Typed, frozen settings: a TOML file, then ``DEEPSEEKD_*`` environment overrides.
+
+Every field carries a one-line ``doc`` and its constraints in ``metadata``; the
+loader checks types, ranges and choices before anything heavy starts, and every
+error names the config path (``engine.dtype``) and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "DEEPSEEKD_"
+DEFAULT_CONFIG_PATH = Path("config/deepseekd.toml")
+
+
+class ConfigError(Exception):
+    """A setting is missing, unknown, of the wrong type or out of range."""
+
+
+def _f(default: Any, doc: str, **constraints: Any) -> Any:
+    """A settings field with its documentation and constraints."""
+    return field(default=default, metadata={"doc": doc, **constraints})
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = _f("127.0.0.1", "Address to listen on; keep loopback unless TLS is set up.")
+    port: int = _f(8000, "TCP port to listen on.", min=1, max=65535)
+    max_body_bytes: int = _f(
+        4 * 1024 * 1024, "Largest request body accepted; larger bodies get 413.", min=1024
+    )
+    drain_timeout_s: float = _f(
+        30.0, "On SIGTERM, how long in-flight requests may run before the daemon stops.", min=0
+    )
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    model: str = _f(
+        "smollm2-135m-instruct",
+        "An imported model's name (see `deepseekd model list`) or a path to a Hugging Face folder.",
+    )
+    device: str = _f(
+        "auto", "Where the engine runs; auto picks cuda when a GPU is visible.",
+        choices=("auto", "cpu", "cuda"),
+    )
+    dtype: str = _f(
+        "auto", "Weight and activation type.", choices=("auto", "bfloat16", "float16", "float32")
+    )
+    max_model_len: int = _f(
+        4096, "Context window in tokens (prompt + answer); 0 takes the model's own.", min=0
+    )
+    max_num_seqs: int = _f(64, "Sequences the engine batches at once.", min=1, max=4096)
+    enforce_eager: bool = _f(
+        False, "Skip graph compilation: starts faster, serves about half as fast on CPU."
+    )
+    kv_cache_gib: int = _f(2, "KV-cache size in whole GiB on a CPU box.", min=1, max=1024)
+    gpu_memory_utilization: float = _f(
+        0.90, "Share of GPU memory the engine may take on a GPU box.", min=0.05, max=0.99
+    )
+    quantization: str = _f(
+        "none", "Weight quantization passed to vLLM.",
+        choices=("none", "fp8", "awq", "gptq", "compressed-tensors", "bitsandbytes"),
+    )
+    enable_prefix_caching: bool = _f(True, "Reuse KV blocks of shared prompt prefixes.")
+    cpu_threads: int = _f(0, "Engine threads on a CPU box; 0 lets vLLM use every core.", min=0)
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    max_tokens_cap: int = _f(4096, "Largest max_tokens a request may ask for.", min=1)
+    max_n: int = _f(8, "Largest n (choices per request).", min=1, max=128)
+    max_logprobs: int = _f(5, "Largest top_logprobs / logprobs a request may ask for.", min=0, max=20)
+    max_messages: int = _f(1000, "Most messages one chat request may carry.", min=1)
+
+
+@dataclass(frozen=True)
+class WarmupSettings:
+    requests: int = _f(
+        -1,
+        "Real generations before /readyz turns 200; -1 = auto (2 on CPU, 8 on GPU).",
+        min=-1, max=1000,
+    )
+    max_tokens: int = _f(16, "Tokens each warmup generation produces.", min=1, max=1024)
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = _f(Path("data"), "State directory: models, keys, database (relative to cwd).")
+    server: ServerSettings = field(default_factory=ServerSettings)
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
+    warmup: WarmupSettings = field(default_factory=WarmupSettings)
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _is_section(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _describe(meta: Mapping[str, Any], tp: Any) -> str:
+    if "choices" in meta:
+        return "one of " + ", ".join(repr(c) for c in meta["choices"])
+    lo, hi = meta.get("min"), meta.get("max")
+    name = getattr(tp, "__name__", str(tp))
+    if name == "Path":
+        name = "path"
+    if lo is not None and hi is not None:
+        return f"{name} from {lo} to {hi}"
+    if lo is not None:
+        return f"{name} >= {lo}"
+    return name
+
+
+def _coerce(path: str, raw: Any, tp: Any, meta: Mapping[str, Any], from_env: bool) -> Any:
+    """Turn a TOML or environment value into the field's type, or raise ConfigError."""
+    want = _describe(meta, tp)
+    if from_env and isinstance(raw, str):
+        text = raw.strip()
+        if tp is bool:
+            low = text.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ConfigError(f"{path}: expected true or false, got {raw!r}")
+        if tp in (int, float):
+            try:
+                raw = tp(text)
+            except ValueError:
+                raise ConfigError(f"{path}: expected {want}, got {raw!r}") from None
+    if tp is bool:
+        if not isinstance(raw, bool):
+            raise ConfigError(f"{path}: expected true or false, got {raw!r}")
+        return raw
+    if tp is int:
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise ConfigError(f"{path}: expected {want}, got {raw!r}")
+        value: Any = raw
+    elif tp is float:
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+            raise ConfigError(f"{path}: expected {want}, got {raw!r}")
+        value = float(raw)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"{path}: expected a finite number, got {raw!r}")
+    elif tp is str:
+        if not isinstance(raw, str):
+            raise ConfigError(f"{path}: expected a string, got {raw!r}")
+        value = raw
+    elif tp is Path:
+        if not isinstance(raw, str) or not raw:
+            raise ConfigError(f"{path}: expected a path, got {raw!r}")
+        value = Path(raw)
+    else:  # pragma: no cover - a field type the loader does not know is a programming error
+        raise TypeError(f"unsupported settings type {tp!r} for {path}")
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{path}: expected {want}, got {raw!r}")
+    if "min" in meta and value < meta["min"]:
+        raise ConfigError(f"{path}: expected {want}, got {raw!r}")
+    if "max" in meta and value > meta["max"]:
+        raise ConfigError(f"{path}: expected {want}, got {raw!r}")
+    return value
+
+
+def _build(cls: type, data: Mapping[str, Any], env: Mapping[str, str], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in known:
+            where = f"{prefix}{key}"
+            raise ConfigError(
+                f"{where}: unknown setting; known here: {', '.join(sorted(known))}"
+            )
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        path = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        if _is_section(tp):
+            sub = data.get(f.name, {})
+            if not isinstance(sub, dict):
+                raise ConfigError(f"{path}: expected a [{path}] table")
+            kwargs[f.name] = _build(tp, sub, env, path + ".")
+            continue
+        env_name = ENV_PREFIX + path.upper().replace(".", "__")
+        if env_name in env:
+            kwargs[f.name] = _coerce(path, env[env_name], tp, f.metadata, from_env=True)
+        elif f.name in data:
+            kwargs[f.name] = _coerce(path, data[f.name], tp, f.metadata, from_env=False)
+    return cls(**kwargs)
+
+
+def _check_env_names(env: Mapping[str, str]) -> None:
+    """Reject DEEPSEEKD_* variables that name no setting (a typo must not pass silently)."""
+    valid: set[str] = set()
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            path = f"{prefix}{f.name}"
+            if _is_section(hints[f.name]):
+                walk(hints[f.name], path + ".")
+            else:
+                valid.add(ENV_PREFIX + path.upper().replace(".", "__"))
+
+    walk(Settings, "")
+    not_settings = {ENV_PREFIX + "CONFIG"}
+    for name in env:
+        if name.startswith(ENV_PREFIX) and name not in valid and name not in not_settings:
+            raise ConfigError(
+                f"{name}: no such setting (use DEEPSEEKD_<SECTION>__<KEY>, e.g. DEEPSEEKD_SERVER__PORT)"
+            )
+
+
+def load_settings(
+    path: Path | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Read the TOML file at ``path`` (optional when it is the default) and apply env overrides."""
+    env = dict(os.environ if env is None else env)
+    explicit = path is not None or ENV_PREFIX + "CONFIG" in env
+    path = Path(path or env.get(ENV_PREFIX + "CONFIG") or DEFAULT_CONFIG_PATH)
+    data: dict[str, Any] = {}
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    _check_env_names(env)
+    return _build(Settings, data, env, "")
+
+
+def settings_doc() -> list[tuple[str, Any, str]]:
+    """(path, default, doc) for every setting, for docs and tests."""
+    out: list[tuple[str, Any, str]] = []
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            if _is_section(tp):
+                walk(tp, f"{prefix}{f.name}.")
+            else:
+                out.append((f"{prefix}{f.name}", f.default, f.metadata["doc"]))
+
+    walk(Settings, "")
+    return out
+
+
+__all__ = [
+    "ApiSettings",
+    "ConfigError",
+    "EngineSettings",
+    "ServerSettings",
+    "Settings",
+    "WarmupSettings",
+    "load_settings",
+    "settings_doc",
+]

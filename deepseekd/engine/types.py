@@ -1,0 +1,91 @@
+"""Engine-neutral request and output types: the API layer speaks these, never vLLM's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Protocol, Sequence
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """OpenAI sampling parameters after validation (ranges and caps already checked)."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    n: int = 1
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: int | None = None
+    """Top alternatives to return per output token; None = no logprobs at all."""
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass
+class ChoiceDelta:
+    """New output of one choice since the last delta (streaming) or in full (final)."""
+
+    index: int
+    text: str
+    token_count: int
+    finish_reason: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+@dataclass
+class GenerationStep:
+    """One batch of deltas from the engine; ``finished`` is set on the last one."""
+
+    choices: list[ChoiceDelta]
+    prompt_tokens: int
+    finished: bool
+
+
+class EngineUnavailable(Exception):
+    """The engine is loading, dead or shutting down: the request may be retried later."""
+
+
+class EngineRejected(ValueError):
+    """The engine refused the request as invalid (a 400 for the client)."""
+
+
+class Engine(Protocol):
+    """What the HTTP layer needs from an engine (vLLM in production, a fake in unit tests)."""
+
+    @property
+    def model_name(self) -> str:
+        """The name clients pass as ``model``."""
+
+    @property
+    def max_model_len(self) -> int:
+        """Context window in tokens."""
+
+    @property
+    def device(self) -> str:
+        """'cpu', 'cuda', ...: picks defaults such as the warmup count."""
+
+    @property
+    def dead(self) -> bool:
+        """True once the engine cannot serve any more."""
+
+    async def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        """Apply the model's chat template and tokenize."""
+
+    async def encode_text(self, prompt: str) -> list[int]:
+        """Tokenize a raw completion prompt."""
+
+    def generate(
+        self, prompt_ids: list[int], options: GenerationOptions, request_id: str, *, stream: bool
+    ) -> AsyncIterator[GenerationStep]:
+        """Run one request; closing the iterator early aborts it in the engine."""
+
+    async def check_health(self) -> None:
+        """Raise EngineUnavailable when the engine is dead."""

@@ -1,0 +1,207 @@
+"""The vLLM engine: AsyncLLM with prefix caching, chat templates and abort on disconnect."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator, Sequence
+
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.exceptions import GracefulHTTPError, VLLMClientError
+from vllm.inputs import TokensPrompt
+from vllm.platforms import current_platform
+from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.engine.exceptions import EngineDeadError
+
+from deepseekd.config import EngineSettings
+from deepseekd.engine.sampling import to_sampling_params
+from deepseekd.engine.types import (
+    ChoiceDelta,
+    EngineRejected,
+    EngineUnavailable,
+    GenerationOptions,
+    GenerationStep,
+    TokenLogprob,
+)
+
+log = logging.getLogger(__name__)
+
+
+def device_kind() -> str:
+    """'cpu' or 'cuda' (or another accelerator name) as vLLM's platform sees it."""
+    return "cpu" if current_platform.is_cpu() else str(current_platform.device_type)
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Everything needed to start the engine, resolved from settings."""
+
+    model_path: Path
+    model_name: str
+    settings: EngineSettings
+    max_logprobs: int
+
+
+def engine_args(spec: EngineSpec) -> AsyncEngineArgs:
+    s = spec.settings
+    kwargs: dict[str, object] = dict(
+        model=str(spec.model_path),
+        served_model_name=[spec.model_name],
+        dtype=s.dtype,
+        max_model_len=s.max_model_len or None,
+        max_num_seqs=s.max_num_seqs,
+        enforce_eager=s.enforce_eager,
+        enable_prefix_caching=s.enable_prefix_caching,
+        quantization=None if s.quantization == "none" else s.quantization,
+        max_logprobs=max(spec.max_logprobs, 1),
+        disable_log_stats=True,
+        enable_log_requests=False,  # request logs would carry prompts
+    )
+    if device_kind() != "cpu":
+        kwargs["gpu_memory_utilization"] = s.gpu_memory_utilization
+    return AsyncEngineArgs(**kwargs)  # type: ignore[arg-type]
+
+
+class VllmEngine:
+    """One AsyncLLM for the daemon's lifetime. Use as ``async with VllmEngine(spec) as e``."""
+
+    def __init__(self, spec: EngineSpec) -> None:
+        self._spec = spec
+        self._llm: AsyncLLM | None = None
+        self._tokenizer: object | None = None
+        self._max_model_len = 0
+        self._dead = False
+
+    async def __aenter__(self) -> "VllmEngine":
+        # Building AsyncLLM spawns the engine core and loads the weights: keep the loop free.
+        # If we are cancelled meanwhile, wait for the thread and shut the engine down, so no
+        # engine process outlives the daemon.
+        building = asyncio.ensure_future(
+            asyncio.to_thread(AsyncLLM.from_engine_args, engine_args(self._spec))
+        )
+        try:
+            self._llm = await asyncio.shield(building)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                (await building).shutdown()
+            raise
+        self._tokenizer = self._llm.get_tokenizer()
+        self._max_model_len = int(self._llm.model_config.max_model_len)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            llm.shutdown()
+
+    # -- Engine protocol -------------------------------------------------------------
+
+    @property
+    def model_name(self) -> str:
+        return self._spec.model_name
+
+    @property
+    def max_model_len(self) -> int:
+        return self._max_model_len
+
+    @property
+    def device(self) -> str:
+        return device_kind()
+
+    @property
+    def dead(self) -> bool:
+        if self._dead:
+            return True
+        if self._llm is not None and self._llm.errored:
+            self._dead = True
+        return self._dead
+
+    async def check_health(self) -> None:
+        if self._llm is None or self.dead:
+            raise EngineUnavailable("the inference engine is not running")
+        try:
+            await self._llm.check_health()
+        except EngineDeadError as exc:
+            self._dead = True
+            raise EngineUnavailable("the inference engine died") from exc
+
+    async def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        tok = self._tokenizer
+
+        def render() -> list[int]:
+            text = tok.apply_chat_template(  # type: ignore[attr-defined]
+                list(messages), add_generation_prompt=True, tokenize=False
+            )
+            return list(tok.encode(text, add_special_tokens=False))  # type: ignore[attr-defined]
+
+        return await asyncio.to_thread(render)
+
+    async def encode_text(self, prompt: str) -> list[int]:
+        tok = self._tokenizer
+        return await asyncio.to_thread(
+            lambda: list(tok.encode(prompt, add_special_tokens=True))  # type: ignore[attr-defined]
+        )
+
+    async def generate(
+        self, prompt_ids: list[int], options: GenerationOptions, request_id: str, *, stream: bool
+    ) -> AsyncIterator[GenerationStep]:
+        llm = self._llm
+        if llm is None or self.dead:
+            raise EngineUnavailable("the inference engine is not running")
+        params = to_sampling_params(options, stream=stream)
+        (engine_input,) = llm.renderer.render_cmpl(
+            [TokensPrompt(prompt_token_ids=prompt_ids)]
+        )
+        want_logprobs = options.logprobs is not None
+        gen = llm.generate(engine_input, params, request_id)
+        try:
+            async with contextlib.aclosing(gen):
+                async for out in gen:
+                    choices = [
+                        ChoiceDelta(
+                            index=o.index,
+                            text=o.text,
+                            token_count=len(o.token_ids),
+                            finish_reason=o.finish_reason,
+                            logprobs=_logprobs(o.token_ids, o.logprobs, options.logprobs or 0)
+                            if want_logprobs
+                            else [],
+                        )
+                        for o in out.outputs
+                    ]
+                    yield GenerationStep(
+                        choices=choices,
+                        prompt_tokens=len(out.prompt_token_ids or prompt_ids),
+                        finished=out.finished,
+                    )
+        except EngineDeadError as exc:
+            self._dead = True
+            raise EngineUnavailable("the inference engine died") from exc
+        except GracefulHTTPError as exc:
+            raise EngineUnavailable(exc.message) from exc
+        except VLLMClientError as exc:
+            raise EngineRejected(str(exc)) from exc
+
+
+def _logprobs(token_ids: Sequence[int], entries: object, top_k: int) -> list[TokenLogprob]:
+    """vLLM's per-token {token_id: Logprob} dicts → tokens with their top alternatives."""
+    if not entries:
+        return []
+    out: list[TokenLogprob] = []
+    for tid, entry in zip(token_ids, entries):  # type: ignore[call-overload]
+        chosen = entry.get(tid)
+        ranked = sorted(
+            (lp for lp in entry.values() if lp.rank is not None and lp.rank <= top_k),
+            key=lambda lp: lp.rank,
+        )
+        out.append(
+            TokenLogprob(
+                token=(chosen.decoded_token or "") if chosen else "",
+                logprob=float(chosen.logprob) if chosen else float("-inf"),
+                top=tuple((lp.decoded_token or "", float(lp.logprob)) for lp in ranked),
+            )
+        )
+    return out
