@@ -157,9 +157,11 @@ class VllmEngine:
         )
         want_logprobs = options.logprobs is not None
         gen = llm.generate(engine_input, params, request_id)
+        finished = False
         try:
-            async with contextlib.aclosing(gen):
+            async with contextlib.aclosing(gen):  # closing early makes vLLM abort the request
                 async for out in gen:
+                    finished = out.finished
                     choices = [
                         ChoiceDelta(
                             index=o.index,
@@ -184,6 +186,9 @@ class VllmEngine:
             raise EngineUnavailable(exc.message) from exc
         except VLLMClientError as exc:
             raise EngineRejected(str(exc)) from exc
+        finally:
+            if not finished:
+                log.info("engine request aborted", extra={"request_id": request_id})
 
 
 def _logprobs(token_ids: Sequence[int], entries: object, top_k: int) -> list[TokenLogprob]:

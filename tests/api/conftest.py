@@ -1,0 +1,107 @@
+"""The real aiohttp app, in-process, over a FakeEngine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from deepseekd.app import build_app
+from deepseekd.config import Settings, load_settings
+from deepseekd.keys import LIFECYCLE
+from deepseekd.lifecycle import Lifecycle
+from deepseekd.security.apikeys import KeyVerifier, generate_api_key, hash_api_key
+
+try:
+    from tests.fakes import FakeEngine
+except ImportError:  # run without the repo root on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from tests.fakes import FakeEngine
+
+MODEL = "fake-model"
+READY_TIMEOUT_S = 5.0
+
+
+@dataclass
+class Daemon:
+    client: TestClient
+    app: web.Application
+    engine: FakeEngine
+    key: str
+    settings: Settings
+
+    @property
+    def life(self) -> Lifecycle:
+        return self.app[LIFECYCLE]
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    async def post(self, path: str, body: Any, headers: dict[str, str] | None = None) -> Any:
+        return await self.client.post(path, json=body, headers={**self.auth, **(headers or {})})
+
+    async def post_json(self, path: str, body: Any, status: int = 200,
+                        headers: dict[str, str] | None = None) -> dict[str, Any]:
+        resp = await self.post(path, body, headers)
+        text = await resp.text()
+        assert resp.status == status, text
+        return json.loads(text)
+
+    async def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            resp = await self.client.get("/readyz")
+            body = await resp.json()
+            if resp.status == 200:
+                return
+            assert loop.time() < deadline, f"not ready after {timeout}s: {body}"
+            await asyncio.sleep(0.01)
+
+
+MakeDaemon = Callable[..., Awaitable[Daemon]]
+
+
+@pytest.fixture
+def make_daemon(aiohttp_client: Any, tmp_path: Path) -> MakeDaemon:
+    """``await make_daemon(engine=FakeEngine(...), env={...}, ready=True)``."""
+
+    async def make(
+        engine: FakeEngine | None = None,
+        env: dict[str, str] | None = None,
+        ready: bool = True,
+    ) -> Daemon:
+        fake = engine or FakeEngine(model_name=MODEL)
+        settings = load_settings(
+            path=None,
+            env={
+                "DEEPSEEKD_DATA_DIR": str(tmp_path),
+                # One short warmup generation: the warming phase runs, but quickly.
+                "DEEPSEEKD_WARMUP__REQUESTS": "1",
+                "DEEPSEEKD_WARMUP__MAX_TOKENS": "2",
+                **(env or {}),
+            },
+        )
+        key = generate_api_key()
+        verifier = KeyVerifier([hash_api_key(key)])
+        app = build_app(settings, lambda: fake, MODEL, verifier)
+        client = await aiohttp_client(app)
+        daemon = Daemon(client, app, fake, key, settings)
+        if ready:
+            await daemon.wait_ready()
+        return daemon
+
+    return make
+
+
+@pytest.fixture
+async def daemon(make_daemon: MakeDaemon) -> Daemon:
+    return await make_daemon()

@@ -1,0 +1,119 @@
+"""End-to-end fixtures: the real daemon as a subprocess, the real vLLM engine, the real model.
+
+One data dir (with the default model imported by the real `deepseekd init`) is shared by
+the whole session, and one daemon serves most tests, so the suite pays the model import
+and engine start once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+BOOT_TIMEOUT_S = 420  # compile-free (eager) start is ~30 s; the machine may be busy
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cli(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "deepseekd", *args],
+        env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+@dataclass
+class Daemon:
+    url: str
+    key: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    env: dict[str, str]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 90) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def data_env(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], str]:
+    """A data dir initialised by the real `deepseekd init`; returns (env, admin key)."""
+    data = tmp_path_factory.mktemp("deepseekd-data")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPSEEKD_")}
+    env.update({
+        "DEEPSEEKD_DATA_DIR": str(data),
+        "DEEPSEEKD_ENGINE__ENFORCE_EAGER": "true",  # tests start fast; production compiles
+        "DEEPSEEKD_ENGINE__KV_CACHE_GIB": "1",
+        "DEEPSEEKD_ENGINE__MAX_MODEL_LEN": "2048",
+    })
+    res = cli("init", env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    creds = json.loads(res.stdout)
+    return env, creds["api_key"]
+
+
+def start_daemon(env: dict[str, str], key: str, log_path: Path, **overrides: str) -> Daemon:
+    port = free_port()
+    env = {**env, "DEEPSEEKD_SERVER__PORT": str(port), **overrides}
+    log = open(log_path, "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "deepseekd", "serve"], env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    daemon = Daemon(f"http://127.0.0.1:{port}", key, proc, log_path, env)
+    deadline = time.monotonic() + BOOT_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"daemon exited with {proc.returncode}:\n{daemon.log()[-4000:]}")
+        try:
+            if httpx.get(daemon.url + "/readyz", timeout=2).status_code == 200:
+                return daemon
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    daemon.stop(signal.SIGKILL)
+    raise AssertionError(f"daemon not ready after {BOOT_TIMEOUT_S}s:\n{daemon.log()[-4000:]}")
+
+
+@pytest.fixture(scope="session")
+def daemon(data_env: tuple[dict[str, str], str], tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[Daemon]:
+    env, key = data_env
+    d = start_daemon(env, key, tmp_path_factory.mktemp("logs") / "daemon.log")
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.e2e)

@@ -1,0 +1,213 @@
+"""A small deterministic engine for HTTP tests: the ``Engine`` protocol without vLLM.
+
+Tokenization is one token per whitespace-separated word. Generation emits
+``tok0 tok1 ...`` (choice ``i`` of an ``n > 1`` request emits ``c{i}w0 c{i}w1 ...``),
+exactly ``max_tokens`` tokens with finish_reason ``"length"``, unless a stop string
+appears: then the text ends right before it with finish_reason ``"stop"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator, Sequence
+
+from deepseekd.engine.types import (
+    ChoiceDelta,
+    EngineUnavailable,
+    GenerationOptions,
+    GenerationStep,
+    TokenLogprob,
+)
+
+TEMPLATE_START = "<|im_start|>"
+TEMPLATE_ASSISTANT = "<|assistant|>"
+
+
+def token_text(j: int, index: int = 0, n: int = 1) -> str:
+    """The text of output token ``j`` of choice ``index`` (a leading space after the first)."""
+    word = f"tok{j}" if n == 1 else f"c{index}w{j}"
+    return word if j == 0 else " " + word
+
+
+def expected_text(max_tokens: int, index: int = 0, n: int = 1, stop: Sequence[str] = ()) -> str:
+    """The full text the fake produces for one choice (before any stop string)."""
+    text = "".join(token_text(j, index, n) for j in range(max_tokens))
+    cut = [text.find(s) for s in stop if s and s in text]
+    return text[: min(cut)] if cut else text
+
+
+def chosen_logprob(j: int) -> float:
+    return -0.25 * (j % 4 + 1)
+
+
+class FakeEngine:
+    """Deterministic engine; ``async with FakeEngine() as e``.
+
+    Test hooks:
+      * ``fail_after``: raise EngineUnavailable (and turn dead) once that many tokens of a
+        request were produced and another one would follow.
+      * ``token_delay``: seconds to sleep between tokens (drain / disconnect tests).
+      * ``start_gate``: an asyncio.Event ``__aenter__`` waits on (phase "loading").
+      * ``generate_gate``: an asyncio.Event every generation waits on first (phase "warming").
+      * ``aborted``: request ids whose generator was closed or cancelled before finishing.
+      * ``requests``: (prompt_ids, options, stream) per generate call; ``request_ids`` in step.
+      * ``completed``: request ids that ran to the end.
+    """
+
+    def __init__(
+        self,
+        *,
+        model_name: str = "fake-model",
+        max_model_len: int = 64,
+        device: str = "cpu",
+        fail_after: int | None = None,
+        token_delay: float = 0.0,
+        start_gate: asyncio.Event | None = None,
+        generate_gate: asyncio.Event | None = None,
+    ) -> None:
+        self._model_name = model_name
+        self._max_model_len = max_model_len
+        self._device = device
+        self.fail_after = fail_after
+        self.token_delay = token_delay
+        self.start_gate = start_gate
+        self.generate_gate = generate_gate
+        self._dead = False
+        self.entered = False
+        self.exited = False
+        self.aborted: set[str] = set()
+        self.completed: list[str] = []
+        self.requests: list[tuple[list[int], GenerationOptions, bool]] = []
+        self.request_ids: list[str] = []
+        self._vocab: dict[str, int] = {}
+
+    # -- context manager -------------------------------------------------------------
+
+    async def __aenter__(self) -> "FakeEngine":
+        if self.start_gate is not None:
+            await self.start_gate.wait()
+        self.entered = True
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.exited = True
+
+    # -- Engine protocol -------------------------------------------------------------
+
+    @property
+    def model_name(self) -> str:
+        return self._model_name
+
+    @property
+    def max_model_len(self) -> int:
+        return self._max_model_len
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    @property
+    def dead(self) -> bool:
+        return self._dead
+
+    def kill(self) -> None:
+        self._dead = True
+
+    async def check_health(self) -> None:
+        if self._dead:
+            raise EngineUnavailable("the fake engine died")
+
+    def _ids(self, words: Sequence[str]) -> list[int]:
+        return [self._vocab.setdefault(w, len(self._vocab)) for w in words]
+
+    async def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        words = [TEMPLATE_START]
+        for m in messages:
+            words.extend(f"{m['role']}: {m['content']}".split())
+        words.append(TEMPLATE_ASSISTANT)
+        return self._ids(words)
+
+    async def encode_text(self, prompt: str) -> list[int]:
+        return self._ids(prompt.split())
+
+    def _logprobs(self, j: int, text: str, k: int | None) -> list[TokenLogprob]:
+        if k is None:
+            return []
+        top = [(text, chosen_logprob(j))] + [
+            (f" alt{a}", chosen_logprob(j) - 1.0 - a) for a in range(1, k)
+        ]
+        return [TokenLogprob(token=text, logprob=chosen_logprob(j), top=tuple(top[:k]))]
+
+    async def generate(
+        self, prompt_ids: list[int], options: GenerationOptions, request_id: str, *, stream: bool
+    ) -> AsyncIterator[GenerationStep]:
+        self.requests.append((list(prompt_ids), options, stream))
+        self.request_ids.append(request_id)
+        if self._dead:
+            raise EngineUnavailable("the fake engine is not running")
+        finished = False
+        try:
+            if self.generate_gate is not None:
+                await self.generate_gate.wait()
+            n = options.n
+            texts = [""] * n
+            emitted = [0] * n  # characters already sent per choice
+            done: list[str | None] = [None] * n
+            finals = [ChoiceDelta(index=i, text="", token_count=0) for i in range(n)]
+            # Like vLLM, hold back text that could be the start of a stop string.
+            hold = max((len(s) for s in options.stop if s), default=1) - 1
+            produced = 0
+            while not all(done):
+                if self.fail_after is not None and produced >= self.fail_after:
+                    self._dead = True
+                    raise EngineUnavailable("the fake engine died mid-request")
+                if produced:
+                    if self.token_delay:
+                        await asyncio.sleep(self.token_delay)
+                    await asyncio.sleep(0)
+                deltas: list[ChoiceDelta] = []
+                for i in range(n):
+                    if done[i]:
+                        continue
+                    tok = token_text(produced, i, n)
+                    texts[i] += tok
+                    cut = [texts[i].find(s) for s in options.stop if s and s in texts[i]]
+                    if cut:
+                        texts[i] = texts[i][: min(cut)]
+                        done[i] = "stop"
+                    elif produced + 1 >= options.max_tokens:
+                        done[i] = "length"
+                    end = len(texts[i]) if done[i] else max(emitted[i], len(texts[i]) - hold)
+                    piece = texts[i][emitted[i]:end]
+                    emitted[i] = end
+                    d = ChoiceDelta(
+                        index=i,
+                        text=piece,
+                        token_count=1,
+                        finish_reason=done[i],
+                        logprobs=self._logprobs(produced, tok, options.logprobs),
+                    )
+                    deltas.append(d)
+                    f = finals[i]
+                    f.text += d.text
+                    f.token_count += 1
+                    f.logprobs.extend(d.logprobs)
+                    f.finish_reason = d.finish_reason
+                produced += 1
+                last = all(done)
+                if stream:
+                    if last:
+                        finished = True
+                    yield GenerationStep(choices=deltas, prompt_tokens=len(prompt_ids),
+                                         finished=last)
+            if not stream:
+                finished = True
+                yield GenerationStep(choices=finals, prompt_tokens=len(prompt_ids), finished=True)
+            self.completed.append(request_id)
+        except (GeneratorExit, asyncio.CancelledError):
+            if not finished:
+                self.aborted.add(request_id)
+            raise
+
+
+__all__ = ["FakeEngine", "chosen_logprob", "expected_text", "token_text"]

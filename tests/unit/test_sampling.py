@@ -1,0 +1,98 @@
+"""GenerationOptions → vLLM SamplingParams (imports vLLM, starts no engine)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+vllm = pytest.importorskip("vllm")
+
+from vllm import SamplingParams  # noqa: E402
+from vllm.sampling_params import RequestOutputKind  # noqa: E402
+
+from deepseekd.engine import sampling  # noqa: E402
+from deepseekd.engine.sampling import to_sampling_params  # noqa: E402
+from deepseekd.engine.types import GenerationOptions  # noqa: E402
+
+FULL = GenerationOptions(
+    max_tokens=42,
+    temperature=0.7,
+    top_p=0.85,
+    n=3,
+    stop=("\n\n", "END"),
+    seed=1234,
+    presence_penalty=0.5,
+    frequency_penalty=-0.25,
+    logprobs=4,
+)
+
+
+def test_every_field_is_mapped() -> None:
+    params = to_sampling_params(FULL, stream=False)
+    assert isinstance(params, SamplingParams)
+    assert params.n == 3
+    assert params.max_tokens == 42
+    assert params.temperature == pytest.approx(0.7)
+    assert params.top_p == pytest.approx(0.85)
+    assert params.stop == ["\n\n", "END"]
+    assert params.seed == 1234
+    assert params.presence_penalty == pytest.approx(0.5)
+    assert params.frequency_penalty == pytest.approx(-0.25)
+    assert params.logprobs == 4
+
+
+def test_defaults() -> None:
+    params = to_sampling_params(GenerationOptions(max_tokens=5), stream=False)
+    assert params.n == 1
+    assert params.max_tokens == 5
+    assert params.temperature == 1.0
+    assert params.top_p == 1.0
+    assert not params.stop
+    assert params.seed is None
+    assert params.presence_penalty == 0.0
+    assert params.frequency_penalty == 0.0
+    assert params.logprobs is None
+
+
+def test_zero_logprobs_is_not_none() -> None:
+    """logprobs=0 asks for the chosen token's logprob only; None asks for none at all."""
+    assert to_sampling_params(GenerationOptions(max_tokens=1, logprobs=0), stream=False).logprobs == 0
+
+
+def test_greedy_temperature_zero() -> None:
+    params = to_sampling_params(GenerationOptions(max_tokens=1, temperature=0.0), stream=False)
+    assert params.temperature == 0.0
+
+
+@pytest.mark.parametrize(
+    ("stream", "kind"), [(True, RequestOutputKind.DELTA), (False, RequestOutputKind.FINAL_ONLY)]
+)
+def test_output_kind(stream: bool, kind: RequestOutputKind) -> None:
+    assert to_sampling_params(FULL, stream=stream).output_kind == kind
+
+
+def test_exact_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What is handed to SamplingParams, before vLLM normalises it (e.g. stop None → [])."""
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(sampling, "SamplingParams", lambda **kw: calls.append(kw) or kw)
+
+    to_sampling_params(FULL, stream=True)
+    assert calls[-1] == {
+        "n": 3,
+        "max_tokens": 42,
+        "temperature": 0.7,
+        "top_p": 0.85,
+        "stop": ["\n\n", "END"],
+        "seed": 1234,
+        "presence_penalty": 0.5,
+        "frequency_penalty": -0.25,
+        "logprobs": 4,
+        "output_kind": RequestOutputKind.DELTA,
+    }
+
+    to_sampling_params(GenerationOptions(max_tokens=7), stream=False)
+    assert calls[-1]["stop"] is None  # an empty stop tuple becomes None, not []
+    assert calls[-1]["seed"] is None
+    assert calls[-1]["logprobs"] is None
+    assert calls[-1]["output_kind"] is RequestOutputKind.FINAL_ONLY
