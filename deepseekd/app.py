@@ -12,7 +12,7 @@ from aiohttp import web
 
 from deepseekd.api import health, openai
 from deepseekd.api.inference import InferenceService
-from deepseekd.api.middlewares import MIDDLEWARES
+from deepseekd.api.middlewares import MIDDLEWARES, add_request_id
 from deepseekd.config import Settings
 from deepseekd.engine.types import Engine, EngineUnavailable, GenerationOptions
 from deepseekd.keys import INFERENCE, KEY_VERIFIER, LIFECYCLE, SETTINGS
@@ -98,6 +98,7 @@ def build_app(
     app[LIFECYCLE] = life
     app[KEY_VERIFIER] = verifier
     app[INFERENCE] = InferenceService(life, settings.api)
+    app.on_response_prepare.append(add_request_id)
     app.add_routes(health.routes)
     app.add_routes(openai.routes)
 

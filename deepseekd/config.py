@@ -131,6 +131,7 @@ def _describe(meta: Mapping[str, Any], tp: Any) -> str:
 def _coerce(path: str, raw: Any, tp: Any, meta: Mapping[str, Any], from_env: bool) -> Any:
     """Turn a TOML or environment value into the field's type, or raise ConfigError."""
     want = _describe(meta, tp)
+    shown = raw  # errors quote the value as the user wrote it
     if from_env and isinstance(raw, str):
         text = raw.strip()
         if tp is bool:
@@ -147,34 +148,34 @@ def _coerce(path: str, raw: Any, tp: Any, meta: Mapping[str, Any], from_env: boo
                 raise ConfigError(f"{path}: expected {want}, got {raw!r}") from None
     if tp is bool:
         if not isinstance(raw, bool):
-            raise ConfigError(f"{path}: expected true or false, got {raw!r}")
+            raise ConfigError(f"{path}: expected true or false, got {shown!r}")
         return raw
     if tp is int:
         if isinstance(raw, bool) or not isinstance(raw, int):
-            raise ConfigError(f"{path}: expected {want}, got {raw!r}")
+            raise ConfigError(f"{path}: expected {want}, got {shown!r}")
         value: Any = raw
     elif tp is float:
         if isinstance(raw, bool) or not isinstance(raw, (int, float)):
-            raise ConfigError(f"{path}: expected {want}, got {raw!r}")
+            raise ConfigError(f"{path}: expected {want}, got {shown!r}")
         value = float(raw)
         if value != value or value in (float("inf"), float("-inf")):
-            raise ConfigError(f"{path}: expected a finite number, got {raw!r}")
+            raise ConfigError(f"{path}: expected a finite number, got {shown!r}")
     elif tp is str:
         if not isinstance(raw, str):
-            raise ConfigError(f"{path}: expected a string, got {raw!r}")
+            raise ConfigError(f"{path}: expected a string, got {shown!r}")
         value = raw
     elif tp is Path:
         if not isinstance(raw, str) or not raw:
-            raise ConfigError(f"{path}: expected a path, got {raw!r}")
+            raise ConfigError(f"{path}: expected a path, got {shown!r}")
         value = Path(raw)
     else:  # pragma: no cover - a field type the loader does not know is a programming error
         raise TypeError(f"unsupported settings type {tp!r} for {path}")
     if "choices" in meta and value not in meta["choices"]:
-        raise ConfigError(f"{path}: expected {want}, got {raw!r}")
+        raise ConfigError(f"{path}: expected {want}, got {shown!r}")
     if "min" in meta and value < meta["min"]:
-        raise ConfigError(f"{path}: expected {want}, got {raw!r}")
+        raise ConfigError(f"{path}: expected {want}, got {shown!r}")
     if "max" in meta and value > meta["max"]:
-        raise ConfigError(f"{path}: expected {want}, got {raw!r}")
+        raise ConfigError(f"{path}: expected {want}, got {shown!r}")
     return value
 
 

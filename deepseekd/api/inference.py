@@ -36,7 +36,8 @@ class InferenceService:
     def engine(self) -> Engine:
         """The engine, or a 503 that says why it cannot take requests now."""
         life = self._life
-        if life.phase is Phase.READY and life.engine is not None:
+        # DRAINING too: a request admitted before SIGTERM (its body still arriving) must finish.
+        if life.phase in (Phase.READY, Phase.DRAINING) and life.engine is not None:
             return life.engine
         if life.phase in (Phase.LOADING, Phase.WARMING):
             raise unavailable("the model is loading and warming up; retry shortly", code="warming_up")
@@ -120,10 +121,11 @@ class InferenceService:
         context = engine.max_model_len
         room = context - len(prompt_ids)
         if room <= 0:
+            prompt_param = "messages" if logprobs_param == "top_logprobs" else "prompt"
             raise bad_request(
-                f"messages: the prompt is {len(prompt_ids)} tokens, but this model's context "
-                f"is {context} tokens; shorten the prompt",
-                param="messages" if logprobs_param == "top_logprobs" else "prompt",
+                f"{prompt_param}: the prompt is {len(prompt_ids)} tokens, but this model's "
+                f"context is {context} tokens; shorten the prompt",
+                param=prompt_param,
                 code="context_length_exceeded",
             )
         if req.n > lim.max_n:

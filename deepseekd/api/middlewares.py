@@ -34,8 +34,6 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     try:
         resp = await handler(request)
         status = resp.status
-        if not resp.prepared:
-            resp.headers["X-Request-Id"] = rid
         return resp
     except web.HTTPException as exc:
         status = exc.status
@@ -80,7 +78,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("internal error", extra={"request_id": request.get(REQUEST_ID)})
         resp = APIError(500, "internal server error", code="internal_error").response()
-    resp.headers["X-Request-Id"] = request.get(REQUEST_ID, "")
     return resp
 
 
@@ -126,6 +123,12 @@ async def read_json(request: web.Request) -> dict[str, Any]:
         )
     raw = await request.read()  # aiohttp enforces client_max_size and raises 413
     return parse_json(raw)
+
+
+async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare hook: every response, streamed ones included, names its request."""
+    if REQUEST_ID in request:
+        response.headers.setdefault("X-Request-Id", request[REQUEST_ID])
 
 
 MIDDLEWARES = [request_id_middleware, error_middleware, lifecycle_middleware, auth_middleware]

@@ -4,6 +4,7 @@ parse, ask the inference service, render."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from typing import Any, AsyncIterator, Callable
 
@@ -29,6 +30,7 @@ from deepseekd.api.schemas import (
 from deepseekd.engine.types import ChoiceDelta, GenerationStep
 from deepseekd.keys import INFERENCE, LIFECYCLE
 
+log = logging.getLogger("deepseekd.http")
 routes = web.RouteTableDef()
 
 
@@ -102,6 +104,13 @@ async def _write_events(
     except APIError as exc:
         # Headers are gone: report in-band, the way OpenAI clients expect, then end.
         await resp.write(sse(exc.body()))
+        await resp.write(SSE_DONE)
+        return resp
+    except ConnectionResetError:
+        raise  # the client left
+    except Exception:
+        log.exception("internal error in stream", extra={"request_id": request[REQUEST_ID]})
+        await resp.write(sse(APIError(500, "internal server error", code="internal_error").body()))
         await resp.write(SSE_DONE)
         return resp
     if include_usage:

@@ -631,12 +631,10 @@ async def test_drain_refuses_new_requests_and_finishes_streams(make_daemon: Make
 
 
 # --------------------------------------------------------------------------- known bugs
-# Strict xfails: each pins the behaviour a client needs; they turn into failures (XPASS)
+# Regressions found while writing these tests; each pins the behaviour a client needs.
 # once deepseekd is fixed, so the marker can be dropped then.
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="streaming responses are prepared inside the handler, "
-                   "so request_id_middleware never adds X-Request-Id to them")
 async def test_stream_echoes_request_id(daemon: Daemon) -> None:
     resp = await daemon.post(CHAT, {"messages": HELLO, "max_tokens": 2, "stream": True},
                              headers={"X-Request-Id": "abc-125"})
@@ -645,8 +643,6 @@ async def test_stream_echoes_request_id(daemon: Daemon) -> None:
     assert resp.headers.get("X-Request-Id") == "abc-125"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="InferenceService.engine() refuses every request once "
-                   "draining, even one admitted (counted in flight) before the drain began")
 async def test_drain_serves_request_admitted_before_it(daemon: Daemon) -> None:
     body_sent = asyncio.Event()
 
@@ -676,8 +672,6 @@ class _BoomMidStream(FakeEngine):
                 raise RuntimeError("unexpected engine bug")
 
 
-@pytest.mark.xfail(strict=True, raises=aiohttp.ClientError, reason="an unexpected exception after the SSE headers went out "
-                   "makes error_middleware send a second HTTP response into the chunked body")
 async def test_unexpected_error_mid_stream_ends_stream_cleanly(make_daemon: MakeDaemon) -> None:
     d = await make_daemon(engine=_BoomMidStream(model_name=MODEL))
     resp = await d.post(CHAT, {"messages": HELLO, "max_tokens": 5, "stream": True})
