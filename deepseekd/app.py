@@ -6,18 +6,21 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from typing import AsyncContextManager, AsyncIterator, Callable
 
 from aiohttp import web
 
-from deepseekd.api import health, openai
+from deepseekd.api import admin, health, metrics, openai
 from deepseekd.api.inference import InferenceService
 from deepseekd.api.middlewares import MIDDLEWARES, add_request_id
 from deepseekd.config import Settings
 from deepseekd.engine.types import Engine, EngineUnavailable, GenerationOptions
-from deepseekd.keys import INFERENCE, KEY_VERIFIER, LIFECYCLE, SETTINGS
+from deepseekd.keys import ACCOUNTS, CLOCK, DATABASE, INFERENCE, LIFECYCLE, QUOTA, SETTINGS
 from deepseekd.lifecycle import Lifecycle, Phase
-from deepseekd.security.apikeys import KeyVerifier
+from deepseekd.store.accounts import AccountService
+from deepseekd.store.db import Database
+from deepseekd.store.quota import QuotaService
 
 log = logging.getLogger("deepseekd")
 
@@ -90,17 +93,36 @@ async def _boot(app: web.Application, factory: EngineFactory, stack: contextlib.
 
 
 def build_app(
-    settings: Settings, factory: EngineFactory, model_name: str, verifier: KeyVerifier
+    settings: Settings,
+    factory: EngineFactory,
+    model_name: str,
+    *,
+    clock: Callable[[], float] = time.time,
 ) -> web.Application:
+    """Wire the rooms. Start-up order: database (migrated) first, then the engine."""
     app = web.Application(middlewares=MIDDLEWARES, client_max_size=settings.server.max_body_bytes)
     life = Lifecycle(model_name)
+    db = Database(settings.database_url, busy_timeout_ms=settings.store.busy_timeout_ms,
+                  pool_size=settings.store.pool_size)
     app[SETTINGS] = settings
     app[LIFECYCLE] = life
-    app[KEY_VERIFIER] = verifier
+    app[CLOCK] = clock
+    app[DATABASE] = db
+    app[ACCOUNTS] = AccountService(db, settings.auth, settings.quota, clock)
+    app[QUOTA] = QuotaService(db, settings.quota, clock)
     app[INFERENCE] = InferenceService(life, settings.api)
     app.on_response_prepare.append(add_request_id)
-    app.add_routes(health.routes)
-    app.add_routes(openai.routes)
+    for group in (health.routes, openai.routes, admin.routes, metrics.routes):
+        app.add_routes(group)
+
+    async def database_ctx(app: web.Application) -> AsyncIterator[None]:
+        try:
+            before, head = await db.upgrade()  # refuses a schema newer than this code
+            if before != head:
+                log.info("database migrated", extra={"from": before, "to": head})
+            yield
+        finally:
+            await db.engine.dispose()
 
     async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
         stack = contextlib.AsyncExitStack()
@@ -114,6 +136,7 @@ def build_app(
             life.engine = None
             await stack.aclose()
 
+    app.cleanup_ctx.append(database_ctx)
     app.cleanup_ctx.append(engine_ctx)
     return app
 

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import json
 import os
 import sys
+import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, Sequence
 
 from deepseekd.config import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from deepseekd.store.accounts import AccountService, NewUser
+    from deepseekd.store.db import Database
+
+FIRST_ADMIN = "admin"
 
 EXIT_USAGE = 2
 
@@ -37,10 +46,36 @@ def _is_name(value: str) -> bool:
 # --------------------------------------------------------------------------- commands
 
 
+@contextlib.asynccontextmanager
+async def _accounts(settings: Settings, *, migrate: bool = False) -> AsyncIterator[AccountService]:
+    """The account service on a database at the current schema (migrated first if asked)."""
+    from deepseekd.store.accounts import AccountService
+    from deepseekd.store.db import Database
+
+    async with Database(settings.database_url, busy_timeout_ms=settings.store.busy_timeout_ms,
+                        pool_size=settings.store.pool_size) as db:
+        if migrate:
+            await db.upgrade()
+        else:
+            await _require_head(db)
+        yield AccountService(db, settings.auth, settings.quota, time.time)
+
+
+async def _require_head(db: "Database") -> None:
+    from alembic.script import ScriptDirectory
+
+    from deepseekd.store.db import alembic_config
+
+    head = ScriptDirectory.from_config(alembic_config(db.url)).get_current_head()
+    current = await db.current_revision()
+    if current != head:
+        raise CliError(f"the database schema is at {current or 'nothing'}, this deepseekd needs "
+                       f"{head}: run `deepseekd migrate` (or `deepseekd init` on a new box)")
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     from deepseekd.engine import models
     from deepseekd.engine.environment import DEFAULT_MODEL_NAME, embedded_model_source
-    from deepseekd.security.apikeys import ensure_bootstrap_key
 
     settings = _settings(args)
     _ensure_data_dir(settings)
@@ -60,12 +95,93 @@ def cmd_init(args: argparse.Namespace) -> int:
         print(f"deepseekd: imported {rec.name} (sha256 {rec.sha256})", file=sys.stderr)
     elif not _is_name(model):
         models.resolve_model(model, settings.models_dir)  # a path must exist now, not at serve
-    key = ensure_bootstrap_key(settings.data_dir)
-    if key is None:
+
+    async def first_admin() -> NewUser | None:
+        async with _accounts(settings, migrate=True) as accounts:
+            if await accounts.has_users():
+                return None
+            return await accounts.create_user(FIRST_ADMIN, "admin")
+
+    new = asyncio.run(first_admin())
+    if new is None:
         print(f"deepseekd: {settings.data_dir} is already initialised; the first admin's "
               "credentials were printed when it was created", file=sys.stderr)
         return 0
-    print(json.dumps({"name": "admin", "role": "admin", "api_key": key}))
+    print(json.dumps(new.as_json()))
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from deepseekd.store.db import Database
+
+    settings = _settings(args)
+    _ensure_data_dir(settings)
+
+    async def run() -> tuple[str | None, str]:
+        async with Database(settings.database_url,
+                            busy_timeout_ms=settings.store.busy_timeout_ms) as db:
+            return await db.upgrade()
+
+    before, head = asyncio.run(run())
+    print(json.dumps({"from": before, "to": head}))
+    return 0
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    async def run() -> NewUser:
+        async with _accounts(_settings(args)) as accounts:
+            return await accounts.create_user(args.name, args.role,
+                                              daily_request_limit=args.daily_limit,
+                                              daily_token_limit=args.daily_token_limit)
+
+    print(json.dumps(asyncio.run(run()).as_json()))
+    return 0
+
+
+def cmd_user_list(args: argparse.Namespace) -> int:
+    async def run() -> list[Any]:
+        async with _accounts(_settings(args)) as accounts:
+            return await accounts.list_users()
+
+    users = asyncio.run(run())
+    if args.json:
+        print(json.dumps([dataclasses.asdict(u) for u in users]))
+        return 0
+    print(f"{'NAME':24} {'ROLE':8} {'STATE':9} {'KEYS':>4} {'DAILY LIMIT':>11}")
+    for u in users:
+        state = "disabled" if u.disabled else "locked" if u.locked else "active"
+        limit = "default" if u.daily_request_limit is None else str(u.daily_request_limit)
+        print(f"{u.name:24} {u.role:8} {state:9} {u.active_keys:>4} {limit:>11}")
+    return 0
+
+
+def cmd_user_disable(args: argparse.Namespace) -> int:
+    async def run() -> None:
+        async with _accounts(_settings(args)) as accounts:
+            await accounts.disable_user(args.name)
+
+    asyncio.run(run())
+    print(json.dumps({"name": args.name, "disabled": True}))
+    return 0
+
+
+def cmd_key_create(args: argparse.Namespace) -> int:
+    async def run() -> tuple[int, str]:
+        async with _accounts(_settings(args)) as accounts:
+            return await accounts.create_key(args.name, args.label)
+
+    key_id, key = asyncio.run(run())
+    print(json.dumps({"id": key_id, "user": args.name, "api_key": key}))
+    return 0
+
+
+def cmd_key_revoke(args: argparse.Namespace) -> int:
+    async def run() -> None:
+        async with _accounts(_settings(args)) as accounts:
+            await accounts.revoke_key(args.id)
+
+    asyncio.run(run())
+    print(json.dumps({"id": args.id, "revoked": True}))
     return 0
 
 
@@ -73,15 +189,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from deepseekd.engine import models
     from deepseekd.engine.environment import engine_environment
     from deepseekd.obs.logs import setup_logging
-    from deepseekd.security.apikeys import load_key_verifier
 
     settings = _settings(args)
     setup_logging()
     model_path, model_name, _sha = models.resolve_model(settings.engine.model, settings.models_dir)
-    try:
-        verifier = load_key_verifier(settings.data_dir)
-    except FileNotFoundError:
-        raise CliError(f"{settings.data_dir} is not initialised; run `deepseekd init` first") from None
+    if not settings.store.url and not (settings.data_dir / "deepseekd.db").exists():
+        raise CliError(f"{settings.data_dir} is not initialised; run `deepseekd init` first")
     os.environ.update(engine_environment(settings))
 
     # Only now import vLLM: its environment is set and the config is known to be good.
@@ -93,7 +206,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError("engine.device: 'cuda' was asked for, but no GPU is visible to vLLM "
                        "(allowed: 'auto', 'cpu', 'cuda')")
     spec = EngineSpec(model_path, model_name, settings.engine, settings.api.max_logprobs)
-    app = build_app(settings, lambda: VllmEngine(spec), model_name, verifier)
+    app = build_app(settings, lambda: VllmEngine(spec), model_name)
     return asyncio.run(run_daemon(app))
 
 
@@ -138,6 +251,32 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("init", parents=[common],
                    help="prepare the data dir and default model; prints the first admin's key once"
                    ).set_defaults(func=cmd_init)
+    sub.add_parser("migrate", parents=[common], help="upgrade the database schema to head"
+                   ).set_defaults(func=cmd_migrate)
+    user = sub.add_parser("user", parents=[common], help="manage users")
+    usub = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")
+    add = usub.add_parser("add", parents=[common],
+                          help="create a user; prints its API key, password (and TOTP URI) once")
+    add.add_argument("name")
+    add.add_argument("--role", required=True, choices=["admin", "user", "auditor", "metrics"])
+    add.add_argument("--daily-limit", type=int, help="requests per day (default: quota setting)")
+    add.add_argument("--daily-token-limit", type=int, help="tokens per day (default: quota setting)")
+    add.set_defaults(func=cmd_user_add)
+    ul = usub.add_parser("list", parents=[common], help="list users")
+    ul.add_argument("--json", action="store_true", help="print JSON")
+    ul.set_defaults(func=cmd_user_list)
+    ud = usub.add_parser("disable", parents=[common], help="disable a user (takes effect at once)")
+    ud.add_argument("name")
+    ud.set_defaults(func=cmd_user_disable)
+    key = sub.add_parser("key", parents=[common], help="create and revoke API keys")
+    ksub = key.add_subparsers(dest="key_command", required=True, metavar="ACTION")
+    kc = ksub.add_parser("create", parents=[common], help="a new API key for a user (shown once)")
+    kc.add_argument("name")
+    kc.add_argument("--label", default="", help="what the key is for")
+    kc.set_defaults(func=cmd_key_create)
+    kr = ksub.add_parser("revoke", parents=[common], help="revoke a key by id (at once)")
+    kr.add_argument("id", type=int)
+    kr.set_defaults(func=cmd_key_revoke)
     model = sub.add_parser("model", parents=[common], help="import and list models")
     msub = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
     imp = msub.add_parser("import", parents=[common],
@@ -153,11 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from deepseekd.engine.models import ModelError
+    from deepseekd.store.accounts import AccountError
+    from deepseekd.store.db import SchemaError
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ConfigError, CliError, ModelError) as exc:
+    except (ConfigError, CliError, ModelError, AccountError, SchemaError) as exc:
         print(f"deepseekd: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+import zoneinfo
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,12 +92,45 @@ class WarmupSettings:
 
 
 @dataclass(frozen=True)
+class StoreSettings:
+    url: str = _f(
+        "",
+        "Database URL; empty = SQLite at data_dir/deepseekd.db. PostgreSQL: "
+        "postgresql+asyncpg://user@host:port/db (password via DEEPSEEKD_STORE__URL).",
+    )
+    busy_timeout_ms: int = _f(5000, "SQLite: how long a writer waits for the lock.", min=0)
+    pool_size: int = _f(10, "PostgreSQL: connections kept open.", min=1, max=200)
+
+
+@dataclass(frozen=True)
+class QuotaSettings:
+    daily_requests: int = _f(
+        500, "Default requests per user per day (the original design's number).", min=0
+    )
+    daily_tokens: int = _f(0, "Default tokens (prompt + answer) per user per day; 0 = no limit.", min=0)
+    timezone: str = _f("UTC", "IANA time zone in which the quota day is counted.")
+    reset_hour: int = _f(0, "Hour of the day (in that zone) at which quotas reset.", min=0, max=23)
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    session_idle_minutes: int = _f(15, "Admin sessions end after this many idle minutes.", min=1, max=1440)
+    lockout_threshold: int = _f(5, "Failed logins or TOTP checks that lock an account.", min=1, max=100)
+    lockout_window_minutes: int = _f(15, "Window in which those failures are counted.", min=1, max=1440)
+    lockout_minutes: int = _f(15, "How long a locked account stays locked.", min=1, max=10080)
+    totp_issuer: str = _f("deepseekd", "Issuer shown in authenticator apps.")
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: Path = _f(Path("data"), "State directory: models, keys, database (relative to cwd).")
     server: ServerSettings = field(default_factory=ServerSettings)
     engine: EngineSettings = field(default_factory=EngineSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     warmup: WarmupSettings = field(default_factory=WarmupSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    quota: QuotaSettings = field(default_factory=QuotaSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
 
     @property
     def models_dir(self) -> Path:
@@ -105,6 +139,10 @@ class Settings:
     @property
     def cache_dir(self) -> Path:
         return self.data_dir / "cache"
+
+    @property
+    def database_url(self) -> str:
+        return self.store.url or f"sqlite+aiosqlite:///{(self.data_dir / 'deepseekd.db').resolve()}"
 
 
 # --------------------------------------------------------------------------- loading
@@ -245,7 +283,26 @@ def load_settings(
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     _check_env_names(env)
-    return _build(Settings, data, env, "")
+    settings = _build(Settings, data, env, "")
+    _check_cross_field(settings)
+    return settings
+
+
+def _check_cross_field(settings: Settings) -> None:
+    """Checks one field's type cannot express."""
+    try:
+        zoneinfo.ZoneInfo(settings.quota.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"quota.timezone: unknown time zone {settings.quota.timezone!r}; "
+            "use an IANA name such as 'UTC' or 'Europe/Berlin'"
+        ) from None
+    url = settings.store.url
+    if url and not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+        raise ConfigError(
+            "store.url: expected 'sqlite+aiosqlite:///PATH' or "
+            "'postgresql+asyncpg://USER@HOST:PORT/DB', or empty for SQLite in data_dir"
+        )
 
 
 def settings_doc() -> list[tuple[str, Any, str]]:
@@ -271,6 +328,9 @@ __all__ = [
     "EngineSettings",
     "ServerSettings",
     "Settings",
+    "StoreSettings",
+    "QuotaSettings",
+    "AuthSettings",
     "WarmupSettings",
     "load_settings",
     "settings_doc",

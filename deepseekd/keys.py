@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from aiohttp import web
 
@@ -11,9 +11,14 @@ from deepseekd.lifecycle import Lifecycle
 
 if TYPE_CHECKING:
     from deepseekd.api.inference import InferenceService
-    from deepseekd.security.apikeys import KeyVerifier
+    from deepseekd.store.accounts import AccountService
+    from deepseekd.store.db import Database
+    from deepseekd.store.quota import QuotaService
 
 SETTINGS = web.AppKey("settings", Settings)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+CLOCK = web.AppKey("clock", Callable[[], float])
 INFERENCE = web.AppKey("inference", "InferenceService")
-KEY_VERIFIER = web.AppKey("key_verifier", "KeyVerifier")
+DATABASE = web.AppKey("database", "Database")
+ACCOUNTS = web.AppKey("accounts", "AccountService")
+QUOTA = web.AppKey("quota", "QuotaService")

@@ -10,17 +10,22 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
+from deepseekd.api.access import access_for
 from deepseekd.api.errors import APIError, unavailable
 from deepseekd.api.schemas import parse_json
-from deepseekd.keys import KEY_VERIFIER, LIFECYCLE, SETTINGS
+from deepseekd.keys import ACCOUNTS, INFERENCE, LIFECYCLE, QUOTA, SETTINGS
+from deepseekd.store.accounts import SESSION_PREFIX, AccountError, AuthFailed, Identity
+from deepseekd.store.quota import QuotaState
 
 log = logging.getLogger("deepseekd.http")
 
 REQUEST_ID = web.RequestKey("request_id", str)
+IDENTITY = web.RequestKey("identity", Identity)
+QUOTA_STATE = web.RequestKey("quota_state", QuotaState)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _RID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # probes: not logged, not gated by drain
 
 
 @web.middleware
@@ -62,6 +67,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except APIError as exc:
         resp = exc.response()
+    except AccountError as exc:
+        resp = APIError(exc.status, str(exc), param=exc.field,
+                        code="invalid_value" if exc.status == 400 else None).response()
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -97,19 +105,81 @@ async def lifecycle_middleware(request: web.Request, handler: Handler) -> web.St
         life.leave()
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bearer API key on everything but the health probes."""
-    if request.path in OPEN_PATHS:
-        return await handler(request)
-    header = request.headers.get("Authorization", "")
+ADMIN_COOKIE = "deepseekd_admin"
+
+
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization")
+    if header is None:
+        return None
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
+        raise APIError(401, "malformed Authorization header: use 'Bearer <key>'",
+                       code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+    return token.strip()
+
+
+async def _identify(request: web.Request) -> Identity | None:
+    accounts = request.app[ACCOUNTS]
+    token = _bearer(request)
+    if token is None:
+        cookie = request.cookies.get(ADMIN_COOKIE)
+        if cookie and request.path.startswith("/admin/"):
+            return await accounts.authenticate_session(cookie)
+        return None
+    if token.startswith(SESSION_PREFIX):
+        return await accounts.authenticate_session(token)
+    return await accounts.authenticate_key(token)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Authenticate, authorize against the route table, check the admin second factor."""
+    resource = request.match_info.route.resource
+    if resource is None:  # 404/405: nothing to protect; the router answers
+        return await handler(request)
+    access = access_for(request.method, resource.canonical)
+    if access is None:
+        log.error("route missing from the access table",
+                  extra={"method": request.method, "route": resource.canonical})
+        raise APIError(403, "forbidden", code="forbidden")
+    if not access.roles:
+        return await handler(request)
+    who = await _identify(request)
+    if who is None and "Authorization" not in request.headers:
         raise APIError(401, "missing API key: send 'Authorization: Bearer <key>'",
                        code="missing_api_key", headers={"WWW-Authenticate": "Bearer"})
-    if not request.app[KEY_VERIFIER].verify(token.strip()):
-        raise APIError(401, "invalid API key", code="invalid_api_key",
+    if who is None:
+        raise APIError(401, "invalid, revoked or expired credentials", code="invalid_api_key",
                        headers={"WWW-Authenticate": "Bearer"})
+    request[IDENTITY] = who
+    if who.role not in access.roles:
+        raise APIError(403, f"the '{who.role}' role may not use {request.method} "
+                       f"{resource.canonical}", code="forbidden")
+    if access.second_factor and who.via != "session":
+        code = request.headers.get("X-TOTP")
+        if not code:
+            raise APIError(401, "admin calls need a second factor: open a session with POST "
+                           "/admin/api/login, or send an X-TOTP header", code="totp_required")
+        try:
+            await request.app[ACCOUNTS].verify_second_factor(who, code)
+        except AuthFailed:
+            raise APIError(401, AuthFailed.PUBLIC_MESSAGE, code="second_factor_failed") from None
+    if access.quota:
+        request.app[INFERENCE].engine()  # a 503 while warming up must not cost quota
+        state = await request.app[QUOTA].consume(who)
+        request[QUOTA_STATE] = state
+        if not state.allowed:
+            what = "requests" if state.reason == "requests" else "tokens"
+            raise APIError(
+                429,
+                f"daily quota of {what} reached; it resets at "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(state.reset_at))}",
+                code="daily_quota_exceeded",
+                headers={"Retry-After": str(max(1, state.reset_at - int(time.time())))},
+            )
+    else:
+        request[QUOTA_STATE] = await request.app[QUOTA].peek(who)
     return await handler(request)
 
 
@@ -126,9 +196,15 @@ async def read_json(request: web.Request) -> dict[str, Any]:
 
 
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare hook: every response, streamed ones included, names its request."""
+    """on_response_prepare hook: every response, streamed ones included, names its request
+    and, for a known caller, their daily quota."""
     if REQUEST_ID in request:
         response.headers.setdefault("X-Request-Id", request[REQUEST_ID])
+    state = request.get(QUOTA_STATE)
+    if state is not None:
+        response.headers["X-RateLimit-Limit"] = str(state.limit)
+        response.headers["X-RateLimit-Remaining"] = str(state.remaining)
+        response.headers["X-RateLimit-Reset"] = str(state.reset_at)
 
 
 MIDDLEWARES = [request_id_middleware, error_middleware, lifecycle_middleware, auth_middleware]

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from deepseekd.api.errors import APIError
 from deepseekd.api.inference import Prepared
-from deepseekd.api.middlewares import REQUEST_ID, read_json
+from deepseekd.api.middlewares import IDENTITY, QUOTA_STATE, REQUEST_ID, read_json
 from deepseekd.api.render import (
     SSE_DONE,
     Accumulated,
@@ -28,10 +28,18 @@ from deepseekd.api.schemas import (
     validate,
 )
 from deepseekd.engine.types import ChoiceDelta, GenerationStep
-from deepseekd.keys import INFERENCE, LIFECYCLE
+from deepseekd.keys import INFERENCE, LIFECYCLE, QUOTA
 
 log = logging.getLogger("deepseekd.http")
 routes = web.RouteTableDef()
+
+
+async def _charge(request: web.Request, tokens: int) -> None:
+    """Count a finished request's tokens where the caller has a daily token limit."""
+    who, state = request.get(IDENTITY), request.get(QUOTA_STATE)
+    quota = request.app[QUOTA]
+    if who is not None and state is not None and quota.limits(who)[1] > 0:
+        await quota.add_tokens(who, state.day, tokens)
 
 
 async def _collect(
@@ -44,6 +52,7 @@ async def _collect(
             prompt_tokens = step.prompt_tokens
             for d in step.choices:
                 acc[d.index].add(d)
+    await _charge(request, prompt_tokens + sum(a.tokens for a in acc))
     return acc, prompt_tokens
 
 
@@ -113,9 +122,11 @@ async def _write_events(
         await resp.write(sse(APIError(500, "internal server error", code="internal_error").body()))
         await resp.write(SSE_DONE)
         return resp
+    completion_tokens = sum(a.tokens for a in acc)
+    await _charge(request, prompt_tokens + completion_tokens)
     if include_usage:
         final = envelope([])
-        final["usage"] = usage(prompt_tokens, sum(a.tokens for a in acc))
+        final["usage"] = usage(prompt_tokens, completion_tokens)
         await resp.write(sse(final))
     await resp.write(SSE_DONE)
     await resp.write_eof()

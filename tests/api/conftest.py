@@ -15,9 +15,8 @@ from aiohttp.test_utils import TestClient
 
 from deepseekd.app import build_app
 from deepseekd.config import Settings, load_settings
-from deepseekd.keys import LIFECYCLE
+from deepseekd.keys import ACCOUNTS, LIFECYCLE
 from deepseekd.lifecycle import Lifecycle
-from deepseekd.security.apikeys import KeyVerifier, generate_api_key, hash_api_key
 
 try:
     from tests.fakes import FakeEngine
@@ -78,6 +77,7 @@ def make_daemon(aiohttp_client: Any, tmp_path: Path) -> MakeDaemon:
         engine: FakeEngine | None = None,
         env: dict[str, str] | None = None,
         ready: bool = True,
+        clock: Callable[[], float] | None = None,
     ) -> Daemon:
         fake = engine or FakeEngine(model_name=MODEL)
         settings = load_settings(
@@ -90,11 +90,11 @@ def make_daemon(aiohttp_client: Any, tmp_path: Path) -> MakeDaemon:
                 **(env or {}),
             },
         )
-        key = generate_api_key()
-        verifier = KeyVerifier([hash_api_key(key)])
-        app = build_app(settings, lambda: fake, MODEL, verifier)
-        client = await aiohttp_client(app)
-        daemon = Daemon(client, app, fake, key, settings)
+        kwargs = {"clock": clock} if clock is not None else {}
+        app = build_app(settings, lambda: fake, MODEL, **kwargs)
+        client = await aiohttp_client(app)  # starts the app: the SQLite file is migrated
+        user = await app[ACCOUNTS].create_user("tester", "user")
+        daemon = Daemon(client, app, fake, user.api_key, settings)
         if ready:
             await daemon.wait_ready()
         return daemon

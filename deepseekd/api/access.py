@@ -1,0 +1,50 @@
+"""The one route table: which roles reach which route, and which routes count against quota.
+
+A test walks every registered route with every role (and none) against this table, and
+the auth middleware refuses any route that is missing from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Access:
+    roles: frozenset[str]
+    """Empty = open to anyone without credentials."""
+    quota: bool = False
+    """Counts one request against the caller's daily quota."""
+    second_factor: bool = False
+    """Needs an admin session or an X-TOTP code on this very call."""
+
+
+OPEN = Access(frozenset())
+CHAT = Access(frozenset({"admin", "user"}), quota=True)
+CHAT_READ = Access(frozenset({"admin", "user"}))
+ADMIN = Access(frozenset({"admin"}), second_factor=True)
+METRICS = Access(frozenset({"admin", "auditor", "metrics"}))
+
+ROUTES: dict[tuple[str, str], Access] = {
+    ("GET", "/healthz"): OPEN,
+    ("GET", "/readyz"): OPEN,
+    ("POST", "/v1/chat/completions"): CHAT,
+    ("POST", "/v1/completions"): CHAT,
+    ("POST", "/chat"): CHAT,
+    ("GET", "/v1/models"): CHAT_READ,
+    ("GET", "/metrics"): METRICS,
+    ("POST", "/admin/api/login"): OPEN,  # the credentials are in the body
+    ("POST", "/admin/api/logout"): ADMIN,
+    ("GET", "/admin/api/users"): ADMIN,
+    ("POST", "/admin/api/users"): ADMIN,
+    ("PATCH", "/admin/api/users/{name}"): ADMIN,
+    ("POST", "/admin/api/users/{name}/disable"): ADMIN,
+    ("POST", "/admin/api/users/{name}/totp"): ADMIN,
+    ("GET", "/admin/api/users/{name}/keys"): ADMIN,
+    ("POST", "/admin/api/users/{name}/keys"): ADMIN,
+    ("DELETE", "/admin/api/keys/{key_id}"): ADMIN,
+}
+
+
+def access_for(method: str, canonical: str) -> Access | None:
+    return ROUTES.get(("GET" if method == "HEAD" else method, canonical))

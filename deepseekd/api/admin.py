@@ -1,0 +1,142 @@
+"""Admin API (``/admin/api/...``): users and keys. Every call but login needs a fresh second
+factor, which the auth middleware checks; handlers parse, call AccountService, render."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from aiohttp import web
+from pydantic import ConfigDict, Field
+
+from deepseekd.api.errors import APIError
+from deepseekd.api.middlewares import ADMIN_COOKIE, IDENTITY, read_json
+from deepseekd.api.schemas import _Body, validate
+from deepseekd.keys import ACCOUNTS, SETTINGS
+from deepseekd.store.accounts import AuthFailed
+
+routes = web.RouteTableDef()
+
+
+class _Strict(_Body):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class LoginBody(_Strict):
+    username: str = Field(min_length=1, max_length=64)
+    password: str | None = Field(None, max_length=256)
+    api_key: str | None = Field(None, max_length=256)
+    totp: str = Field(min_length=1, max_length=16)
+
+
+class NewUserBody(_Strict):
+    name: str
+    role: str
+    daily_request_limit: int | None = None
+    daily_token_limit: int | None = None
+
+
+class LimitsBody(_Strict):
+    daily_request_limit: int | None = None
+    daily_token_limit: int | None = None
+
+
+class NewKeyBody(_Strict):
+    label: str = ""
+
+
+async def _body(request: web.Request, model: type[_Strict]) -> Any:
+    if request.content_length in (0, None) and not request.can_read_body:
+        return validate(model, {})
+    return validate(model, await read_json(request))
+
+
+@routes.post("/admin/api/login")
+async def login(request: web.Request) -> web.Response:
+    body = await _body(request, LoginBody)
+    if bool(body.password) == bool(body.api_key):
+        raise APIError(400, "send exactly one of password or api_key, plus totp",
+                       code="invalid_value", param="password")
+    try:
+        token, who = await request.app[ACCOUNTS].login(
+            body.username, password=body.password, api_key=body.api_key, code=body.totp)
+    except AuthFailed:
+        raise APIError(401, AuthFailed.PUBLIC_MESSAGE, code="login_failed") from None
+    idle = request.app[SETTINGS].auth.session_idle_minutes * 60
+    resp = web.json_response({"token": token, "user": who.name, "idle_timeout_s": idle})
+    resp.set_cookie(ADMIN_COOKIE, token, httponly=True, samesite="Strict", path="/admin",
+                    secure=request.secure)
+    return resp
+
+
+@routes.post("/admin/api/logout")
+async def logout(request: web.Request) -> web.Response:
+    token = request.cookies.get(ADMIN_COOKIE) or request.headers.get(
+        "Authorization", "").partition(" ")[2].strip()
+    if request[IDENTITY].via == "session" and token:
+        await request.app[ACCOUNTS].logout(token)
+    resp = web.json_response({"logged_out": True})
+    resp.del_cookie(ADMIN_COOKIE, path="/admin")
+    return resp
+
+
+@routes.get("/admin/api/users")
+async def list_users(request: web.Request) -> web.Response:
+    users = await request.app[ACCOUNTS].list_users()
+    return web.json_response({"users": [asdict(u) for u in users]})
+
+
+@routes.post("/admin/api/users")
+async def create_user(request: web.Request) -> web.Response:
+    body = await _body(request, NewUserBody)
+    new = await request.app[ACCOUNTS].create_user(
+        body.name, body.role, daily_request_limit=body.daily_request_limit,
+        daily_token_limit=body.daily_token_limit)
+    return web.json_response(new.as_json(), status=201)
+
+
+@routes.patch("/admin/api/users/{name}")
+async def set_limits(request: web.Request) -> web.Response:
+    raw = await read_json(request)
+    body = validate(LimitsBody, raw)
+    changes = {k: getattr(body, k) for k in raw}  # only the fields sent
+    if not changes:
+        raise APIError(400, "send daily_request_limit and/or daily_token_limit",
+                       code="invalid_value")
+    user = await request.app[ACCOUNTS].set_limits(request.match_info["name"], **changes)
+    return web.json_response(asdict(user))
+
+
+@routes.post("/admin/api/users/{name}/disable")
+async def disable_user(request: web.Request) -> web.Response:
+    await request.app[ACCOUNTS].disable_user(request.match_info["name"])
+    return web.json_response({"name": request.match_info["name"], "disabled": True})
+
+
+@routes.post("/admin/api/users/{name}/totp")
+async def reset_totp(request: web.Request) -> web.Response:
+    uri = await request.app[ACCOUNTS].reset_totp(request.match_info["name"])
+    return web.json_response({"name": request.match_info["name"], "totp_uri": uri})
+
+
+@routes.get("/admin/api/users/{name}/keys")
+async def list_keys(request: web.Request) -> web.Response:
+    keys = await request.app[ACCOUNTS].list_keys(request.match_info["name"])
+    return web.json_response({"keys": [asdict(k) for k in keys]})
+
+
+@routes.post("/admin/api/users/{name}/keys")
+async def create_key(request: web.Request) -> web.Response:
+    body = await _body(request, NewKeyBody)
+    key_id, key = await request.app[ACCOUNTS].create_key(request.match_info["name"], body.label)
+    return web.json_response({"id": key_id, "api_key": key}, status=201)
+
+
+@routes.delete("/admin/api/keys/{key_id}")
+async def revoke_key(request: web.Request) -> web.Response:
+    raw = request.match_info["key_id"]
+    if not raw.isdigit() or len(raw) > 12:
+        raise APIError(400, "key_id: must be a positive integer", code="invalid_value",
+                       param="key_id")
+    await request.app[ACCOUNTS].revoke_key(int(raw))
+    return web.json_response({"id": int(raw), "revoked": True})

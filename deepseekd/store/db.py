@@ -1,0 +1,131 @@
+"""The database: an async SQLAlchemy engine with SQLite made safe for a daemon, transactions
+named by their caller, and schema checks against the Alembic revisions."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+import deepseekd
+
+MIGRATIONS_DIR = Path(deepseekd.__file__).resolve().parent.parent / "migrations"
+
+
+class SchemaError(Exception):
+    """The database schema does not match this deepseekd (newer, unknown or not migrated)."""
+
+
+def alembic_config(url: str) -> AlembicConfig:
+    if not (MIGRATIONS_DIR / "env.py").is_file():
+        raise SchemaError(f"migrations not found at {MIGRATIONS_DIR}")
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+class Database:
+    """One per process. ``async with Database(url) as db``; then ``db.write()``/``db.read()``."""
+
+    def __init__(self, url: str, *, busy_timeout_ms: int = 5000, pool_size: int = 10) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        kwargs: dict[str, Any] = {}
+        if not self.is_sqlite:
+            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        if self.is_sqlite:
+            _make_sqlite_safe(self.engine, busy_timeout_ms)
+        self._reads = async_sessionmaker(self.engine, expire_on_commit=False)
+        # On SQLite a write transaction takes the write lock up front (BEGIN IMMEDIATE), so
+        # two writers queue on the busy timeout instead of one failing at its first write.
+        self._writes = async_sessionmaker(
+            self.engine.execution_options(sqlite_immediate=True), expire_on_commit=False
+        )
+
+    async def __aenter__(self) -> "Database":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.engine.dispose()
+
+    @contextlib.asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncSession]:
+        """One write transaction: committed when the block ends, rolled back on error."""
+        async with self._writes() as session, session.begin():
+            yield session
+
+    @contextlib.asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        async with self._reads() as session, session.begin():
+            yield session
+
+    # -- schema ----------------------------------------------------------------------
+
+    async def upgrade(self) -> tuple[str | None, str]:
+        """Migrate to head; returns (revision before, head). Refuses a newer schema."""
+        cfg = alembic_config(self.url)
+        async with self.engine.begin() as conn:
+            before = await conn.run_sync(lambda c: _check_known(cfg, c))
+
+            def run(sync_conn: Connection) -> None:
+                cfg.attributes["connection"] = sync_conn
+                command.upgrade(cfg, "head")
+
+            await conn.run_sync(run)
+        return before, ScriptDirectory.from_config(cfg).get_current_head() or ""
+
+    async def current_revision(self) -> str | None:
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(
+                lambda c: MigrationContext.configure(c).get_current_revision()
+            )
+
+
+def _check_known(cfg: AlembicConfig, conn: Connection) -> str | None:
+    current = MigrationContext.configure(conn).get_current_revision()
+    script = ScriptDirectory.from_config(cfg)
+    if current is None:
+        return None
+    try:
+        known = script.get_revision(current) is not None
+    except CommandError:
+        known = False
+    if not known:
+        raise SchemaError(
+            f"the database schema is at revision {current}, which this deepseekd does not know "
+            f"(its newest is {script.get_current_head()}): the database was written by a newer "
+            "deepseekd. Run that version, or restore a backup taken before the upgrade; "
+            "downgrades are not supported."
+        )
+    return current
+
+
+def _make_sqlite_safe(engine: AsyncEngine, busy_timeout_ms: int) -> None:
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event emit BEGIN itself (the driver's would be DEFERRED).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+        cur.execute("PRAGMA synchronous=FULL")  # an acknowledged commit survives power loss
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get("sqlite_immediate", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
