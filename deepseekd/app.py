@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import hashlib
+import json
 import logging
 import signal
 import time
@@ -11,14 +14,33 @@ from typing import AsyncContextManager, AsyncIterator, Callable
 
 from aiohttp import web
 
-from deepseekd.api import admin, health, metrics, openai
+from deepseekd import __version__
+from deepseekd.api import admin, health, history, metrics, openai
+from deepseekd.api import audit as audit_api
 from deepseekd.api.inference import InferenceService
 from deepseekd.api.middlewares import MIDDLEWARES, add_request_id
 from deepseekd.config import Settings
 from deepseekd.engine.types import Engine, EngineUnavailable, GenerationOptions
-from deepseekd.keys import ACCOUNTS, CLOCK, DATABASE, INFERENCE, LIFECYCLE, QUOTA, SETTINGS
+from deepseekd.keys import (
+    ACCOUNTS,
+    AUDIT,
+    CLOCK,
+    DATABASE,
+    HISTORY,
+    INFERENCE,
+    KEYS,
+    LIFECYCLE,
+    METRICS,
+    QUOTA,
+    SETTINGS,
+)
 from deepseekd.lifecycle import Lifecycle, Phase
+from deepseekd.obs.metrics import Metrics
+from deepseekd.security.keyring import Keyring
 from deepseekd.store.accounts import AccountService
+from deepseekd.store.audit import AuditLog, AuditUnavailable, Event
+from deepseekd.store.history import HistoryService
+from deepseekd.store.keys import KeyService
 from deepseekd.store.db import Database
 from deepseekd.store.quota import QuotaService
 
@@ -99,20 +121,30 @@ def build_app(
     *,
     clock: Callable[[], float] = time.time,
 ) -> web.Application:
-    """Wire the rooms. Start-up order: database (migrated) first, then the engine."""
+    """Wire the rooms. Start-up order: master key, database (migrated, key checked), then
+    the engine. A missing master key stops here, before anything else starts."""
     app = web.Application(middlewares=MIDDLEWARES, client_max_size=settings.server.max_body_bytes)
     life = Lifecycle(model_name)
     db = Database(settings.database_url, busy_timeout_ms=settings.store.busy_timeout_ms,
                   pool_size=settings.store.pool_size)
+    keys = KeyService(db, Keyring.for_data_dir(settings.data_dir), clock)
+    audit = AuditLog(db, keys.cached_audit_key, clock)
+    metrics_ = Metrics()
+    audit.on_failure = metrics_.audit_write_failures.inc
+    app[METRICS] = metrics_
     app[SETTINGS] = settings
     app[LIFECYCLE] = life
     app[CLOCK] = clock
     app[DATABASE] = db
-    app[ACCOUNTS] = AccountService(db, settings.auth, settings.quota, clock)
+    app[KEYS] = keys
+    app[AUDIT] = audit
+    app[ACCOUNTS] = AccountService(db, settings.auth, settings.quota, clock, audit)
     app[QUOTA] = QuotaService(db, settings.quota, clock)
+    app[HISTORY] = HistoryService(db, keys, audit, clock)
     app[INFERENCE] = InferenceService(life, settings.api)
     app.on_response_prepare.append(add_request_id)
-    for group in (health.routes, openai.routes, admin.routes, metrics.routes):
+    for group in (health.routes, openai.routes, history.routes, admin.routes, audit_api.routes,
+                  metrics.routes):
         app.add_routes(group)
 
     async def database_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -120,7 +152,14 @@ def build_app(
             before, head = await db.upgrade()  # refuses a schema newer than this code
             if before != head:
                 log.info("database migrated", extra={"from": before, "to": head})
+            await keys.check()  # refuses a wrong or missing master key
+            await audit.append(Event(action="service.start", detail=f"deepseekd {__version__}, "
+                                     f"model {model_name}, schema {head}"))
+            await audit.append(Event(action="config.load", detail=settings_digest(settings)))
             yield
+            with contextlib.suppress(AuditUnavailable):
+                await audit.append(Event(action="service.stop",
+                                         detail=f"exit code {life.exit_code}"))
         finally:
             await db.engine.dispose()
 
@@ -136,9 +175,69 @@ def build_app(
             life.engine = None
             await stack.aclose()
 
+    async def maintenance_ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(Maintenance(app).run(), name="maintenance")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     app.cleanup_ctx.append(database_ctx)
+    app.cleanup_ctx.append(maintenance_ctx)
     app.cleanup_ctx.append(engine_ctx)
     return app
+
+
+def settings_digest(settings: Settings) -> str:
+    """What configuration the daemon runs with, as a digest (no values in the audit log)."""
+    text = json.dumps(dataclasses.asdict(settings), default=str, sort_keys=True)
+    return "settings sha256=" + hashlib.sha256(text.encode()).hexdigest()
+
+
+MAINTENANCE_TICK_S = 60.0
+
+
+class Maintenance:
+    """Periodic upkeep: retention purge (daily), the audit head written to the log (an anchor
+    outside the database), and automatic master key rotation when the key is old enough."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+        self._last: dict[str, float] = {}
+
+    def _due(self, what: str, every_s: float, now: float) -> bool:
+        if now - self._last.get(what, float("-inf")) < every_s:
+            return False
+        self._last[what] = now
+        return True
+
+    async def tick(self, now: float | None = None) -> None:
+        app, settings = self._app, self._app[SETTINGS]
+        now = time.monotonic() if now is None else now
+        if self._due("purge", 86400, now):
+            purged = await app[HISTORY].purge(settings.history.retention_days)
+            if purged:
+                log.info("retention purge", extra={"conversations": purged})
+        if self._due("head", settings.audit.head_log_interval_s, now):
+            seq, digest = await app[AUDIT].head()
+            log.info("audit head", extra={"audit_seq": seq, "audit_hash": digest})
+        if settings.keys.rotation_days and self._due("rotation", 3600, now):
+            if await app[KEYS].current_key_age() >= settings.keys.rotation_days * 86400:
+                retired, current = await app[KEYS].rotate(settings.keys_dir)
+                await app[AUDIT].append(Event(action="keys.rotate", role="service",
+                                              detail=f"automatic: v{retired} -> v{current}"))
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("maintenance failed; retrying on the next tick")
+            await asyncio.sleep(MAINTENANCE_TICK_S)
 
 
 async def run_daemon(app: web.Application) -> int:

@@ -17,7 +17,10 @@ from deepseekd.config import ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:
     from deepseekd.store.accounts import AccountService, NewUser
+    from deepseekd.store.audit import AuditLog
     from deepseekd.store.db import Database
+    from deepseekd.store.history import HistoryService
+    from deepseekd.store.keys import KeyService
 
 FIRST_ADMIN = "admin"
 
@@ -46,19 +49,44 @@ def _is_name(value: str) -> bool:
 # --------------------------------------------------------------------------- commands
 
 
-@contextlib.asynccontextmanager
-async def _accounts(settings: Settings, *, migrate: bool = False) -> AsyncIterator[AccountService]:
-    """The account service on a database at the current schema (migrated first if asked)."""
-    from deepseekd.store.accounts import AccountService
-    from deepseekd.store.db import Database
+@dataclasses.dataclass
+class Services:
+    db: "Database"
+    keys: "KeyService"
+    audit: "AuditLog"
+    accounts: "AccountService"
+    history: "HistoryService"
 
+
+@contextlib.asynccontextmanager
+async def _services(settings: Settings, *, migrate: bool = False) -> AsyncIterator[Services]:
+    """The store's services on a database at the current schema with the right master key."""
+    from deepseekd.security.keyring import Keyring
+    from deepseekd.store.accounts import AccountService
+    from deepseekd.store.audit import AuditLog
+    from deepseekd.store.db import Database
+    from deepseekd.store.history import HistoryService
+    from deepseekd.store.keys import KeyService
+
+    keyring = Keyring.for_data_dir(settings.data_dir)
     async with Database(settings.database_url, busy_timeout_ms=settings.store.busy_timeout_ms,
                         pool_size=settings.store.pool_size) as db:
         if migrate:
             await db.upgrade()
         else:
             await _require_head(db)
-        yield AccountService(db, settings.auth, settings.quota, time.time)
+        keys = KeyService(db, keyring, time.time)
+        await keys.check()
+        audit = AuditLog(db, keys.cached_audit_key, time.time)
+        yield Services(db, keys, audit,
+                       AccountService(db, settings.auth, settings.quota, time.time, audit),
+                       HistoryService(db, keys, audit, time.time))
+
+
+@contextlib.asynccontextmanager
+async def _accounts(settings: Settings, *, migrate: bool = False) -> AsyncIterator["AccountService"]:
+    async with _services(settings, migrate=migrate) as svc:
+        yield svc.accounts
 
 
 async def _require_head(db: "Database") -> None:
@@ -95,6 +123,21 @@ def cmd_init(args: argparse.Namespace) -> int:
         print(f"deepseekd: imported {rec.name} (sha256 {rec.sha256})", file=sys.stderr)
     elif not _is_name(model):
         models.resolve_model(model, settings.models_dir)  # a path must exist now, not at serve
+
+    from deepseekd.security.keyring import Keyring, KeyringError, create_master_key
+
+    try:
+        Keyring.for_data_dir(settings.data_dir)
+    except KeyringError:
+        if settings.store.url:
+            raise CliError("no master key found; with a shared PostgreSQL, copy the master key "
+                           "file(s) from the first host into data_dir/keys/ (mode 0600)") from None
+        if (settings.data_dir / "deepseekd.db").exists():
+            raise CliError(f"{settings.data_dir}/deepseekd.db exists but its master key is "
+                           f"missing: restore master-v<N>.key into {settings.keys_dir}") from None
+        path = create_master_key(settings.keys_dir, 1)
+        print(f"deepseekd: created master key {path}; back it up offline: without it the "
+              "history cannot be read", file=sys.stderr)
 
     async def first_admin() -> NewUser | None:
         async with _accounts(settings, migrate=True) as accounts:
@@ -172,6 +215,59 @@ def cmd_key_create(args: argparse.Namespace) -> int:
 
     key_id, key = asyncio.run(run())
     print(json.dumps({"id": key_id, "user": args.name, "api_key": key}))
+    return 0
+
+
+def cmd_user_erase(args: argparse.Namespace) -> int:
+    async def run() -> dict[str, Any]:
+        async with _services(_settings(args)) as svc:
+            return await svc.history.erase_user(args.name)
+
+    print(json.dumps(asyncio.run(run())))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    async def run() -> dict[str, Any]:
+        async with _services(_settings(args)) as svc:
+            return await svc.history.export_user(args.name)
+
+    print(json.dumps(asyncio.run(run()), ensure_ascii=False, indent=2))
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    from deepseekd.store.audit import Event
+    from deepseekd.store.accounts import cli_actor
+
+    settings = _settings(args)
+
+    async def run() -> tuple[list[int], int]:
+        async with _services(settings) as svc:
+            if os.environ.get("CREDENTIALS_DIRECTORY"):
+                raise CliError("the master key comes from systemd credentials: rotate with the "
+                               "key files on the host (see README, Operations)")
+            retired, current = await svc.keys.rotate(settings.keys_dir)
+            await svc.audit.append(Event(action="keys.rotate", actor=cli_actor(), role="cli",
+                                         detail=f"v{retired} -> v{current}"))
+            return retired, current
+
+    retired, current = asyncio.run(run())
+    print(json.dumps({"retired": retired, "current": current}))
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    async def run() -> Any:
+        async with _services(_settings(args)) as svc:
+            return await svc.audit.verify()
+
+    result = asyncio.run(run())
+    print(json.dumps(result.as_json()))
+    if not result.ok:
+        print(f"deepseekd: audit chain broken at event {result.first_bad_id}: {result.reason}",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -268,6 +364,24 @@ def build_parser() -> argparse.ArgumentParser:
     ud = usub.add_parser("disable", parents=[common], help="disable a user (takes effect at once)")
     ud.add_argument("name")
     ud.set_defaults(func=cmd_user_disable)
+    ue = usub.add_parser("erase", parents=[common],
+                         help="crypto-shred a user's history (destroys their data key), then "
+                              "delete it and disable the account")
+    ue.add_argument("name")
+    ue.set_defaults(func=cmd_user_erase)
+    ex = sub.add_parser("export", parents=[common], help="a user's data as JSON (access request)")
+    ex.add_argument("name")
+    ex.set_defaults(func=cmd_export)
+    keys = sub.add_parser("keys", parents=[common], help="master key rotation")
+    kssub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    kssub.add_parser("rotate", parents=[common],
+                     help="new master key version; re-wraps every data key; no downtime"
+                     ).set_defaults(func=cmd_keys_rotate)
+    audit = sub.add_parser("audit", parents=[common], help="the audit log")
+    asub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    asub.add_parser("verify", parents=[common],
+                    help="check the hash chain; exits 1 naming the first bad event"
+                    ).set_defaults(func=cmd_audit_verify)
     key = sub.add_parser("key", parents=[common], help="create and revoke API keys")
     ksub = key.add_subparsers(dest="key_command", required=True, metavar="ACTION")
     kc = ksub.add_parser("create", parents=[common], help="a new API key for a user (shown once)")
@@ -293,12 +407,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from deepseekd.engine.models import ModelError
     from deepseekd.store.accounts import AccountError
+    from deepseekd.security.keyring import KeyringError
+    from deepseekd.store.audit import AuditUnavailable
     from deepseekd.store.db import SchemaError
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ConfigError, CliError, ModelError, AccountError, SchemaError) as exc:
+    except (ConfigError, CliError, ModelError, AccountError, SchemaError, KeyringError,
+            AuditUnavailable) as exc:
         print(f"deepseekd: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

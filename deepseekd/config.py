@@ -122,6 +122,27 @@ class AuthSettings:
 
 
 @dataclass(frozen=True)
+class HistorySettings:
+    retention_days: int = _f(
+        365, "Conversations untouched for this many days are deleted; 0 keeps them forever.",
+        min=0, max=36500)
+
+
+@dataclass(frozen=True)
+class KeySettings:
+    rotation_days: int = _f(
+        90, "The daemon rotates the master key itself when it is this old; 0 = only by hand.",
+        min=0, max=3650)
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    head_log_interval_s: int = _f(
+        300, "How often the audit chain's head is written to the log (an outside anchor).",
+        min=10, max=86400)
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: Path = _f(Path("data"), "State directory: models, keys, database (relative to cwd).")
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -131,6 +152,9 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     quota: QuotaSettings = field(default_factory=QuotaSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    history: HistorySettings = field(default_factory=HistorySettings)
+    keys: KeySettings = field(default_factory=KeySettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
 
     @property
     def models_dir(self) -> Path:
@@ -139,6 +163,10 @@ class Settings:
     @property
     def cache_dir(self) -> Path:
         return self.data_dir / "cache"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
 
     @property
     def database_url(self) -> str:

@@ -11,7 +11,11 @@ from deepseekd.lifecycle import Lifecycle
 
 if TYPE_CHECKING:
     from deepseekd.api.inference import InferenceService
+    from deepseekd.obs.metrics import Metrics
     from deepseekd.store.accounts import AccountService
+    from deepseekd.store.audit import AuditLog
+    from deepseekd.store.history import HistoryService
+    from deepseekd.store.keys import KeyService
     from deepseekd.store.db import Database
     from deepseekd.store.quota import QuotaService
 
@@ -22,3 +26,7 @@ INFERENCE = web.AppKey("inference", "InferenceService")
 DATABASE = web.AppKey("database", "Database")
 ACCOUNTS = web.AppKey("accounts", "AccountService")
 QUOTA = web.AppKey("quota", "QuotaService")
+AUDIT = web.AppKey("audit", "AuditLog")
+HISTORY = web.AppKey("history", "HistoryService")
+KEYS = web.AppKey("keys", "KeyService")
+METRICS = web.AppKey("metrics", "Metrics")

@@ -24,6 +24,7 @@ CHAT = Access(frozenset({"admin", "user"}), quota=True)
 CHAT_READ = Access(frozenset({"admin", "user"}))
 ADMIN = Access(frozenset({"admin"}), second_factor=True)
 METRICS = Access(frozenset({"admin", "auditor", "metrics"}))
+AUDITOR = Access(frozenset({"auditor"}))
 
 ROUTES: dict[tuple[str, str], Access] = {
     ("GET", "/healthz"): OPEN,
@@ -32,6 +33,12 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("POST", "/v1/completions"): CHAT,
     ("POST", "/chat"): CHAT,
     ("GET", "/v1/models"): CHAT_READ,
+    ("GET", "/v1/conversations"): CHAT_READ,
+    ("GET", "/v1/conversations/{conversation_id}"): CHAT_READ,
+    ("DELETE", "/v1/conversations/{conversation_id}"): CHAT_READ,
+    ("GET", "/v1/me/export"): CHAT_READ,
+    ("GET", "/audit/api/events"): AUDITOR,
+    ("GET", "/audit/api/verify"): AUDITOR,
     ("GET", "/metrics"): METRICS,
     ("POST", "/admin/api/login"): OPEN,  # the credentials are in the body
     ("POST", "/admin/api/logout"): ADMIN,
@@ -43,6 +50,9 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("GET", "/admin/api/users/{name}/keys"): ADMIN,
     ("POST", "/admin/api/users/{name}/keys"): ADMIN,
     ("DELETE", "/admin/api/keys/{key_id}"): ADMIN,
+    ("POST", "/admin/api/users/{name}/erase"): ADMIN,
+    ("GET", "/admin/api/users/{name}/export"): ADMIN,
+    ("POST", "/admin/api/keys/rotate"): ADMIN,
 }
 
 

@@ -12,8 +12,9 @@ from pydantic import ConfigDict, Field
 from deepseekd.api.errors import APIError
 from deepseekd.api.middlewares import ADMIN_COOKIE, IDENTITY, read_json
 from deepseekd.api.schemas import _Body, validate
-from deepseekd.keys import ACCOUNTS, SETTINGS
+from deepseekd.keys import ACCOUNTS, AUDIT, HISTORY, KEYS, SETTINGS
 from deepseekd.store.accounts import AuthFailed
+from deepseekd.store.audit import Event
 
 routes = web.RouteTableDef()
 
@@ -91,7 +92,7 @@ async def create_user(request: web.Request) -> web.Response:
     body = await _body(request, NewUserBody)
     new = await request.app[ACCOUNTS].create_user(
         body.name, body.role, daily_request_limit=body.daily_request_limit,
-        daily_token_limit=body.daily_token_limit)
+        daily_token_limit=body.daily_token_limit, by=request[IDENTITY])
     return web.json_response(new.as_json(), status=201)
 
 
@@ -103,19 +104,20 @@ async def set_limits(request: web.Request) -> web.Response:
     if not changes:
         raise APIError(400, "send daily_request_limit and/or daily_token_limit",
                        code="invalid_value")
-    user = await request.app[ACCOUNTS].set_limits(request.match_info["name"], **changes)
+    user = await request.app[ACCOUNTS].set_limits(request.match_info["name"], **changes,
+                                                  by=request[IDENTITY])
     return web.json_response(asdict(user))
 
 
 @routes.post("/admin/api/users/{name}/disable")
 async def disable_user(request: web.Request) -> web.Response:
-    await request.app[ACCOUNTS].disable_user(request.match_info["name"])
+    await request.app[ACCOUNTS].disable_user(request.match_info["name"], by=request[IDENTITY])
     return web.json_response({"name": request.match_info["name"], "disabled": True})
 
 
 @routes.post("/admin/api/users/{name}/totp")
 async def reset_totp(request: web.Request) -> web.Response:
-    uri = await request.app[ACCOUNTS].reset_totp(request.match_info["name"])
+    uri = await request.app[ACCOUNTS].reset_totp(request.match_info["name"], by=request[IDENTITY])
     return web.json_response({"name": request.match_info["name"], "totp_uri": uri})
 
 
@@ -128,7 +130,8 @@ async def list_keys(request: web.Request) -> web.Response:
 @routes.post("/admin/api/users/{name}/keys")
 async def create_key(request: web.Request) -> web.Response:
     body = await _body(request, NewKeyBody)
-    key_id, key = await request.app[ACCOUNTS].create_key(request.match_info["name"], body.label)
+    key_id, key = await request.app[ACCOUNTS].create_key(request.match_info["name"], body.label,
+                                                         by=request[IDENTITY])
     return web.json_response({"id": key_id, "api_key": key}, status=201)
 
 
@@ -138,5 +141,29 @@ async def revoke_key(request: web.Request) -> web.Response:
     if not raw.isdigit() or len(raw) > 12:
         raise APIError(400, "key_id: must be a positive integer", code="invalid_value",
                        param="key_id")
-    await request.app[ACCOUNTS].revoke_key(int(raw))
+    await request.app[ACCOUNTS].revoke_key(int(raw), by=request[IDENTITY])
     return web.json_response({"id": int(raw), "revoked": True})
+
+
+@routes.post("/admin/api/users/{name}/erase")
+async def erase_user(request: web.Request) -> web.Response:
+    """GDPR Art. 17: crypto-shred the user's history, then delete it; the account is disabled."""
+    result = await request.app[HISTORY].erase_user(request.match_info["name"], by=request[IDENTITY])
+    return web.json_response(result)
+
+
+@routes.get("/admin/api/users/{name}/export")
+async def export_user(request: web.Request) -> web.Response:
+    """GDPR Art. 15 on behalf of a data subject."""
+    data = await request.app[HISTORY].export_user(request.match_info["name"], by=request[IDENTITY])
+    return web.json_response(data)
+
+
+@routes.post("/admin/api/keys/rotate")
+async def rotate_keys(request: web.Request) -> web.Response:
+    app = request.app
+    retired, current = await app[KEYS].rotate(app[SETTINGS].keys_dir)
+    who = request[IDENTITY]
+    await app[AUDIT].append(Event(action="keys.rotate", actor=who.name, actor_id=who.user_id,
+                                  role=who.role, detail=f"v{retired} -> v{current}"))
+    return web.json_response({"retired": retired, "current": current})

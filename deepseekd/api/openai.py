@@ -1,16 +1,24 @@
 """The OpenAI-compatible routes and the original design's ``POST /chat``. Handlers stay thin:
-parse, ask the inference service, render."""
+parse, ask the inference service, record, render.
+
+Durability and audit: a chat turn is sealed into the history together with its audit event
+in one transaction, and only then does the client get the answer (or, streaming, the last
+chunk and ``[DONE]``). A stream first writes an ``inference.start`` audit event, so when
+the audit log cannot be written the request fails with 503 before any output.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import time
-from typing import Any, AsyncIterator, Callable
+import uuid
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from deepseekd.api.errors import APIError
+from deepseekd.api.errors import APIError, unavailable
 from deepseekd.api.inference import Prepared
 from deepseekd.api.middlewares import IDENTITY, QUOTA_STATE, REQUEST_ID, read_json
 from deepseekd.api.render import (
@@ -28,64 +36,142 @@ from deepseekd.api.schemas import (
     validate,
 )
 from deepseekd.engine.types import ChoiceDelta, GenerationStep
-from deepseekd.keys import INFERENCE, LIFECYCLE, QUOTA
+from deepseekd.keys import AUDIT, HISTORY, INFERENCE, LIFECYCLE, QUOTA
+from deepseekd.store.audit import AuditUnavailable, Event
+from deepseekd.store.history import TurnRecord
 
 log = logging.getLogger("deepseekd.http")
 routes = web.RouteTableDef()
 
+OnComplete = Callable[[list[Accumulated], int], Awaitable[None]]
 
-async def _charge(request: web.Request, tokens: int) -> None:
-    """Count a finished request's tokens where the caller has a daily token limit."""
-    who, state = request.get(IDENTITY), request.get(QUOTA_STATE)
-    quota = request.app[QUOTA]
-    if who is not None and state is not None and quota.limits(who)[1] > 0:
-        await quota.add_tokens(who, state.day, tokens)
+AUDIT_DOWN = "the audit log cannot be written; no answer is given without an audit record"
 
 
-async def _collect(
-    request: web.Request, prepared: Prepared, rid: str
-) -> tuple[list[Accumulated], int]:
+@dataclass
+class Recorder:
+    """What happens around one inference request: audit, history, token quota."""
+
+    request: web.Request
+    prepared: Prepared
+    action: str
+    messages: list[dict[str, str]] | None = None
+    conversation_id: str | None = None
+    new_conversation: bool = False
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"X-Conversation-Id": self.conversation_id} if self.conversation_id else {}
+
+    def _event(self, action: str, **kw: Any) -> Event:
+        who = self.request[IDENTITY]
+        return Event(action=action, actor=who.name, actor_id=who.user_id, role=who.role,
+                     request_id=self.request[REQUEST_ID], client=self.request.remote,
+                     model=self.prepared.model, **kw)
+
+    async def start(self) -> None:
+        """Streams only: an audit record before the first byte, or a 503 (fail closed)."""
+        try:
+            await self.request.app[AUDIT].append(self._event(
+                f"{self.action}.start", prompt_tokens=len(self.prepared.prompt_ids),
+                target=f"conversation:{self.conversation_id}" if self.conversation_id else None))
+        except AuditUnavailable:
+            raise unavailable(AUDIT_DOWN, code="audit_unavailable") from None
+
+    async def complete(self, acc: list[Accumulated], prompt_tokens: int) -> None:
+        """Make the request durable and audited; raises a 503 APIError when it cannot."""
+        app = self.request.app
+        completion_tokens = sum(a.tokens for a in acc)
+        try:
+            if self.messages is not None:
+                await app[HISTORY].record_turn(
+                    self.request[IDENTITY], self.conversation_id, self.new_conversation,
+                    TurnRecord(self.messages, acc[0].text, self.prepared.model, prompt_tokens,
+                               completion_tokens, self.request[REQUEST_ID], self.request.remote))
+            else:
+                audit = app[AUDIT]
+                await audit.append(self._event(
+                    self.action, prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    answer_hmac=audit.content_hmac(acc[0].text)))
+        except AuditUnavailable:
+            raise unavailable(AUDIT_DOWN, code="audit_unavailable") from None
+        who, state = self.request[IDENTITY], self.request.get(QUOTA_STATE)
+        quota = app[QUOTA]
+        if state is not None and quota.limits(who)[1] > 0:
+            await quota.add_tokens(who, state.day, prompt_tokens + completion_tokens)
+
+    async def failed(self, exc: BaseException) -> None:
+        """Best effort: a request that ended in an error is audited too."""
+        with contextlib.suppress(AuditUnavailable):
+            await self.request.app[AUDIT].append(self._event(
+                self.action, outcome="error", detail=type(exc).__name__))
+
+
+async def _begin_conversation(request: web.Request, rec: Recorder, conversation_id: str | None,
+                              messages: list[dict[str, str]]) -> None:
+    rec.messages = messages
+    if conversation_id is not None:
+        await request.app[HISTORY].check_conversation(request[IDENTITY], conversation_id)
+        rec.conversation_id = conversation_id
+    else:
+        rec.conversation_id, rec.new_conversation = str(uuid.uuid4()), True
+
+
+async def _collect(request: web.Request, rec: Recorder, rid: str) -> tuple[list[Accumulated], int]:
+    prepared = rec.prepared
     acc = [Accumulated() for _ in range(prepared.options.n)]
     prompt_tokens = 0
-    async with contextlib.aclosing(request.app[INFERENCE].run(prepared, rid, stream=False)) as steps:
-        async for step in steps:
-            prompt_tokens = step.prompt_tokens
-            for d in step.choices:
-                acc[d.index].add(d)
-    await _charge(request, prompt_tokens + sum(a.tokens for a in acc))
+    try:
+        run = request.app[INFERENCE].run(prepared, rid, stream=False)
+        async with contextlib.aclosing(run) as steps:
+            async for step in steps:
+                prompt_tokens = step.prompt_tokens
+                for d in step.choices:
+                    acc[d.index].add(d)
+    except APIError as exc:
+        await rec.failed(exc)
+        raise
+    await rec.complete(acc, prompt_tokens)
     return acc, prompt_tokens
 
 
 async def _stream(
     request: web.Request,
-    prepared: Prepared,
+    rec: Recorder,
     rid: str,
     head: Callable[[int], dict[str, Any] | None],
     chunk: Callable[[ChoiceDelta, Accumulated], dict[str, Any]],
     envelope: Callable[[list[dict[str, Any]]], dict[str, Any]],
     include_usage: bool,
 ) -> web.StreamResponse:
-    """Server-sent events: one chunk per engine delta, optional usage, then ``[DONE]``."""
-    async with contextlib.aclosing(request.app[INFERENCE].run(prepared, rid, stream=True)) as steps:
-        return await _write_events(request, steps, prepared.options.n, head, chunk, envelope,
-                                   include_usage)
+    await rec.start()
+    run = request.app[INFERENCE].run(rec.prepared, rid, stream=True)
+    async with contextlib.aclosing(run) as steps:
+        return await _write_events(request, rec, steps, head, chunk, envelope, include_usage)
 
 
 async def _write_events(
     request: web.Request,
+    rec: Recorder,
     steps: AsyncIterator[GenerationStep],
-    n: int,
     head: Callable[[int], dict[str, Any] | None],
     chunk: Callable[[ChoiceDelta, Accumulated], dict[str, Any]],
     envelope: Callable[[list[dict[str, Any]]], dict[str, Any]],
     include_usage: bool,
 ) -> web.StreamResponse:
+    """Server-sent events: one chunk per engine delta; the last one, the usage and
+    ``[DONE]`` only after the request is durable."""
+    n = rec.prepared.options.n
     # Pull the first step before sending headers, so an immediate failure is a plain error.
-    first = await anext(steps, None)
-    resp = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                 "X-Accel-Buffering": "no"}
-    )
+    try:
+        first = await anext(steps, None)
+    except APIError as exc:
+        await rec.failed(exc)
+        raise
+    resp = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no", **rec.headers})
     await resp.prepare(request)
     acc = [Accumulated() for _ in range(n)]
     prompt_tokens = 0
@@ -99,6 +185,7 @@ async def _write_events(
     heads = [h for h in (head(i) for i in range(n)) if h is not None]
     if heads:
         await resp.write(sse(wrap(heads)))
+    held: bytes | None = None
     try:
         step = first
         while step is not None:
@@ -108,10 +195,17 @@ async def _write_events(
                 out.append(chunk(d, acc[d.index]))
                 acc[d.index].add(d)
             if out:
-                await resp.write(sse(wrap(out)))
+                event = sse(wrap(out))
+                if step.finished:
+                    held = event  # the closing chunk waits for the commit
+                else:
+                    await resp.write(event)
             step = await anext(steps, None)
+        await rec.complete(acc, prompt_tokens)
     except APIError as exc:
         # Headers are gone: report in-band, the way OpenAI clients expect, then end.
+        if exc.code != "audit_unavailable":
+            await rec.failed(exc)
         await resp.write(sse(exc.body()))
         await resp.write(SSE_DONE)
         return resp
@@ -122,11 +216,11 @@ async def _write_events(
         await resp.write(sse(APIError(500, "internal server error", code="internal_error").body()))
         await resp.write(SSE_DONE)
         return resp
-    completion_tokens = sum(a.tokens for a in acc)
-    await _charge(request, prompt_tokens + completion_tokens)
+    if held is not None:
+        await resp.write(held)
     if include_usage:
         final = envelope([])
-        final["usage"] = usage(prompt_tokens, completion_tokens)
+        final["usage"] = usage(prompt_tokens, sum(a.tokens for a in acc))
         await resp.write(sse(final))
     await resp.write(SSE_DONE)
     await resp.write_eof()
@@ -135,9 +229,11 @@ async def _write_events(
 
 @routes.post("/v1/chat/completions")
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    svc = request.app[INFERENCE]
     req = validate(ChatCompletionRequest, await read_json(request))
-    prepared = await svc.prepare_chat(req)
+    prepared = await request.app[INFERENCE].prepare_chat(req)
+    rec = Recorder(request, prepared, "inference")
+    await _begin_conversation(request, rec, req.conversation_id,
+                              [{"role": m.role, "content": m.content} for m in req.messages])
     rid = "chatcmpl-" + request[REQUEST_ID]
     created = int(time.time())
 
@@ -156,9 +252,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                     "logprobs": chat_logprobs(d.logprobs) if want_lp else None,
                     "finish_reason": d.finish_reason}
 
-        return await _stream(request, prepared, rid, head, chunk, envelope, req.include_usage)
+        return await _stream(request, rec, rid, head, chunk, envelope, req.include_usage)
 
-    acc, prompt_tokens = await _collect(request, prepared, rid)
+    acc, prompt_tokens = await _collect(request, rec, rid)
     body = envelope(
         [
             {"index": i, "message": {"role": "assistant", "content": a.text},
@@ -169,14 +265,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         obj="chat.completion",
     )
     body["usage"] = usage(prompt_tokens, sum(a.tokens for a in acc))
-    return web.json_response(body)
+    return web.json_response(body, headers=rec.headers)
 
 
 @routes.post("/v1/completions")
 async def completions(request: web.Request) -> web.StreamResponse:
-    svc = request.app[INFERENCE]
     req = validate(CompletionRequest, await read_json(request))
-    prepared = await svc.prepare_completion(req)
+    prepared = await request.app[INFERENCE].prepare_completion(req)
+    rec = Recorder(request, prepared, "inference.completion")
     rid = "cmpl-" + request[REQUEST_ID]
     created = int(time.time())
 
@@ -191,10 +287,10 @@ async def completions(request: web.Request) -> web.StreamResponse:
                     "logprobs": completion_logprobs(d.logprobs, len(so_far.text)) if want_lp else None,
                     "finish_reason": d.finish_reason}
 
-        return await _stream(request, prepared, rid, lambda i: None, chunk, envelope,
+        return await _stream(request, rec, rid, lambda i: None, chunk, envelope,
                              req.include_usage)
 
-    acc, prompt_tokens = await _collect(request, prepared, rid)
+    acc, prompt_tokens = await _collect(request, rec, rid)
     body = envelope(
         [
             {"index": i, "text": a.text,
@@ -220,8 +316,10 @@ async def models(request: web.Request) -> web.Response:
 @routes.post("/chat")
 async def simple_chat(request: web.Request) -> web.Response:
     """The original design's endpoint: ``{"prompt": "..."}`` → ``{"response": "..."}``."""
-    svc = request.app[INFERENCE]
     req = validate(SimpleChatRequest, await read_json(request))
-    prepared = await svc.prepare_simple(req.prompt, req.max_tokens)
-    acc, _ = await _collect(request, prepared, "chat-" + request[REQUEST_ID])
-    return web.json_response({"response": acc[0].text})
+    prepared = await request.app[INFERENCE].prepare_simple(req.prompt, req.max_tokens)
+    rec = Recorder(request, prepared, "inference")
+    await _begin_conversation(request, rec, req.conversation_id,
+                              [{"role": "user", "content": req.prompt}])
+    acc, _ = await _collect(request, rec, "chat-" + request[REQUEST_ID])
+    return web.json_response({"response": acc[0].text}, headers=rec.headers)

@@ -85,6 +85,8 @@ class _Sampling(_Body):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage]
+    conversation_id: str | None = Field(None, max_length=64)
+    """deepseekd extension: append this turn to one of the caller's conversations."""
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
@@ -135,6 +137,7 @@ class SimpleChatRequest(_Body):
 
     prompt: str = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
+    conversation_id: str | None = Field(None, max_length=64)
 
 
 # --------------------------------------------------------------------------- parsing

@@ -3,6 +3,7 @@ never commit; AccountService owns the transactions and is what the API and CLI c
 
 from __future__ import annotations
 
+import getpass
 import logging
 import re
 import secrets
@@ -15,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from deepseekd.config import AuthSettings, QuotaSettings
 from deepseekd.security import passwords, totp
 from deepseekd.security.apikeys import KEY_PREFIX, generate_api_key, hash_api_key
+from deepseekd.store.audit import AuditLog, Event
 from deepseekd.store.db import Database
 from deepseekd.store.schema import ROLES, AdminSession, ApiKey, AuthFailure, User
 
@@ -95,6 +97,14 @@ class KeyInfo:
     revoked_at: float | None
 
 
+def cli_actor() -> str:
+    """Who ran a CLI command, for the audit log (the service account under systemd)."""
+    try:
+        return "cli:" + getpass.getuser()
+    except (KeyError, OSError):
+        return "cli"
+
+
 # --------------------------------------------------------------------------- validation
 
 
@@ -149,7 +159,7 @@ async def _insert_key(s: AsyncSession, user_id: int, label: str, now: float) -> 
 
 
 async def _record_failure(s: AsyncSession, user: User, kind: str, now: float,
-                          cfg: AuthSettings) -> None:
+                          cfg: AuthSettings, audit: "AuditLog | None") -> None:
     s.add(AuthFailure(user_id=user.id, at=now, kind=kind))
     await s.flush()
     since = now - cfg.lockout_window_minutes * 60
@@ -161,6 +171,11 @@ async def _record_failure(s: AsyncSession, user: User, kind: str, now: float,
         user.locked_until = now + cfg.lockout_minutes * 60
         log.warning("account locked", extra={"user_id": user.id, "failures": count,
                                              "minutes": cfg.lockout_minutes})
+        if audit is not None:
+            await audit.append_in(s, Event(
+                action="account.lockout", outcome="locked", actor=user.name, actor_id=user.id,
+                role=user.role, target=f"user:{user.name}",
+                detail=f"{count} failures; locked for {cfg.lockout_minutes} minutes"))
 
 
 # --------------------------------------------------------------------------- service
@@ -168,16 +183,27 @@ async def _record_failure(s: AsyncSession, user: User, kind: str, now: float,
 
 class AccountService:
     def __init__(self, db: Database, auth: AuthSettings, quota: QuotaSettings,
-                 clock: Clock) -> None:
+                 clock: Clock, audit: "AuditLog | None" = None) -> None:
         self._db = db
         self._auth = auth
         self._quota = quota
         self._now = clock
+        self._audit = audit
+
+    async def _record(self, s: AsyncSession, action: str, by: Identity | None, target: str,
+                      outcome: str = "ok", detail: str | None = None) -> None:
+        """Audit an account change inside its own transaction (fail closed)."""
+        if self._audit is None:
+            return
+        await self._audit.append_in(s, Event(
+            action=action, outcome=outcome, actor=by.name if by else cli_actor(),
+            actor_id=by.user_id if by else None, role=by.role if by else "cli",
+            target=target, detail=detail))
 
     # -- users -----------------------------------------------------------------------
 
     async def create_user(self, name: object, role: object, *, daily_request_limit: object = None,
-                          daily_token_limit: object = None) -> NewUser:
+                          daily_token_limit: object = None, by: Identity | None = None) -> NewUser:
         name = check_name(name)
         role = check_role(role)
         req_limit = check_limit(daily_request_limit, "daily_request_limit")
@@ -196,6 +222,7 @@ class AccountService:
             s.add(user)
             await s.flush()
             _, key = await _insert_key(s, user.id, "initial", now)
+            await self._record(s, "user.create", by, f"user:{name}", detail=f"role={role}")
         uri = totp.provisioning_uri(secret, name, self._auth.totp_issuer) if secret else None
         log.info("user created", extra={"user": name, "role": role})
         return NewUser(name, role, key, password, uri)
@@ -222,10 +249,11 @@ class AccountService:
             for u, n in rows
         ]
 
-    async def disable_user(self, name: str) -> None:
+    async def disable_user(self, name: str, *, by: Identity | None = None) -> None:
         async with self._db.write() as s:
             user = await _require_user(s, name)
             user.disabled = True
+            await self._record(s, "user.disable", by, f"user:{name}")
             # Open admin sessions end with the account.
             await s.execute(update(AdminSession).where(
                 AdminSession.user_id == user.id, AdminSession.ended_at.is_(None)
@@ -233,22 +261,26 @@ class AccountService:
         log.info("user disabled", extra={"user": name})
 
     async def set_limits(self, name: str, *, daily_request_limit: object = ...,
-                         daily_token_limit: object = ...) -> UserInfo:
+                         daily_token_limit: object = ..., by: Identity | None = None) -> UserInfo:
         async with self._db.write() as s:
             user = await _require_user(s, name)
             if daily_request_limit is not ...:
                 user.daily_request_limit = check_limit(daily_request_limit, "daily_request_limit")
             if daily_token_limit is not ...:
                 user.daily_token_limit = check_limit(daily_token_limit, "daily_token_limit")
+            await self._record(s, "user.limits", by, f"user:{name}",
+                               detail=f"requests={user.daily_request_limit} "
+                                      f"tokens={user.daily_token_limit}")
         return next(u for u in await self.list_users() if u.name == name)
 
-    async def reset_totp(self, name: str) -> str:
+    async def reset_totp(self, name: str, *, by: Identity | None = None) -> str:
         secret = totp.new_secret()
         async with self._db.write() as s:
             user = await _require_user(s, name)
             if user.role != "admin":
                 raise AccountError("name: only admins have a second factor", field="name")
             user.totp_secret = secret
+            await self._record(s, "user.totp_reset", by, f"user:{name}")
             user.totp_last_step = None
             await s.execute(update(AdminSession).where(
                 AdminSession.user_id == user.id, AdminSession.ended_at.is_(None)
@@ -257,15 +289,18 @@ class AccountService:
 
     # -- keys ------------------------------------------------------------------------
 
-    async def create_key(self, name: str, label: object = "") -> tuple[int, str]:
+    async def create_key(self, name: str, label: object = "", *,
+                         by: Identity | None = None) -> tuple[int, str]:
         label = check_label(label)
         async with self._db.write() as s:
             user = await _require_user(s, name)
             if user.disabled:
                 raise AccountError(f"name: user '{name}' is disabled", field="name", status=409)
-            return await _insert_key(s, user.id, label, self._now())
+            key_id, key = await _insert_key(s, user.id, label, self._now())
+            await self._record(s, "key.create", by, f"user:{name}", detail=f"key_id={key_id}")
+            return key_id, key
 
-    async def revoke_key(self, key_id: int) -> None:
+    async def revoke_key(self, key_id: int, *, by: Identity | None = None) -> None:
         async with self._db.write() as s:
             result = await s.execute(
                 update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
@@ -273,6 +308,7 @@ class AccountService:
             )
             if result.rowcount == 0:
                 raise AccountError(f"no active API key with id {key_id}", field="id", status=404)
+            await self._record(s, "key.revoke", by, f"key:{key_id}")
 
     async def list_keys(self, name: str | None = None) -> list[KeyInfo]:
         async with self._db.read() as s:
@@ -344,13 +380,19 @@ class AccountService:
                 reason = "not an active admin"
             elif not ok:
                 reason = "wrong password or key"
-                await _record_failure(s, user, "password", now, self._auth)
+                await _record_failure(s, user, "password", now, self._auth, self._audit)
             else:
                 reason = await self._check_code(s, user, code, now)
             if reason is None:
                 token = SESSION_PREFIX + secrets.token_urlsafe(32)
                 s.add(AdminSession(token_hash=hash_api_key(token), user_id=user.id,
                                    created_at=now, last_seen_at=now))
+            if self._audit is not None:
+                await self._audit.append_in(s, Event(
+                    action="admin.login", outcome="ok" if reason is None else "denied",
+                    actor=user.name if user else None, actor_id=user.id if user else None,
+                    role=user.role if user else None, detail=reason,
+                    target=None if user else "unknown user"))
         if reason is not None:
             log.warning("admin login refused", extra={"reason": reason,
                                                       "user_id": user.id if user else None})
@@ -371,6 +413,10 @@ class AccountService:
                 reason = "locked"
             else:
                 reason = await self._check_code(s, user, code, now)
+            if reason is not None and self._audit is not None:
+                await self._audit.append_in(s, Event(
+                    action="admin.totp", outcome="denied", actor=identity.name,
+                    actor_id=identity.user_id, role=identity.role, detail=reason))
         if reason is not None:
             log.warning("second factor refused", extra={"reason": reason,
                                                         "user_id": identity.user_id})
@@ -382,7 +428,7 @@ class AccountService:
             return "no second factor enrolled"
         step = totp.matching_step(user.totp_secret, code if isinstance(code, str) else "", now)
         if step is None:
-            await _record_failure(s, user, "totp", now, self._auth)
+            await _record_failure(s, user, "totp", now, self._auth, self._audit)
             return "wrong code"
         # Accept each step once: the conditional update is atomic under concurrency.
         result = await s.execute(
@@ -393,7 +439,7 @@ class AccountService:
         )
         if result.rowcount != 1:
             log.warning("totp replay rejected", extra={"user_id": user.id})
-            await _record_failure(s, user, "totp", now, self._auth)
+            await _record_failure(s, user, "totp", now, self._auth, self._audit)
             return "replayed code"
         return None
 

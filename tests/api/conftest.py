@@ -18,6 +18,7 @@ from deepseekd.app import build_app
 from deepseekd.config import Settings, load_settings
 from deepseekd.keys import ACCOUNTS, LIFECYCLE
 from deepseekd.lifecycle import Lifecycle
+from deepseekd.security.keyring import create_master_key
 
 try:
     from tests.fakes import FakeEngine
@@ -101,6 +102,8 @@ def make_daemon(aiohttp_client: Any, tmp_path: Path) -> MakeDaemon:
         clock: Callable[[], float] | None = None,
     ) -> Daemon:
         fake = engine or FakeEngine(model_name=MODEL)
+        if not (tmp_path / "keys").exists():
+            create_master_key(tmp_path / "keys", 1)  # what `deepseekd init` does
         settings = load_settings(
             path=None,
             env={

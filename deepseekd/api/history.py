@@ -1,0 +1,39 @@
+"""The caller's own conversations and data export (``/v1/conversations``, ``/v1/me/export``).
+Another user's conversation id is a 404, exactly like a missing one."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from deepseekd.api.middlewares import IDENTITY
+from deepseekd.keys import HISTORY
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/v1/conversations")
+async def list_conversations(request: web.Request) -> web.Response:
+    items = await request.app[HISTORY].list_conversations(request[IDENTITY])
+    return web.json_response({"object": "list", "data": items})
+
+
+@routes.get("/v1/conversations/{conversation_id}")
+async def get_conversation(request: web.Request) -> web.Response:
+    conv = await request.app[HISTORY].get_conversation(
+        request[IDENTITY], request.match_info["conversation_id"])
+    return web.json_response(conv)
+
+
+@routes.delete("/v1/conversations/{conversation_id}")
+async def delete_conversation(request: web.Request) -> web.Response:
+    cid = request.match_info["conversation_id"]
+    await request.app[HISTORY].delete_conversation(request[IDENTITY], cid)
+    return web.json_response({"id": cid, "deleted": True})
+
+
+@routes.get("/v1/me/export")
+async def export_me(request: web.Request) -> web.Response:
+    who = request[IDENTITY]
+    data = await request.app[HISTORY].export_user(who.name, by=who)
+    return web.json_response(data, headers={
+        "Content-Disposition": f'attachment; filename="deepseekd-export-{who.name}.json"'})
