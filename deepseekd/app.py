@@ -220,6 +220,7 @@ class Maintenance:
             purged = await app[HISTORY].purge(settings.history.retention_days)
             if purged:
                 log.info("retention purge", extra={"conversations": purged})
+            await app[ACCOUNTS].prune()  # old failed attempts and ended admin sessions
         if self._due("head", settings.audit.head_log_interval_s, now):
             seq, digest = await app[AUDIT].head()
             log.info("audit head", extra={"audit_seq": seq, "audit_hash": digest})

@@ -72,8 +72,9 @@ async def login(request: web.Request) -> web.Response:
 
 @routes.post("/admin/api/logout")
 async def logout(request: web.Request) -> web.Response:
-    token = request.cookies.get(ADMIN_COOKIE) or request.headers.get(
-        "Authorization", "").partition(" ")[2].strip()
+    # The token that authenticated this call, not whichever else the client also sent.
+    auth = request.headers.get("Authorization")
+    token = auth.partition(" ")[2].strip() if auth else request.cookies.get(ADMIN_COOKIE, "")
     if request[IDENTITY].via == "session" and token:
         await request.app[ACCOUNTS].logout(token)
     resp = web.json_response({"logged_out": True})

@@ -13,7 +13,7 @@ from aiohttp import web
 from deepseekd.api.access import access_for
 from deepseekd.api.errors import APIError, unavailable
 from deepseekd.api.schemas import parse_json
-from deepseekd.keys import ACCOUNTS, INFERENCE, LIFECYCLE, QUOTA, SETTINGS
+from deepseekd.keys import ACCOUNTS, CLOCK, INFERENCE, LIFECYCLE, QUOTA, SETTINGS
 from deepseekd.store.accounts import SESSION_PREFIX, AccountError, AuthFailed, Identity
 from deepseekd.store.quota import QuotaState
 
@@ -67,6 +67,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except APIError as exc:
         resp = exc.response()
+        if exc.status == 401 and "WWW-Authenticate" not in resp.headers:
+            resp.headers["WWW-Authenticate"] = "Bearer"  # RFC 7235: every 401 names a scheme
     except AccountError as exc:
         resp = APIError(exc.status, str(exc), param=exc.field,
                         code="invalid_value" if exc.status == 400 else None).response()
@@ -176,7 +178,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
                 f"daily quota of {what} reached; it resets at "
                 f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(state.reset_at))}",
                 code="daily_quota_exceeded",
-                headers={"Retry-After": str(max(1, state.reset_at - int(time.time())))},
+                headers={"Retry-After": str(max(1, state.reset_at - int(request.app[CLOCK]())))},
             )
     else:
         request[QUOTA_STATE] = await request.app[QUOTA].peek(who)

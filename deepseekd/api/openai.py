@@ -9,6 +9,7 @@ the audit log cannot be written the request fails with 503 before any output.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -58,6 +59,7 @@ class Recorder:
     messages: list[dict[str, str]] | None = None
     conversation_id: str | None = None
     new_conversation: bool = False
+    charged: bool = False
 
     @property
     def headers(self) -> dict[str, str]:
@@ -78,6 +80,18 @@ class Recorder:
         except AuditUnavailable:
             raise unavailable(AUDIT_DOWN, code="audit_unavailable") from None
 
+    async def charge(self, acc: list[Accumulated], prompt_tokens: int) -> None:
+        """Count the tokens produced, finished or not, where the caller has a token limit.
+        Runs even when the client left mid-answer, so a disconnect does not dodge the limit."""
+        if self.charged:
+            return
+        self.charged = True
+        who, state = self.request[IDENTITY], self.request.get(QUOTA_STATE)
+        quota = self.request.app[QUOTA]
+        if state is not None and quota.limits(who)[1] > 0:
+            await asyncio.shield(quota.add_tokens(
+                who, state.day, prompt_tokens + sum(a.tokens for a in acc)))
+
     async def complete(self, acc: list[Accumulated], prompt_tokens: int) -> None:
         """Make the request durable and audited; raises a 503 APIError when it cannot."""
         app = self.request.app
@@ -96,10 +110,6 @@ class Recorder:
                     answer_hmac=audit.content_hmac(acc[0].text)))
         except AuditUnavailable:
             raise unavailable(AUDIT_DOWN, code="audit_unavailable") from None
-        who, state = self.request[IDENTITY], self.request.get(QUOTA_STATE)
-        quota = app[QUOTA]
-        if state is not None and quota.limits(who)[1] > 0:
-            await quota.add_tokens(who, state.day, prompt_tokens + completion_tokens)
 
     async def failed(self, exc: BaseException) -> None:
         """Best effort: a request that ended in an error is audited too."""
@@ -121,7 +131,7 @@ async def _begin_conversation(request: web.Request, rec: Recorder, conversation_
 async def _collect(request: web.Request, rec: Recorder, rid: str) -> tuple[list[Accumulated], int]:
     prepared = rec.prepared
     acc = [Accumulated() for _ in range(prepared.options.n)]
-    prompt_tokens = 0
+    prompt_tokens = len(prepared.prompt_ids)
     try:
         run = request.app[INFERENCE].run(prepared, rid, stream=False)
         async with contextlib.aclosing(run) as steps:
@@ -132,6 +142,8 @@ async def _collect(request: web.Request, rec: Recorder, rid: str) -> tuple[list[
     except APIError as exc:
         await rec.failed(exc)
         raise
+    finally:
+        await rec.charge(acc, prompt_tokens)
     await rec.complete(acc, prompt_tokens)
     return acc, prompt_tokens
 
@@ -174,7 +186,7 @@ async def _write_events(
         "X-Accel-Buffering": "no", **rec.headers})
     await resp.prepare(request)
     acc = [Accumulated() for _ in range(n)]
-    prompt_tokens = 0
+    prompt_tokens = len(rec.prepared.prompt_ids)
 
     def wrap(choices: list[dict[str, Any]]) -> dict[str, Any]:
         obj = envelope(choices)
@@ -201,17 +213,21 @@ async def _write_events(
                 else:
                     await resp.write(event)
             step = await anext(steps, None)
+        await rec.charge(acc, prompt_tokens)
         await rec.complete(acc, prompt_tokens)
     except APIError as exc:
         # Headers are gone: report in-band, the way OpenAI clients expect, then end.
+        await rec.charge(acc, prompt_tokens)
         if exc.code != "audit_unavailable":
             await rec.failed(exc)
         await resp.write(sse(exc.body()))
         await resp.write(SSE_DONE)
         return resp
-    except ConnectionResetError:
-        raise  # the client left
+    except (ConnectionResetError, asyncio.CancelledError):
+        await rec.charge(acc, prompt_tokens)  # the client left: what it got still counts
+        raise
     except Exception:
+        await rec.charge(acc, prompt_tokens)
         log.exception("internal error in stream", extra={"request_id": request[REQUEST_ID]})
         await resp.write(sse(APIError(500, "internal server error", code="internal_error").body()))
         await resp.write(SSE_DONE)

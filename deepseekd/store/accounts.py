@@ -307,7 +307,7 @@ class AccountService:
                 .values(revoked_at=self._now())
             )
             if result.rowcount == 0:
-                raise AccountError(f"no active API key with id {key_id}", field="id", status=404)
+                raise AccountError(f"no active API key with id {key_id}", field="key_id", status=404)
             await self._record(s, "key.revoke", by, f"key:{key_id}")
 
     async def list_keys(self, name: str | None = None) -> list[KeyInfo]:

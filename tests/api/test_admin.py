@@ -209,10 +209,6 @@ async def test_disabling_an_admin_ends_their_sessions(admin: Admin) -> None:
     await error(resp, 401, "login_failed")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "deepseekd/api/admin.py logout: ends the session named by the deepseekd_admin cookie "
-    "before the Authorization bearer that authenticated the call, so a bearer logout with "
-    "another session's cookie present ends the wrong session"))
 async def test_logout_ends_the_session_that_authenticated(admin: Admin) -> None:
     c = admin.client
     first = await admin.login(keep_cookie=True)
