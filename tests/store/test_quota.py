@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,8 +19,11 @@ import pytest
 from sqlalchemy import select
 
 from deepseekd.config import AuthSettings, QuotaSettings
+from deepseekd.security.keyring import Keyring, create_master_key
 from deepseekd.store.accounts import AccountService, Identity
+from deepseekd.store.audit import AuditLog
 from deepseekd.store.db import Database
+from deepseekd.store.keys import KeyService
 from deepseekd.store.quota import QuotaService
 from deepseekd.store.schema import QuotaUsage
 from tests.pg import PostgresServer, free_port
@@ -267,19 +271,26 @@ async def _wait_ready(session: aiohttp.ClientSession, base: str, proc: subproces
 
 async def test_two_daemons_share_one_limit_over_http(postgres: PostgresServer,
                                                      tmp_path: Path) -> None:
+    """Like two hosts behind a balancer: one PostgreSQL, each daemon with its own data dir
+    holding a copy of the one master key, the database set up as `deepseekd init` leaves it."""
     url = await postgres.acreate_database()
+    data_dirs = [tmp_path / "d0", tmp_path / "d1"]
+    key_file = create_master_key(data_dirs[0] / "keys", 1)
+    (data_dirs[1] / "keys").mkdir(parents=True, mode=0o700)
+    shutil.copy2(key_file, data_dirs[1] / "keys" / key_file.name)
     async with Database(url) as db:
         await db.upgrade()
-        accounts = AccountService(db, AuthSettings(), QuotaSettings(), time.time)
+        keys = KeyService(db, Keyring.for_data_dir(data_dirs[0]), time.time)
+        await keys.check()
+        audit = AuditLog(db, keys.cached_audit_key, time.time)
+        accounts = AccountService(db, AuthSettings(), QuotaSettings(), time.time, audit)
         new = await accounts.create_user("racer", "user", daily_request_limit=LIMIT)
 
     procs: list[tuple[subprocess.Popen, Path]] = []
     bases = []
     try:
-        for i in range(2):
+        for i, data in enumerate(data_dirs):
             port = free_port()
-            data = tmp_path / f"d{i}"
-            data.mkdir()
             log = tmp_path / f"daemon{i}.log"
             with open(log, "wb") as fh:
                 proc = subprocess.Popen(
@@ -334,3 +345,14 @@ async def test_two_daemons_share_one_limit_over_http(postgres: PostgresServer,
                 proc.wait()
                 raise
             assert code == 0, f"daemon exited {code}:\n{log.read_text()}"
+
+    # Both daemons appended to the one audit chain at once: it must still verify.
+    async with Database(url) as db:
+        keys = KeyService(db, Keyring.for_data_dir(data_dirs[0]), time.time)
+        await keys.check()
+        result = await AuditLog(db, keys.cached_audit_key, time.time).verify()
+        assert result.ok, result.as_json()
+        who = await AccountService(db, AuthSettings(), QuotaSettings(),
+                                   time.time).authenticate_key(new.api_key)
+        assert who is not None
+        assert (await QuotaService(db, QuotaSettings(), time.time).peek(who)).remaining == 0
