@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import signal
+import socket
 import time
 from typing import AsyncContextManager, AsyncIterator, Callable
 
@@ -31,12 +32,15 @@ from deepseekd.keys import (
     KEYS,
     LIFECYCLE,
     METRICS,
+    NOTIFIER,
     QUOTA,
     SETTINGS,
 )
 from deepseekd.lifecycle import Lifecycle, Phase
-from deepseekd.obs.metrics import Metrics
+from deepseekd.obs.metrics import GpuCollector, Metrics, bind_gauges
+from deepseekd.obs.systemd import Notifier
 from deepseekd.security.keyring import Keyring
+from deepseekd.security.tls import TlsError, TlsReloader
 from deepseekd.store.accounts import AccountService
 from deepseekd.store.audit import AuditLog, AuditUnavailable, Event
 from deepseekd.store.history import HistoryService
@@ -62,7 +66,8 @@ def default_warmup_requests(device: str) -> int:
     return 2 if device == "cpu" else 8
 
 
-async def warmup(engine: Engine, life: Lifecycle, settings: Settings) -> None:
+async def warmup(engine: Engine, life: Lifecycle, settings: Settings,
+                 notifier: Notifier | None = None) -> None:
     total = settings.warmup.requests
     if total < 0:
         total = default_warmup_requests(engine.device)
@@ -81,6 +86,8 @@ async def warmup(engine: Engine, life: Lifecycle, settings: Settings) -> None:
                 async for _ in gen:
                     pass
             life.warmup_done += 1
+            if notifier is not None:
+                notifier.status(f"warming up {life.warmup_done}/{total}")
             log.info("warming up", extra={"done": life.warmup_done, "total": total})
 
     await asyncio.gather(*(one(i) for i in range(total)))
@@ -92,12 +99,14 @@ async def _boot(app: web.Application, factory: EngineFactory, stack: contextlib.
     settings = app[SETTINGS]
     try:
         log.info("loading model", extra={"model": life.model_name})
+        app[NOTIFIER].status(f"loading model {life.model_name}")
         engine = await stack.enter_async_context(factory())
         life.engine = engine
         life.phase = Phase.WARMING
-        await warmup(engine, life, settings)
+        await warmup(engine, life, settings, app[NOTIFIER])
         if life.phase is Phase.WARMING:
             life.phase = Phase.READY
+            app[NOTIFIER].ready(f"ready: serving {life.model_name}")
             log.info("ready", extra={"model": life.model_name,
                                      "max_model_len": engine.max_model_len})
         while True:
@@ -120,6 +129,7 @@ def build_app(
     model_name: str,
     *,
     clock: Callable[[], float] = time.time,
+    model_sha256: str | None = None,
 ) -> web.Application:
     """Wire the rooms. Start-up order: master key, database (migrated, key checked), then
     the engine. A missing master key stops here, before anything else starts."""
@@ -131,7 +141,20 @@ def build_app(
     audit = AuditLog(db, keys.cached_audit_key, clock)
     metrics_ = Metrics()
     audit.on_failure = metrics_.audit_write_failures.inc
+    metrics_.registry.register(GpuCollector())
     app[METRICS] = metrics_
+    app[NOTIFIER] = Notifier.from_env()
+
+    def engine_stat(name: str) -> Callable[[], float]:
+        return lambda: float(getattr(life.engine.stats(), name)) if life.engine else 0.0
+
+    bind_gauges(
+        metrics_,
+        engine_up=lambda: float(life.engine is not None and not life.engine.dead),
+        ready=lambda: float(life.phase is Phase.READY),
+        running=engine_stat("running"), waiting=engine_stat("waiting"),
+        kv_usage=engine_stat("kv_cache_usage"))
+    metrics_.build_info.labels(__version__, model_name, model_sha256 or "").set(1)
     app[SETTINGS] = settings
     app[LIFECYCLE] = life
     app[CLOCK] = clock
@@ -139,6 +162,7 @@ def build_app(
     app[KEYS] = keys
     app[AUDIT] = audit
     app[ACCOUNTS] = AccountService(db, settings.auth, settings.quota, clock, audit)
+    app[ACCOUNTS].on_lockout = metrics_.lockouts.inc
     app[QUOTA] = QuotaService(db, settings.quota, clock)
     app[HISTORY] = HistoryService(db, keys, audit, clock)
     app[INFERENCE] = InferenceService(life, settings.api)
@@ -241,35 +265,94 @@ class Maintenance:
             await asyncio.sleep(MAINTENANCE_TICK_S)
 
 
+class Listener:
+    """The listening socket and the site serving it. TLS files are re-read when they change:
+    a new site with the new context starts on a duplicate of the same listening socket, then
+    the old site stops accepting; the socket never closes, so no connection is refused, and
+    connections already open keep their context until they end."""
+
+    def __init__(self, runner: web.AppRunner, settings: Settings, metrics: Metrics) -> None:
+        self._runner = runner
+        self._cfg = settings.server
+        self._metrics = metrics
+        self._tls = TlsReloader(self._cfg.tls) if self._cfg.tls.cert else None
+        self._sock: socket.socket | None = None
+        self._site: web.BaseSite | None = None
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self._tls else "http"
+        return f"{scheme}://{self._cfg.host}:{self._cfg.port}"
+
+    async def start(self) -> None:
+        self._sock = socket.create_server((self._cfg.host, self._cfg.port), backlog=1024,
+                                          reuse_port=False)
+        self._sock.setblocking(False)
+        self._site = await self._start_site(self._sock)
+        if self._tls:
+            self._metrics.tls_expiry.set(self._tls.current.not_after)
+
+    async def _start_site(self, sock: socket.socket) -> web.BaseSite:
+        site = web.SockSite(self._runner, sock,
+                            ssl_context=self._tls.current.context if self._tls else None)
+        await site.start()
+        return site
+
+    async def watch_tls(self) -> None:
+        assert self._tls is not None and self._sock is not None
+        while True:
+            await asyncio.sleep(self._cfg.tls.reload_interval_s)
+            if self._tls.poll() is None:
+                continue
+            old = self._site
+            self._site = await self._start_site(self._sock.dup())
+            if old is not None:
+                await old.stop()
+            self._metrics.tls_expiry.set(self._tls.current.not_after)
+
+
 async def run_daemon(app: web.Application) -> int:
     """Serve until SIGTERM/SIGINT or engine death; drain; return the process exit code."""
     settings = app[SETTINGS]
     life = app[LIFECYCLE]
+    notifier = app[NOTIFIER]
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
                            shutdown_timeout=5.0)
+    notifier.status("starting: checking the database and master key")
     await runner.setup()
+    tasks: list[asyncio.Task[None]] = []
     try:
-        site = web.TCPSite(runner, settings.server.host, settings.server.port)
+        listener = Listener(runner, settings, app[METRICS])
         try:
-            await site.start()
-        except OSError as exc:
+            await listener.start()
+        except (OSError, TlsError) as exc:
             log.error("cannot listen", extra={"host": settings.server.host,
                                               "port": settings.server.port, "error": str(exc)})
+            life.exit_code = 1
             return 1
-        log.info("listening", extra={"url": f"http://{settings.server.host}:{settings.server.port}"})
+        log.info("listening", extra={"url": listener.url})
+        if settings.server.tls.cert:
+            tasks.append(asyncio.create_task(listener.watch_tls(), name="tls-reload"))
+        if notifier.watchdog_interval() is not None:
+            tasks.append(asyncio.create_task(notifier.watchdog_loop(), name="watchdog"))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, life.stop_requested.set)
         await life.stop_requested.wait()
+        notifier.stopping()
         if life.phase is not Phase.DEAD:
             life.begin_drain()
+            notifier.status(f"draining {life.inflight} requests")
             log.info("draining", extra={"in_flight": life.inflight})
             if not await life.wait_idle(settings.server.drain_timeout_s):
                 log.warning("drain timeout; stopping with requests in flight",
                             extra={"in_flight": life.inflight})
         else:
+            notifier.status(f"stopping: {life.failure}")
             log.error("stopping", extra={"reason": life.failure})
         return life.exit_code
     finally:
+        for task in tasks:
+            task.cancel()
         await runner.cleanup()
         log.info("stopped", extra={"exit_code": life.exit_code})

@@ -288,7 +288,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     setup_logging()
-    model_path, model_name, _sha = models.resolve_model(settings.engine.model, settings.models_dir)
+    model_path, model_name, model_sha = models.resolve_model(settings.engine.model,
+                                                             settings.models_dir)
     if not settings.store.url and not (settings.data_dir / "deepseekd.db").exists():
         raise CliError(f"{settings.data_dir} is not initialised; run `deepseekd init` first")
     os.environ.update(engine_environment(settings))
@@ -302,7 +303,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError("engine.device: 'cuda' was asked for, but no GPU is visible to vLLM "
                        "(allowed: 'auto', 'cpu', 'cuda')")
     spec = EngineSpec(model_path, model_name, settings.engine, settings.api.max_logprobs)
-    app = build_app(settings, lambda: VllmEngine(spec), model_name)
+    app = build_app(settings, lambda: VllmEngine(spec), model_name, model_sha256=model_sha)
     return asyncio.run(run_daemon(app))
 
 

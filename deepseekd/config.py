@@ -30,6 +30,21 @@ def _f(default: Any, doc: str, **constraints: Any) -> Any:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    cert: str = _f("", "PEM certificate chain; empty = plain HTTP (keep host on loopback then).")
+    key: str = _f("", "PEM private key of that certificate.")
+    client_ca: str = _f("", "PEM CA bundle that signs client certificates (mTLS).")
+    require_client_cert: bool = _f(
+        False, "Refuse, during the handshake, clients without a certificate from client_ca.")
+    client_cert_users: bool = _f(
+        False, "A verified client certificate whose subject CN names a user authenticates as "
+        "that user (instead of an API key).")
+    reload_interval_s: int = _f(
+        10, "How often cert, key and CA files are checked for changes (hot reload).",
+        min=1, max=3600)
+
+
+@dataclass(frozen=True)
 class ServerSettings:
     host: str = _f("127.0.0.1", "Address to listen on; keep loopback unless TLS is set up.")
     port: int = _f(8000, "TCP port to listen on.", min=1, max=65535)
@@ -39,6 +54,7 @@ class ServerSettings:
     drain_timeout_s: float = _f(
         30.0, "On SIGTERM, how long in-flight requests may run before the daemon stops.", min=0
     )
+    tls: TlsSettings = field(default_factory=TlsSettings)
 
 
 @dataclass(frozen=True)
@@ -325,6 +341,20 @@ def _check_cross_field(settings: Settings) -> None:
             f"quota.timezone: unknown time zone {settings.quota.timezone!r}; "
             "use an IANA name such as 'UTC' or 'Europe/Berlin'"
         ) from None
+    tls = settings.server.tls
+    if tls.cert and not tls.key:
+        raise ConfigError("server.tls.key: required when server.tls.cert is set")
+    if tls.key and not tls.cert:
+        raise ConfigError("server.tls.cert: required when server.tls.key is set")
+    if (tls.require_client_cert or tls.client_cert_users) and not tls.client_ca:
+        raise ConfigError("server.tls.client_ca: required for require_client_cert or "
+                          "client_cert_users")
+    if tls.client_ca and not tls.cert:
+        raise ConfigError("server.tls.cert: client certificates need TLS; set cert and key")
+    for name in ("cert", "key", "client_ca"):
+        path = getattr(tls, name)
+        if path and not Path(path).is_file():
+            raise ConfigError(f"server.tls.{name}: no such file: {path}")
     url = settings.store.url
     if url and not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
         raise ConfigError(
@@ -357,6 +387,7 @@ __all__ = [
     "ServerSettings",
     "Settings",
     "StoreSettings",
+    "TlsSettings",
     "QuotaSettings",
     "AuthSettings",
     "WarmupSettings",

@@ -12,6 +12,7 @@ from deepseekd.lifecycle import Lifecycle
 if TYPE_CHECKING:
     from deepseekd.api.inference import InferenceService
     from deepseekd.obs.metrics import Metrics
+    from deepseekd.obs.systemd import Notifier
     from deepseekd.store.accounts import AccountService
     from deepseekd.store.audit import AuditLog
     from deepseekd.store.history import HistoryService
@@ -30,3 +31,4 @@ AUDIT = web.AppKey("audit", "AuditLog")
 HISTORY = web.AppKey("history", "HistoryService")
 KEYS = web.AppKey("keys", "KeyService")
 METRICS = web.AppKey("metrics", "Metrics")
+NOTIFIER = web.AppKey("notifier", "Notifier")

@@ -13,6 +13,7 @@ from typing import AsyncIterator, Sequence
 
 from deepseekd.engine.types import (
     ChoiceDelta,
+    EngineStats,
     EngineUnavailable,
     GenerationOptions,
     GenerationStep,
@@ -80,6 +81,7 @@ class FakeEngine:
         self.requests: list[tuple[list[int], GenerationOptions, bool]] = []
         self.request_ids: list[str] = []
         self._vocab: dict[str, int] = {}
+        self.in_flight = 0
 
     # -- context manager -------------------------------------------------------------
 
@@ -117,6 +119,10 @@ class FakeEngine:
         if self._dead:
             raise EngineUnavailable("the fake engine died")
 
+    def stats(self) -> EngineStats:
+        """Generations in flight count as running; the fake has no queue or KV cache."""
+        return EngineStats(running=self.in_flight, waiting=0, kv_cache_usage=0.0)
+
     def _ids(self, words: Sequence[str]) -> list[int]:
         return [self._vocab.setdefault(w, len(self._vocab)) for w in words]
 
@@ -146,6 +152,7 @@ class FakeEngine:
         if self._dead:
             raise EngineUnavailable("the fake engine is not running")
         finished = False
+        self.in_flight += 1
         try:
             if self.generate_gate is not None:
                 await self.generate_gate.wait()
@@ -208,6 +215,8 @@ class FakeEngine:
             if not finished:
                 self.aborted.add(request_id)
             raise
+        finally:
+            self.in_flight -= 1
 
 
 __all__ = ["FakeEngine", "chosen_logprob", "expected_text", "token_text"]

@@ -13,13 +13,16 @@ from aiohttp import web
 from deepseekd.api.access import access_for
 from deepseekd.api.errors import APIError, unavailable
 from deepseekd.api.schemas import parse_json
-from deepseekd.keys import ACCOUNTS, CLOCK, INFERENCE, LIFECYCLE, QUOTA, SETTINGS
+from deepseekd.keys import ACCOUNTS, CLOCK, INFERENCE, LIFECYCLE, METRICS, QUOTA, SETTINGS
+from deepseekd.security.tls import peer_common_name
 from deepseekd.store.accounts import SESSION_PREFIX, AccountError, AuthFailed, Identity
 from deepseekd.store.quota import QuotaState
 
 log = logging.getLogger("deepseekd.http")
 
 REQUEST_ID = web.RequestKey("request_id", str)
+REQUEST_START = web.RequestKey("request_start", float)
+"""time.monotonic() when the request arrived."""
 IDENTITY = web.RequestKey("identity", Identity)
 QUOTA_STATE = web.RequestKey("quota_state", QuotaState)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -34,7 +37,7 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     incoming = request.headers.get("X-Request-Id", "")
     rid = incoming if _RID_RE.match(incoming) else uuid.uuid4().hex
     request[REQUEST_ID] = rid
-    start = time.monotonic()
+    start = request[REQUEST_START] = time.monotonic()
     status = 500
     try:
         resp = await handler(request)
@@ -44,11 +47,16 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
         status = exc.status
         raise
     finally:
+        elapsed = time.monotonic() - start
+        route = _route(request)
+        request.app[METRICS].observe_http(route, request.method, status, elapsed)
         if request.path not in OPEN_PATHS:
+            who = request.get(IDENTITY)
             log.info(
                 "request",
-                extra={"request_id": rid, "method": request.method, "route": _route(request),
-                       "status": status, "duration_ms": round((time.monotonic() - start) * 1e3, 1)},
+                extra={"request_id": rid, "method": request.method, "route": route,
+                       "status": status, "duration_ms": round(elapsed * 1e3, 1),
+                       "user_id": who.user_id if who else None},
             )
 
 
@@ -67,6 +75,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except APIError as exc:
         resp = exc.response()
+        if exc.status == 401:
+            request.app[METRICS].auth_failures.inc()
+        elif exc.code == "daily_quota_exceeded":
+            request.app[METRICS].quota_rejections.inc()
         if exc.status == 401 and "WWW-Authenticate" not in resp.headers:
             resp.headers["WWW-Authenticate"] = "Bearer"  # RFC 7235: every 401 names a scheme
     except AccountError as exc:
@@ -128,6 +140,11 @@ async def _identify(request: web.Request) -> Identity | None:
         cookie = request.cookies.get(ADMIN_COOKIE)
         if cookie and request.path.startswith("/admin/"):
             return await accounts.authenticate_session(cookie)
+        if request.app[SETTINGS].server.tls.client_cert_users and request.transport is not None:
+            # Only a certificate the handshake verified against client_ca gets here.
+            name = peer_common_name(request.transport.get_extra_info("peercert"))
+            if name:
+                return await accounts.authenticate_user_name(name, via="client_cert")
         return None
     if token.startswith(SESSION_PREFIX):
         return await accounts.authenticate_session(token)

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from deepseekd.api.errors import APIError, unavailable
 from deepseekd.api.inference import Prepared
-from deepseekd.api.middlewares import IDENTITY, QUOTA_STATE, REQUEST_ID, read_json
+from deepseekd.api.middlewares import IDENTITY, QUOTA_STATE, REQUEST_ID, REQUEST_START, read_json
 from deepseekd.api.render import (
     SSE_DONE,
     Accumulated,
@@ -37,7 +37,7 @@ from deepseekd.api.schemas import (
     validate,
 )
 from deepseekd.engine.types import ChoiceDelta, GenerationStep
-from deepseekd.keys import AUDIT, HISTORY, INFERENCE, LIFECYCLE, QUOTA
+from deepseekd.keys import AUDIT, HISTORY, INFERENCE, LIFECYCLE, METRICS, QUOTA
 from deepseekd.store.audit import AuditUnavailable, Event
 from deepseekd.store.history import TurnRecord
 
@@ -60,6 +60,11 @@ class Recorder:
     conversation_id: str | None = None
     new_conversation: bool = False
     charged: bool = False
+    first_token_at: float | None = None
+
+    def saw_tokens(self, step: GenerationStep) -> None:
+        if self.first_token_at is None and any(d.token_count for d in step.choices):
+            self.first_token_at = time.monotonic()
 
     @property
     def headers(self) -> dict[str, str]:
@@ -86,11 +91,15 @@ class Recorder:
         if self.charged:
             return
         self.charged = True
+        completion_tokens = sum(a.tokens for a in acc)
+        self.request.app[METRICS].observe_generation(
+            arrival=self.request[REQUEST_START], first_token=self.first_token_at,
+            last_token=time.monotonic(), prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens)
         who, state = self.request[IDENTITY], self.request.get(QUOTA_STATE)
         quota = self.request.app[QUOTA]
         if state is not None and quota.limits(who)[1] > 0:
-            await asyncio.shield(quota.add_tokens(
-                who, state.day, prompt_tokens + sum(a.tokens for a in acc)))
+            await asyncio.shield(quota.add_tokens(who, state.day, prompt_tokens + completion_tokens))
 
     async def complete(self, acc: list[Accumulated], prompt_tokens: int) -> None:
         """Make the request durable and audited; raises a 503 APIError when it cannot."""
@@ -136,6 +145,7 @@ async def _collect(request: web.Request, rec: Recorder, rid: str) -> tuple[list[
         run = request.app[INFERENCE].run(prepared, rid, stream=False)
         async with contextlib.aclosing(run) as steps:
             async for step in steps:
+                rec.saw_tokens(step)
                 prompt_tokens = step.prompt_tokens
                 for d in step.choices:
                     acc[d.index].add(d)
@@ -201,6 +211,7 @@ async def _write_events(
     try:
         step = first
         while step is not None:
+            rec.saw_tokens(step)
             prompt_tokens = step.prompt_tokens
             out = []
             for d in step.choices:

@@ -49,6 +49,15 @@ class GenerationStep:
     finished: bool
 
 
+@dataclass
+class EngineStats:
+    """The scheduler's view, refreshed by the engine every step."""
+
+    running: int = 0
+    waiting: int = 0
+    kv_cache_usage: float = 0.0
+
+
 class EngineUnavailable(Exception):
     """The engine is loading, dead or shutting down: the request may be retried later."""
 
@@ -89,3 +98,6 @@ class Engine(Protocol):
 
     async def check_health(self) -> None:
         """Raise EngineUnavailable when the engine is dead."""
+
+    def stats(self) -> EngineStats:
+        """Requests running and waiting, KV-cache use."""

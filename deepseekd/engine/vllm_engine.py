@@ -15,11 +15,13 @@ from vllm.inputs import TokensPrompt
 from vllm.platforms import current_platform
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
+from vllm.v1.metrics.loggers import StatLoggerBase
 
 from deepseekd.config import EngineSettings
 from deepseekd.engine.sampling import to_sampling_params
 from deepseekd.engine.types import (
     ChoiceDelta,
+    EngineStats,
     EngineRejected,
     EngineUnavailable,
     GenerationOptions,
@@ -45,6 +47,24 @@ class EngineSpec:
     max_logprobs: int
 
 
+class _StatsSink(StatLoggerBase):
+    """Receives vLLM's per-step scheduler stats (queue, KV cache) for our own metrics."""
+
+    def __init__(self, vllm_config: object, engine_index: int, target: EngineStats) -> None:
+        self._target = target
+
+    def record(self, scheduler_stats: object, iteration_stats: object,
+               mm_cache_stats: object = None, engine_idx: int = 0) -> None:
+        if scheduler_stats is not None:
+            self._target.running = scheduler_stats.num_running_reqs  # type: ignore[attr-defined]
+            self._target.waiting = (scheduler_stats.num_waiting_reqs  # type: ignore[attr-defined]
+                                    + scheduler_stats.num_skipped_waiting_reqs)  # type: ignore[attr-defined]
+            self._target.kv_cache_usage = scheduler_stats.kv_cache_usage  # type: ignore[attr-defined]
+
+    def log_engine_initialized(self) -> None:
+        """Nothing to log: the daemon reports readiness itself."""
+
+
 def engine_args(spec: EngineSpec) -> AsyncEngineArgs:
     s = spec.settings
     kwargs: dict[str, object] = dict(
@@ -57,7 +77,7 @@ def engine_args(spec: EngineSpec) -> AsyncEngineArgs:
         enable_prefix_caching=s.enable_prefix_caching,
         quantization=None if s.quantization == "none" else s.quantization,
         max_logprobs=max(spec.max_logprobs, 1),
-        disable_log_stats=True,
+        disable_log_stats=False,  # the stats feed our metrics; vLLM's log lines stay off
         enable_log_requests=False,  # request logs would carry prompts
     )
     if device_kind() != "cpu":
@@ -74,14 +94,16 @@ class VllmEngine:
         self._tokenizer: object | None = None
         self._max_model_len = 0
         self._dead = False
+        self._stats = EngineStats()
 
     async def __aenter__(self) -> "VllmEngine":
         # Building AsyncLLM spawns the engine core and loads the weights: keep the loop free.
         # If we are cancelled meanwhile, wait for the thread and shut the engine down, so no
         # engine process outlives the daemon.
-        building = asyncio.ensure_future(
-            asyncio.to_thread(AsyncLLM.from_engine_args, engine_args(self._spec))
-        )
+        sink = lambda vllm_config, engine_index=0: _StatsSink(  # noqa: E731
+            vllm_config, engine_index, self._stats)
+        building = asyncio.ensure_future(asyncio.to_thread(
+            AsyncLLM.from_engine_args, engine_args(self._spec), stat_loggers=[sink]))
         try:
             self._llm = await asyncio.shield(building)
         except asyncio.CancelledError:
@@ -110,6 +132,9 @@ class VllmEngine:
     @property
     def device(self) -> str:
         return device_kind()
+
+    def stats(self) -> EngineStats:
+        return self._stats
 
     @property
     def dead(self) -> bool:

@@ -1,17 +1,147 @@
-"""Prometheus metrics of one daemon, on a registry of its own (no module globals)."""
+"""Prometheus metrics of one daemon, on a registry of its own (no module globals).
+
+Names are a contract with config/prometheus/alert_rules.yml and config/grafana/: a test
+checks that every name used there exists here.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, PlatformCollector, ProcessCollector
+import logging
+from typing import Callable, Iterable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+log = logging.getLogger("deepseekd.metrics")
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+TOKEN_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5)
 
 
 class Metrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        # The original design's alert reads http_request_duration_seconds{service="deepseek"}.
+        self.http_duration = Histogram(
+            "http_request_duration_seconds", "HTTP request latency (to the last byte).",
+            ["service", "route", "method", "status"], buckets=LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("deepseekd_time_to_first_token_seconds",
+                              "Request arrival to first generated token.",
+                              buckets=LATENCY_BUCKETS, registry=r)
+        self.tpot = Histogram("deepseekd_time_per_output_token_seconds",
+                              "Mean time between output tokens of a request.",
+                              buckets=TOKEN_BUCKETS, registry=r)
+        self.e2e = Histogram("deepseekd_e2e_request_latency_seconds",
+                             "Request arrival to the last token, for inference requests.",
+                             buckets=LATENCY_BUCKETS, registry=r)
+        self.prompt_tokens = Counter("deepseekd_prompt_tokens", "Prompt tokens processed.",
+                                     registry=r)
+        self.completion_tokens = Counter("deepseekd_completion_tokens",
+                                         "Output tokens generated.", registry=r)
+        self.reasoning_tokens = Counter("deepseekd_reasoning_tokens",
+                                        "Output tokens that were reasoning.", registry=r)
+        self.requests_running = Gauge("deepseekd_requests_running",
+                                      "Requests the engine is generating for.", registry=r)
+        self.requests_waiting = Gauge("deepseekd_requests_waiting",
+                                      "Requests queued in the engine.", registry=r)
+        self.kv_cache_usage = Gauge("deepseekd_kv_cache_usage_ratio",
+                                    "Share of the KV cache in use (0-1).", registry=r)
+        self.engine_up = Gauge("deepseekd_engine_up", "1 while the engine is loaded and alive.",
+                               registry=r)
+        self.ready = Gauge("deepseekd_ready", "1 while the daemon takes requests.", registry=r)
+        self.auth_failures = Counter("deepseekd_auth_failures",
+                                     "Refused credentials, logins and second factors.",
+                                     registry=r)
+        self.lockouts = Counter("deepseekd_lockouts", "Accounts locked after failures.",
+                                registry=r)
+        self.quota_rejections = Counter("deepseekd_quota_rejections",
+                                        "Requests refused by a daily quota.", registry=r)
         self.audit_write_failures = Counter(
-            "deepseekd_audit_write_failures_total",
-            "Audit events that could not be written (the request failed closed).",
-            registry=self.registry,
-        )
+            "deepseekd_audit_write_failures",
+            "Audit events that could not be written (the request failed closed).", registry=r)
+        self.tls_expiry = Gauge("deepseekd_tls_certificate_expiry_timestamp_seconds",
+                                "When the served TLS certificate expires (unix time).",
+                                registry=r)
+        self.build_info = Gauge("deepseekd_build_info", "Version and model being served.",
+                                ["version", "model", "model_sha256"], registry=r)
+
+    def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.http_duration.labels("deepseek", route, method, str(status)).observe(seconds)
+
+    def observe_generation(self, *, arrival: float, first_token: float | None, last_token: float,
+                           prompt_tokens: int, completion_tokens: int) -> None:
+        """One finished (or abandoned) inference request; times are time.monotonic()."""
+        self.prompt_tokens.inc(prompt_tokens)
+        self.completion_tokens.inc(completion_tokens)
+        if first_token is None:
+            return
+        self.ttft.observe(first_token - arrival)
+        self.e2e.observe(last_token - arrival)
+        if completion_tokens > 1:
+            self.tpot.observe((last_token - first_token) / (completion_tokens - 1))
+
+
+class GpuCollector(Collector):
+    """Per-GPU memory, utilisation, temperature and power through NVML. On a box without a
+    GPU (or without the driver) it yields nothing, so the metrics are simply absent."""
+
+    def __init__(self) -> None:
+        self._nvml = None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+            self._count = pynvml.nvmlDeviceGetCount()
+            log.info("NVML found", extra={"gpus": self._count})
+        except Exception as exc:  # ImportError, NVMLError_LibraryNotFound, driver errors
+            log.info("no GPU metrics", extra={"reason": type(exc).__name__})
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        nv = self._nvml
+        if nv is None:
+            return []
+        used = GaugeMetricFamily("deepseekd_gpu_memory_used_bytes", "GPU memory in use.",
+                                 labels=["gpu"])
+        total = GaugeMetricFamily("deepseekd_gpu_memory_total_bytes", "GPU memory.",
+                                  labels=["gpu"])
+        util = GaugeMetricFamily("deepseekd_gpu_utilization_ratio",
+                                 "Share of time the GPU was busy (0-1).", labels=["gpu"])
+        temp = GaugeMetricFamily("deepseekd_gpu_temperature_celsius", "GPU temperature.",
+                                 labels=["gpu"])
+        power = GaugeMetricFamily("deepseekd_gpu_power_watts", "GPU power draw.",
+                                  labels=["gpu"])
+        for i in range(self._count):
+            try:
+                h = nv.nvmlDeviceGetHandleByIndex(i)
+                mem = nv.nvmlDeviceGetMemoryInfo(h)
+                used.add_metric([str(i)], float(mem.used))
+                total.add_metric([str(i)], float(mem.total))
+                util.add_metric([str(i)], nv.nvmlDeviceGetUtilizationRates(h).gpu / 100.0)
+                temp.add_metric([str(i)], float(
+                    nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU)))
+                power.add_metric([str(i)], nv.nvmlDeviceGetPowerUsage(h) / 1000.0)
+            except Exception as exc:  # one bad GPU must not break the scrape
+                log.warning("NVML read failed", extra={"gpu": i, "error": type(exc).__name__})
+        return [used, total, util, temp, power]
+
+
+def bind_gauges(metrics: Metrics, engine_up: Callable[[], float], ready: Callable[[], float],
+                running: Callable[[], float], waiting: Callable[[], float],
+                kv_usage: Callable[[], float]) -> None:
+    """Gauges read live state at scrape time instead of being pushed on every change."""
+    metrics.engine_up.set_function(engine_up)
+    metrics.ready.set_function(ready)
+    metrics.requests_running.set_function(running)
+    metrics.requests_waiting.set_function(waiting)
+    metrics.kv_cache_usage.set_function(kv_usage)

@@ -159,7 +159,8 @@ async def _insert_key(s: AsyncSession, user_id: int, label: str, now: float) -> 
 
 
 async def _record_failure(s: AsyncSession, user: User, kind: str, now: float,
-                          cfg: AuthSettings, audit: "AuditLog | None") -> None:
+                          cfg: AuthSettings, audit: "AuditLog | None") -> bool:
+    """Record one failure; True when it locked the account."""
     s.add(AuthFailure(user_id=user.id, at=now, kind=kind))
     await s.flush()
     since = now - cfg.lockout_window_minutes * 60
@@ -176,6 +177,8 @@ async def _record_failure(s: AsyncSession, user: User, kind: str, now: float,
                 action="account.lockout", outcome="locked", actor=user.name, actor_id=user.id,
                 role=user.role, target=f"user:{user.name}",
                 detail=f"{count} failures; locked for {cfg.lockout_minutes} minutes"))
+        return True
+    return False
 
 
 # --------------------------------------------------------------------------- service
@@ -189,6 +192,7 @@ class AccountService:
         self._quota = quota
         self._now = clock
         self._audit = audit
+        self.on_lockout: Callable[[], None] = lambda: None
 
     async def _record(self, s: AsyncSession, action: str, by: Identity | None, target: str,
                       outcome: str = "ok", detail: str | None = None) -> None:
@@ -335,6 +339,17 @@ class AccountService:
         return Identity(user.id, user.name, user.role, "api_key", key_id,
                         user.daily_request_limit, user.daily_token_limit)
 
+    async def authenticate_user_name(self, name: str, *, via: str) -> Identity | None:
+        """An identity proven outside the database (a verified client certificate's CN)."""
+        if not NAME_RE.fullmatch(name):
+            return None
+        async with self._db.read() as s:
+            user = await user_by_name(s, name)
+        if user is None or user.disabled:
+            return None
+        return Identity(user.id, user.name, user.role, via, None,
+                        user.daily_request_limit, user.daily_token_limit)
+
     async def authenticate_session(self, token: str) -> Identity | None:
         """An admin session that has not ended nor idled out; touching it extends it."""
         now = self._now()
@@ -380,7 +395,8 @@ class AccountService:
                 reason = "not an active admin"
             elif not ok:
                 reason = "wrong password or key"
-                await _record_failure(s, user, "password", now, self._auth, self._audit)
+                if await _record_failure(s, user, "password", now, self._auth, self._audit):
+                    self.on_lockout()
             else:
                 reason = await self._check_code(s, user, code, now)
             if reason is None:
@@ -428,7 +444,8 @@ class AccountService:
             return "no second factor enrolled"
         step = totp.matching_step(user.totp_secret, code if isinstance(code, str) else "", now)
         if step is None:
-            await _record_failure(s, user, "totp", now, self._auth, self._audit)
+            if await _record_failure(s, user, "totp", now, self._auth, self._audit):
+                self.on_lockout()
             return "wrong code"
         # Accept each step once: the conditional update is atomic under concurrency.
         result = await s.execute(
@@ -439,7 +456,8 @@ class AccountService:
         )
         if result.rowcount != 1:
             log.warning("totp replay rejected", extra={"user_id": user.id})
-            await _record_failure(s, user, "totp", now, self._auth, self._audit)
+            if await _record_failure(s, user, "totp", now, self._auth, self._audit):
+                self.on_lockout()
             return "replayed code"
         return None
 
