@@ -35,10 +35,12 @@ from deepseekd.keys import (
     NOTIFIER,
     QUOTA,
     SETTINGS,
+    TRACING,
 )
 from deepseekd.lifecycle import Lifecycle, Phase
 from deepseekd.obs.metrics import GpuCollector, Metrics, bind_gauges
 from deepseekd.obs.systemd import Notifier
+from deepseekd.obs.tracing import Tracing
 from deepseekd.security.keyring import Keyring
 from deepseekd.security.tls import TlsError, TlsReloader
 from deepseekd.store.accounts import AccountService
@@ -144,6 +146,8 @@ def build_app(
     metrics_.registry.register(GpuCollector())
     app[METRICS] = metrics_
     app[NOTIFIER] = Notifier.from_env()
+    app[TRACING] = tracing = Tracing(settings.obs.otlp_endpoint)
+    app.on_cleanup.append(lambda _app: asyncio.to_thread(tracing.shutdown))
 
     def engine_stat(name: str) -> Callable[[], float]:
         return lambda: float(getattr(life.engine.stats(), name)) if life.engine else 0.0

@@ -287,7 +287,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from deepseekd.obs.logs import setup_logging
 
     settings = _settings(args)
-    setup_logging()
+    setup_logging(settings.obs.log_level)
     model_path, model_name, model_sha = models.resolve_model(settings.engine.model,
                                                              settings.models_dir)
     if not settings.store.url and not (settings.data_dir / "deepseekd.db").exists():

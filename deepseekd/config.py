@@ -159,6 +159,14 @@ class AuditSettings:
 
 
 @dataclass(frozen=True)
+class ObsSettings:
+    otlp_endpoint: str = _f(
+        "", "OpenTelemetry collector (OTLP/HTTP) base URL, e.g. http://127.0.0.1:4318; "
+        "empty = no traces.")
+    log_level: str = _f("INFO", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: Path = _f(Path("data"), "State directory: models, keys, database (relative to cwd).")
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -171,6 +179,7 @@ class Settings:
     history: HistorySettings = field(default_factory=HistorySettings)
     keys: KeySettings = field(default_factory=KeySettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    obs: ObsSettings = field(default_factory=ObsSettings)
 
     @property
     def models_dir(self) -> Path:

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from deepseekd.api.inference import InferenceService
     from deepseekd.obs.metrics import Metrics
     from deepseekd.obs.systemd import Notifier
+    from deepseekd.obs.tracing import Tracing
     from deepseekd.store.accounts import AccountService
     from deepseekd.store.audit import AuditLog
     from deepseekd.store.history import HistoryService
@@ -32,3 +33,4 @@ HISTORY = web.AppKey("history", "HistoryService")
 KEYS = web.AppKey("keys", "KeyService")
 METRICS = web.AppKey("metrics", "Metrics")
 NOTIFIER = web.AppKey("notifier", "Notifier")
+TRACING = web.AppKey("tracing", "Tracing")

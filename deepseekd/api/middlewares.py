@@ -13,7 +13,16 @@ from aiohttp import web
 from deepseekd.api.access import access_for
 from deepseekd.api.errors import APIError, unavailable
 from deepseekd.api.schemas import parse_json
-from deepseekd.keys import ACCOUNTS, CLOCK, INFERENCE, LIFECYCLE, METRICS, QUOTA, SETTINGS
+from deepseekd.keys import (
+    ACCOUNTS,
+    CLOCK,
+    INFERENCE,
+    LIFECYCLE,
+    METRICS,
+    QUOTA,
+    SETTINGS,
+    TRACING,
+)
 from deepseekd.security.tls import peer_common_name
 from deepseekd.store.accounts import SESSION_PREFIX, AccountError, AuthFailed, Identity
 from deepseekd.store.quota import QuotaState
@@ -39,6 +48,8 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     request[REQUEST_ID] = rid
     start = request[REQUEST_START] = time.monotonic()
     status = 500
+    tracer = request.app[TRACING].tracer
+    span = tracer.start_span(f"{request.method} {_route(request)}") if tracer else None
     try:
         resp = await handler(request)
         status = resp.status
@@ -47,6 +58,12 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
         status = exc.status
         raise
     finally:
+        if span is not None:
+            span.set_attribute("http.request.method", request.method)
+            span.set_attribute("http.route", _route(request))
+            span.set_attribute("http.response.status_code", status)
+            span.set_attribute("deepseekd.request_id", rid)
+            span.end()
         elapsed = time.monotonic() - start
         route = _route(request)
         request.app[METRICS].observe_http(route, request.method, status, elapsed)

@@ -10,6 +10,9 @@ import time
 _STD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
+QUIET_LOGGERS = ("aiosqlite", "asyncpg", "sqlalchemy.engine", "sqlalchemy.pool", "alembic")
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out = {
@@ -34,3 +37,7 @@ def setup_logging(level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # our middleware logs requests
+    # Database drivers log statements with their parameters (hashes, sealed blobs, TOTP
+    # secrets) at DEBUG: never let them through, whatever the level.
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
