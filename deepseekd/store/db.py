@@ -13,12 +13,14 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 import deepseekd
 
 MIGRATIONS_DIR = Path(deepseekd.__file__).resolve().parent.parent / "migrations"
+MIGRATION_LOCK_ID = 0x64656570  # "deep": the advisory lock migrators queue on
 
 
 class SchemaError(Exception):
@@ -46,6 +48,8 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             _make_sqlite_safe(self.engine, busy_timeout_ms)
+        self.insert = sqlite.insert if self.is_sqlite else postgresql.insert
+        """The dialect's INSERT, for ON CONFLICT clauses."""
         self._reads = async_sessionmaker(self.engine, expire_on_commit=False)
         # On SQLite a write transaction takes the write lock up front (BEGIN IMMEDIATE), so
         # two writers queue on the busy timeout instead of one failing at its first write.
@@ -75,7 +79,11 @@ class Database:
     async def upgrade(self) -> tuple[str | None, str]:
         """Migrate to head; returns (revision before, head). Refuses a newer schema."""
         cfg = alembic_config(self.url)
-        async with self.engine.begin() as conn:
+        # One migrator at a time: two daemons starting on one PostgreSQL, or `migrate` beside
+        # a starting daemon, would both create the tables.
+        async with self.engine.execution_options(sqlite_immediate=True).begin() as conn:
+            if not self.is_sqlite:
+                await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})")
             before = await conn.run_sync(lambda c: _check_known(cfg, c))
 
             def run(sync_conn: Connection) -> None:

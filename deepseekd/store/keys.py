@@ -78,11 +78,19 @@ class KeyService:
                 return None
             key = new_data_key()
             version, wrapped = self.keyring.wrap(key, _user_aad(user_id))
-            s.add(UserKey(user_id=user_id, kek_version=version, wrapped=wrapped,
-                          created_at=self._now()))
-            await s.flush()
-        else:
-            key = self.keyring.unwrap(row.kek_version, row.wrapped, _user_aad(user_id))
+            # Two first turns of one user may race (PostgreSQL): whoever loses reads the
+            # winner's key. A key made here is not cached: the transaction may still roll
+            # back, and a cached key that was never stored would seal unreadable turns.
+            inserted = (await s.execute(
+                self._db.insert(UserKey).values(user_id=user_id, kek_version=version,
+                                                wrapped=wrapped, created_at=self._now())
+                .on_conflict_do_nothing(index_elements=[UserKey.user_id])
+            )).rowcount
+            if inserted:
+                return key
+            row = (await s.execute(select(UserKey).where(UserKey.user_id == user_id)
+                                   .execution_options(populate_existing=True))).scalar_one()
+        key = self.keyring.unwrap(row.kek_version, row.wrapped, _user_aad(user_id))
         self._user_keys[user_id] = key
         return key
 

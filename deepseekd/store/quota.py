@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from deepseekd.config import QuotaSettings
 from deepseekd.store.accounts import Identity
@@ -38,7 +37,7 @@ class QuotaService:
         self._cfg = cfg
         self._tz = zoneinfo.ZoneInfo(cfg.timezone)
         self._now = clock
-        self._insert = sqlite.insert if db.is_sqlite else postgresql.insert
+        self._insert = db.insert
 
     def window(self, now: float) -> tuple[str, int]:
         """(quota day key, epoch second of the next reset) for the instant ``now``."""

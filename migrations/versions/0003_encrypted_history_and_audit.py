@@ -98,13 +98,16 @@ def upgrade() -> None:
     op.create_index("ix_audit_events_at", "audit_events", ["at"])
     op.create_index("ix_audit_events_actor", "audit_events", ["actor"])
     op.create_index("ix_audit_events_action", "audit_events", ["action"])
-    op.create_table(
+    head = op.create_table(
         "audit_head",
         sa.Column("id", sa.Integer(), nullable=False, autoincrement=False),
         sa.Column("seq", sa.BigInteger(), nullable=False),
         sa.Column("hash", sa.String(64), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_audit_head"),
     )
+    # The head row exists from the start, so every append can lock it (SELECT ... FOR
+    # UPDATE); otherwise concurrent first appends on PostgreSQL would all claim event 1.
+    op.bulk_insert(head, [{"id": 1, "seq": 0, "hash": "0" * 64}])
 
 
 def downgrade() -> None:

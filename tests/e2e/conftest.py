@@ -30,11 +30,32 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+SECRETS: set[str] = set()
+"""Every API key, password and TOTP secret the CLI printed in this session: the last test
+checks that none of them reached the daemon's logs."""
+
+
+def _harvest(stdout: str) -> None:
+    try:
+        data = json.loads(stdout)
+    except ValueError:
+        return
+    if isinstance(data, dict):
+        for field in ("api_key", "password"):
+            if isinstance(data.get(field), str):
+                SECRETS.add(data[field])
+        uri = data.get("totp_uri")
+        if isinstance(uri, str) and "secret=" in uri:
+            SECRETS.add(uri.split("secret=")[1].split("&")[0])
+
+
 def cli(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    res = subprocess.run(
         [sys.executable, "-m", "deepseekd", *args],
         env=env, capture_output=True, text=True, timeout=timeout,
     )
+    _harvest(res.stdout)
+    return res
 
 
 @dataclass

@@ -8,7 +8,7 @@ import time
 
 import httpx
 
-from tests.e2e.conftest import Daemon
+from tests.e2e.conftest import SECRETS, Daemon
 
 
 def test_sigterm_drains_in_flight_streams_and_refuses_new_work(daemon: Daemon) -> None:
@@ -40,3 +40,20 @@ def test_sigterm_drains_in_flight_streams_and_refuses_new_work(daemon: Daemon) -
     t.join(120)
     assert lines[-1] == "data: [DONE]"  # the in-flight stream finished
     assert daemon.proc.wait(60) == 0
+
+
+# Prompts the e2e tests sent; none may appear in the daemon's log.
+PROMPTS = ("Patient Zyxwvut", "penicillin", "Write an essay", "capital of France",
+           "Private note", "favourite colour", "Tell a story", "Tell me about the sea")
+
+
+def test_logs_of_the_whole_run_hold_no_secret_or_content(daemon: Daemon) -> None:
+    """Runs after the drain: the shared daemon served every e2e test above."""
+    log = daemon.log()
+    assert '"msg": "request"' in log and '"request_id"' in log  # JSON request lines exist
+    assert len(SECRETS) >= 3
+    for secret in SECRETS | {daemon.key}:
+        assert secret not in log
+    for prompt in PROMPTS:
+        assert prompt not in log
+    assert "dsk-" not in log and "dss-" not in log and "otpauth://" not in log

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import AsyncIterator, Iterator
 
 import pytest
 
+from deepseekd.config import AuthSettings, QuotaSettings
+from deepseekd.store.accounts import AccountService
+from deepseekd.store.db import Database
 from tests.pg import PostgresServer
 
 
@@ -51,18 +54,13 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def db(db_url: str):
+async def db(db_url: str) -> AsyncIterator[Database]:
     """The database at head; disposed after the test."""
-    from deepseekd.store.db import Database
-
     async with Database(db_url) as database:
         await database.upgrade()
         yield database
 
 
 @pytest.fixture
-def accounts(db, clock: FakeClock):
-    from deepseekd.config import AuthSettings, QuotaSettings
-    from deepseekd.store.accounts import AccountService
-
+def accounts(db: Database, clock: FakeClock) -> AccountService:
     return AccountService(db, AuthSettings(), QuotaSettings(), clock)
