@@ -77,8 +77,7 @@ class QuotaService:
         if used is not None:
             return QuotaState(True, req_limit, max(req_limit - used, 0), reset_at, day)
         reason = "requests" if row.requests >= req_limit else "tokens"
-        return QuotaState(False, req_limit, max(req_limit - row.requests, 0), reset_at, day,
-                          reason)
+        return QuotaState(False, req_limit, 0, reset_at, day, reason)  # nothing more today
 
     async def peek(self, who: Identity) -> QuotaState:
         day, reset_at = self.window(self._now())
