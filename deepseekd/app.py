@@ -18,6 +18,8 @@ from aiohttp import web
 from deepseekd import __version__
 from deepseekd.api import admin, health, history, metrics, openai
 from deepseekd.api import audit as audit_api
+from deepseekd.api import web as web_pages
+from deepseekd.api.runtime_settings import RuntimeSettings
 from deepseekd.api.inference import InferenceService
 from deepseekd.api.middlewares import MIDDLEWARES, add_request_id
 from deepseekd.config import Settings
@@ -32,13 +34,15 @@ from deepseekd.keys import (
     KEYS,
     LIFECYCLE,
     METRICS,
+    MODEL_SHA256,
     NOTIFIER,
     QUOTA,
+    RUNTIME,
     SETTINGS,
     TRACING,
 )
 from deepseekd.lifecycle import Lifecycle, Phase
-from deepseekd.obs.metrics import GpuCollector, Metrics, bind_gauges
+from deepseekd.obs.metrics import Metrics, bind_gauges
 from deepseekd.obs.systemd import Notifier
 from deepseekd.obs.tracing import Tracing
 from deepseekd.security.keyring import Keyring
@@ -47,6 +51,7 @@ from deepseekd.store.accounts import AccountService
 from deepseekd.store.audit import AuditLog, AuditUnavailable, Event
 from deepseekd.store.history import HistoryService
 from deepseekd.store.keys import KeyService
+from deepseekd.store.settings import SettingsStore
 from deepseekd.store.db import Database
 from deepseekd.store.quota import QuotaService
 
@@ -143,7 +148,6 @@ def build_app(
     audit = AuditLog(db, keys.cached_audit_key, clock)
     metrics_ = Metrics()
     audit.on_failure = metrics_.audit_write_failures.inc
-    metrics_.registry.register(GpuCollector())
     app[METRICS] = metrics_
     app[NOTIFIER] = Notifier.from_env()
     app[TRACING] = tracing = Tracing(settings.obs.otlp_endpoint)
@@ -172,10 +176,13 @@ def build_app(
     app[QUOTA] = QuotaService(db, settings.quota, clock)
     app[HISTORY] = HistoryService(db, keys, audit, clock)
     app[INFERENCE] = InferenceService(life, settings.api)
+    app[MODEL_SHA256] = model_sha256 or ""
+    app[RUNTIME] = runtime = RuntimeSettings(settings, SettingsStore(db, audit, clock), app[QUOTA])
     app.on_response_prepare.append(add_request_id)
     for group in (health.routes, openai.routes, history.routes, admin.routes, audit_api.routes,
-                  metrics.routes):
+                  metrics.routes, web_pages.routes):
         app.add_routes(group)
+    web_pages.add_static(app)
 
     async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         try:
@@ -183,6 +190,7 @@ def build_app(
             if before != head:
                 log.info("database migrated", extra={"from": before, "to": head})
             await keys.check()  # refuses a wrong or missing master key
+            await runtime.load()
             await audit.append(Event(action="service.start", detail=f"deepseekd {__version__}, "
                                      f"model {model_name}, schema {head}"))
             await audit.append(Event(action="config.load", detail=settings_digest(settings)))
@@ -247,7 +255,7 @@ class Maintenance:
         app, settings = self._app, self._app[SETTINGS]
         now = time.monotonic() if now is None else now
         if self._due("purge", 86400, now):
-            purged = await app[HISTORY].purge(settings.history.retention_days)
+            purged = await app[HISTORY].purge(app[RUNTIME].retention_days)
             if purged:
                 log.info("retention purge", extra={"conversations": purged})
             await app[ACCOUNTS].prune()  # old failed attempts and ended admin sessions

@@ -131,6 +131,8 @@ class QuotaSettings:
 @dataclass(frozen=True)
 class AuthSettings:
     session_idle_minutes: int = _f(15, "Admin sessions end after this many idle minutes.", min=1, max=1440)
+    web_session_idle_minutes: int = _f(
+        30, "Chat page and auditor sessions end after this many idle minutes.", min=1, max=1440)
     lockout_threshold: int = _f(5, "Failed logins or TOTP checks that lock an account.", min=1, max=100)
     lockout_window_minutes: int = _f(15, "Window in which those failures are counted.", min=1, max=1440)
     lockout_minutes: int = _f(15, "How long a locked account stays locked.", min=1, max=10080)

@@ -11,6 +11,7 @@ from deepseekd.lifecycle import Lifecycle
 
 if TYPE_CHECKING:
     from deepseekd.api.inference import InferenceService
+    from deepseekd.api.runtime_settings import RuntimeSettings
     from deepseekd.obs.metrics import Metrics
     from deepseekd.obs.systemd import Notifier
     from deepseekd.obs.tracing import Tracing
@@ -34,3 +35,5 @@ KEYS = web.AppKey("keys", "KeyService")
 METRICS = web.AppKey("metrics", "Metrics")
 NOTIFIER = web.AppKey("notifier", "Notifier")
 TRACING = web.AppKey("tracing", "Tracing")
+RUNTIME = web.AppKey("runtime_settings", "RuntimeSettings")
+MODEL_SHA256 = web.AppKey("model_sha256", str)

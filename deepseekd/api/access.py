@@ -25,10 +25,17 @@ CHAT_READ = Access(frozenset({"admin", "user"}))
 ADMIN = Access(frozenset({"admin"}), second_factor=True)
 METRICS = Access(frozenset({"admin", "auditor", "metrics"}))
 AUDITOR = Access(frozenset({"auditor"}))
+SIGNED_IN = Access(frozenset({"admin", "user", "auditor"}))
 
 ROUTES: dict[tuple[str, str], Access] = {
     ("GET", "/healthz"): OPEN,
     ("GET", "/readyz"): OPEN,
+    ("GET", "/"): OPEN,  # the pages are static; their data needs a session
+    ("GET", "/admin"): OPEN,
+    ("GET", "/static"): OPEN,
+    ("POST", "/auth/login"): OPEN,  # the credentials are in the body
+    ("GET", "/auth/session"): SIGNED_IN,
+    ("POST", "/auth/logout"): SIGNED_IN,
     ("POST", "/v1/chat/completions"): CHAT,
     ("POST", "/v1/completions"): CHAT,
     ("POST", "/chat"): CHAT,
@@ -36,12 +43,17 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("GET", "/v1/conversations"): CHAT_READ,
     ("GET", "/v1/conversations/{conversation_id}"): CHAT_READ,
     ("DELETE", "/v1/conversations/{conversation_id}"): CHAT_READ,
+    ("PATCH", "/v1/conversations/{conversation_id}"): CHAT_READ,
     ("GET", "/v1/me/export"): CHAT_READ,
     ("GET", "/audit/api/events"): AUDITOR,
     ("GET", "/audit/api/verify"): AUDITOR,
     ("GET", "/metrics"): METRICS,
     ("POST", "/admin/api/login"): OPEN,  # the credentials are in the body
     ("POST", "/admin/api/logout"): ADMIN,
+    ("GET", "/admin/api/session"): ADMIN,
+    ("GET", "/admin/api/status"): ADMIN,
+    ("GET", "/admin/api/settings"): ADMIN,
+    ("PATCH", "/admin/api/settings"): ADMIN,
     ("GET", "/admin/api/users"): ADMIN,
     ("POST", "/admin/api/users"): ADMIN,
     ("PATCH", "/admin/api/users/{name}"): ADMIN,

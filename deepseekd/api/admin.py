@@ -6,13 +6,26 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+import segno
 from aiohttp import web
 from pydantic import ConfigDict, Field
 
 from deepseekd.api.errors import APIError
-from deepseekd.api.middlewares import ADMIN_COOKIE, IDENTITY, read_json
+from deepseekd.api.middlewares import ADMIN_COOKIE, IDENTITY, SESSION_TOKEN, read_json
 from deepseekd.api.schemas import _Body, validate
-from deepseekd.keys import ACCOUNTS, AUDIT, HISTORY, KEYS, SETTINGS
+from deepseekd import __version__
+from deepseekd.keys import (
+    ACCOUNTS,
+    AUDIT,
+    HISTORY,
+    KEYS,
+    LIFECYCLE,
+    METRICS,
+    MODEL_SHA256,
+    RUNTIME,
+    SETTINGS,
+)
+from deepseekd.security.apikeys import csrf_token
 from deepseekd.store.accounts import AuthFailed
 from deepseekd.store.audit import Event
 
@@ -64,7 +77,8 @@ async def login(request: web.Request) -> web.Response:
     except AuthFailed:
         raise APIError(401, AuthFailed.PUBLIC_MESSAGE, code="login_failed") from None
     idle = request.app[SETTINGS].auth.session_idle_minutes * 60
-    resp = web.json_response({"token": token, "user": who.name, "idle_timeout_s": idle})
+    resp = web.json_response({"token": token, "user": who.name, "idle_timeout_s": idle,
+                              "csrf_token": csrf_token(token)})
     resp.set_cookie(ADMIN_COOKIE, token, httponly=True, samesite="Strict", path="/admin",
                     secure=request.secure)
     return resp
@@ -94,7 +108,10 @@ async def create_user(request: web.Request) -> web.Response:
     new = await request.app[ACCOUNTS].create_user(
         body.name, body.role, daily_request_limit=body.daily_request_limit,
         daily_token_limit=body.daily_token_limit, by=request[IDENTITY])
-    return web.json_response(new.as_json(), status=201)
+    out = new.as_json()
+    if new.totp_uri:
+        out["totp_qr_svg"] = qr_svg(new.totp_uri)
+    return web.json_response(out, status=201)
 
 
 @routes.patch("/admin/api/users/{name}")
@@ -119,7 +136,8 @@ async def disable_user(request: web.Request) -> web.Response:
 @routes.post("/admin/api/users/{name}/totp")
 async def reset_totp(request: web.Request) -> web.Response:
     uri = await request.app[ACCOUNTS].reset_totp(request.match_info["name"], by=request[IDENTITY])
-    return web.json_response({"name": request.match_info["name"], "totp_uri": uri})
+    return web.json_response({"name": request.match_info["name"], "totp_uri": uri,
+                              "totp_qr_svg": qr_svg(uri)})
 
 
 @routes.get("/admin/api/users/{name}/keys")
@@ -168,3 +186,50 @@ async def rotate_keys(request: web.Request) -> web.Response:
     await app[AUDIT].append(Event(action="keys.rotate", actor=who.name, actor_id=who.user_id,
                                   role=who.role, detail=f"v{','.join(map(str, retired))} -> v{current}"))
     return web.json_response({"retired": retired, "current": current})
+
+
+def qr_svg(uri: str) -> str:
+    """The enrolment QR code as SVG markup, made here: the secret never leaves the box."""
+    return segno.make(uri, error="m").svg_inline(scale=5, dark="#000", light="#fff")
+
+
+@routes.get("/admin/api/session")
+async def admin_session(request: web.Request) -> web.Response:
+    """For a reloaded console: who is logged in and the session's CSRF token."""
+    who = request[IDENTITY]
+    token = request.get(SESSION_TOKEN) or request.headers.get("Authorization", "").partition(" ")[2]
+    return web.json_response({
+        "user": who.name, "role": who.role,
+        "csrf_token": csrf_token(token.strip()) if who.via == "session" else None,
+        "idle_timeout_s": request.app[SETTINGS].auth.session_idle_minutes * 60})
+
+
+@routes.get("/admin/api/status")
+async def status(request: web.Request) -> web.Response:
+    app = request.app
+    life = app[LIFECYCLE]
+    metrics = app[METRICS]
+    engine = life.engine
+    stats = engine.stats() if engine is not None else None
+    return web.json_response({
+        "version": __version__, "model": life.model_name, "model_sha256": app[MODEL_SHA256],
+        "phase": life.phase.value,
+        "warmup": f"{life.warmup_done}/{life.warmup_total}" if life.warmup_total else None,
+        "requests_running": stats.running if stats else 0,
+        "requests_waiting": stats.waiting if stats else 0,
+        "kv_cache_usage": stats.kv_cache_usage if stats else 0.0,
+        "tokens_per_second": round(metrics.token_rate(), 2),
+        "gpus": metrics.gpu.snapshot(),
+    })
+
+
+@routes.get("/admin/api/settings")
+async def get_settings(request: web.Request) -> web.Response:
+    return web.json_response({"settings": request.app[RUNTIME].describe()})
+
+
+@routes.patch("/admin/api/settings")
+async def patch_settings(request: web.Request) -> web.Response:
+    changes = await read_json(request)
+    await request.app[RUNTIME].update(changes, request[IDENTITY])
+    return web.json_response({"settings": request.app[RUNTIME].describe()})

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from deepseekd.api.middlewares import IDENTITY
+from deepseekd.api.middlewares import IDENTITY, read_json
 from deepseekd.keys import HISTORY
 
 routes = web.RouteTableDef()
@@ -29,6 +29,14 @@ async def delete_conversation(request: web.Request) -> web.Response:
     cid = request.match_info["conversation_id"]
     await request.app[HISTORY].delete_conversation(request[IDENTITY], cid)
     return web.json_response({"id": cid, "deleted": True})
+
+
+@routes.patch("/v1/conversations/{conversation_id}")
+async def rename_conversation(request: web.Request) -> web.Response:
+    cid = request.match_info["conversation_id"]
+    body = await read_json(request)
+    await request.app[HISTORY].rename_conversation(request[IDENTITY], cid, body.get("title"))
+    return web.json_response({"id": cid, "title": body["title"].strip()})
 
 
 @routes.get("/v1/me/export")

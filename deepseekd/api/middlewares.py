@@ -23,6 +23,7 @@ from deepseekd.keys import (
     SETTINGS,
     TRACING,
 )
+from deepseekd.security.apikeys import csrf_matches
 from deepseekd.security.tls import peer_common_name
 from deepseekd.store.accounts import SESSION_PREFIX, AccountError, AuthFailed, Identity
 from deepseekd.store.quota import QuotaState
@@ -137,6 +138,10 @@ async def lifecycle_middleware(request: web.Request, handler: Handler) -> web.St
 
 
 ADMIN_COOKIE = "deepseekd_admin"
+WEB_COOKIE = "deepseekd_session"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+SESSION_TOKEN = web.RequestKey("session_token", str)
+"""The cookie that authenticated this request, if a cookie did."""
 
 
 def _bearer(request: web.Request) -> str | None:
@@ -150,22 +155,26 @@ def _bearer(request: web.Request) -> str | None:
     return token.strip()
 
 
-async def _identify(request: web.Request) -> Identity | None:
+async def _identify(request: web.Request) -> tuple[Identity | None, str | None]:
+    """Who is calling, and the session cookie that proved it (cookie calls need CSRF)."""
     accounts = request.app[ACCOUNTS]
     token = _bearer(request)
-    if token is None:
-        cookie = request.cookies.get(ADMIN_COOKIE)
-        if cookie and request.path.startswith("/admin/"):
-            return await accounts.authenticate_session(cookie)
-        if request.app[SETTINGS].server.tls.client_cert_users and request.transport is not None:
-            # Only a certificate the handshake verified against client_ca gets here.
-            name = peer_common_name(request.transport.get_extra_info("peercert"))
-            if name:
-                return await accounts.authenticate_user_name(name, via="client_cert")
-        return None
-    if token.startswith(SESSION_PREFIX):
-        return await accounts.authenticate_session(token)
-    return await accounts.authenticate_key(token)
+    if token is not None:
+        if token.startswith(SESSION_PREFIX):  # scripts may hold an admin session as a bearer
+            return await accounts.authenticate_session(token, "admin"), None
+        return await accounts.authenticate_key(token), None
+    admin_cookie = request.cookies.get(ADMIN_COOKIE)
+    if admin_cookie and request.path.startswith("/admin/"):
+        return await accounts.authenticate_session(admin_cookie, "admin"), admin_cookie
+    web_cookie = request.cookies.get(WEB_COOKIE)
+    if web_cookie and not request.path.startswith("/admin/"):
+        return await accounts.authenticate_session(web_cookie, "web"), web_cookie
+    if request.app[SETTINGS].server.tls.client_cert_users and request.transport is not None:
+        # Only a certificate the handshake verified against client_ca gets here.
+        name = peer_common_name(request.transport.get_extra_info("peercert"))
+        if name:
+            return await accounts.authenticate_user_name(name, via="client_cert"), None
+    return None, None
 
 
 @web.middleware
@@ -181,14 +190,20 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise APIError(403, "forbidden", code="forbidden")
     if not access.roles:
         return await handler(request)
-    who = await _identify(request)
-    if who is None and "Authorization" not in request.headers:
+    who, cookie = await _identify(request)
+    if who is None and "Authorization" not in request.headers and cookie is None:
         raise APIError(401, "missing API key: send 'Authorization: Bearer <key>'",
                        code="missing_api_key", headers={"WWW-Authenticate": "Bearer"})
     if who is None:
         raise APIError(401, "invalid, revoked or expired credentials", code="invalid_api_key",
                        headers={"WWW-Authenticate": "Bearer"})
     request[IDENTITY] = who
+    if cookie is not None:
+        request[SESSION_TOKEN] = cookie
+        if request.method not in SAFE_METHODS and not csrf_matches(
+                cookie, request.headers.get("X-CSRF-Token")):
+            raise APIError(403, "missing or wrong X-CSRF-Token header for a cookie session",
+                           code="csrf_failed")
     if who.role not in access.roles:
         raise APIError(403, f"the '{who.role}' role may not use {request.method} "
                        f"{resource.canonical}", code="forbidden")
@@ -231,11 +246,23 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     return parse_json(raw)
 
 
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; "
+       "object-src 'none'")
+
+
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare hook: every response, streamed ones included, names its request
     and, for a known caller, their daily quota."""
     if REQUEST_ID in request:
         response.headers.setdefault("X-Request-Id", request[REQUEST_ID])
+    h = response.headers
+    h.setdefault("Content-Security-Policy", CSP)
+    h.setdefault("X-Content-Type-Options", "nosniff")
+    h.setdefault("Referrer-Policy", "no-referrer")
+    h.setdefault("X-Frame-Options", "DENY")
+    if not request.path.startswith("/static/"):
+        h.setdefault("Cache-Control", "no-store")  # answers and user data stay off disk caches
     state = request.get(QUOTA_STATE)
     if state is not None:
         response.headers["X-RateLimit-Limit"] = str(state.limit)

@@ -7,6 +7,7 @@ checks that every name used there exists here.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable, Iterable
 
 from prometheus_client import (
@@ -74,6 +75,16 @@ class Metrics:
                                 registry=r)
         self.build_info = Gauge("deepseekd_build_info", "Version and model being served.",
                                 ["version", "model", "model_sha256"], registry=r)
+        self.gpu = GpuCollector()
+        r.register(self.gpu)
+        self._rate_mark = (time.monotonic(), 0.0)
+
+    def token_rate(self) -> float:
+        """Output tokens per second since the previous call (the console polls this)."""
+        now, total = time.monotonic(), self.completion_tokens._value.get()
+        last_t, last_total = self._rate_mark
+        self._rate_mark = (now, total)
+        return (total - last_total) / (now - last_t) if now > last_t else 0.0
 
     def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
         self.http_duration.labels("deepseek", route, method, str(status)).observe(seconds)
@@ -106,6 +117,16 @@ class GpuCollector(Collector):
             log.info("NVML found", extra={"gpus": self._count})
         except Exception as exc:  # ImportError, NVMLError_LibraryNotFound, driver errors
             log.info("no GPU metrics", extra={"reason": type(exc).__name__})
+
+    def snapshot(self) -> list[dict[str, float]]:
+        """Memory per GPU for the admin console; [] without a GPU."""
+        fams = {f.name: f for f in self.collect()}
+        if not fams:
+            return []
+        used = {s.labels["gpu"]: s.value for s in fams["deepseekd_gpu_memory_used_bytes"].samples}
+        total = {s.labels["gpu"]: s.value for s in fams["deepseekd_gpu_memory_total_bytes"].samples}
+        return [{"index": int(i), "memory_used_bytes": used[i], "memory_total_bytes": total[i]}
+                for i in sorted(used, key=int)]
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         nv = self._nvml

@@ -350,14 +350,15 @@ class AccountService:
         return Identity(user.id, user.name, user.role, via, None,
                         user.daily_request_limit, user.daily_token_limit)
 
-    async def authenticate_session(self, token: str) -> Identity | None:
-        """An admin session that has not ended nor idled out; touching it extends it."""
+    async def authenticate_session(self, token: str, kind: str = "admin") -> Identity | None:
+        """A session of that kind that has not ended nor idled out; touching it extends it."""
         now = self._now()
-        idle = self._auth.session_idle_minutes * 60
+        idle = (self._auth.session_idle_minutes if kind == "admin"
+                else self._auth.web_session_idle_minutes) * 60
         async with self._db.write() as s:
             row = (await s.execute(
                 select(AdminSession, User).join(User, User.id == AdminSession.user_id)
-                .where(AdminSession.token_hash == hash_api_key(token))
+                .where(AdminSession.token_hash == hash_api_key(token), AdminSession.kind == kind)
             )).first()
             if row is None:
                 return None
@@ -367,7 +368,8 @@ class AccountService:
                     sess.ended_at = now
                 return None
             sess.last_seen_at = now
-        return Identity(user.id, user.name, user.role, "session", None,
+        return Identity(user.id, user.name, user.role,
+                        "session" if kind == "admin" else "web_session", None,
                         user.daily_request_limit, user.daily_token_limit)
 
     async def login(self, username: object, *, password: object = None, api_key: object = None,
@@ -460,6 +462,44 @@ class AccountService:
                 self.on_lockout()
             return "replayed code"
         return None
+
+    async def web_login(self, username: object, password: object) -> tuple[str, Identity]:
+        """Open a browser session with a password (chat page, auditor view): no second
+        factor, so it never opens /admin/api. Same lockout and messages as admin logins."""
+        now = self._now()
+        name = username if isinstance(username, str) else ""
+        async with self._db.write() as s:
+            user = await user_by_name(s, name) if NAME_RE.fullmatch(name) else None
+            ok = passwords.verify_password(user.password_hash if user else None,
+                                           password if isinstance(password, str) else "")
+            reason = None
+            if user is None:
+                reason = "unknown user"
+            elif user.locked_until and user.locked_until > now:
+                reason = "locked"
+            elif user.disabled or user.role == "metrics":
+                reason = "not an active user"
+            elif not ok:
+                reason = "wrong password"
+                if await _record_failure(s, user, "password", now, self._auth, self._audit):
+                    self.on_lockout()
+            if reason is None:
+                token = SESSION_PREFIX + secrets.token_urlsafe(32)
+                s.add(AdminSession(token_hash=hash_api_key(token), user_id=user.id, kind="web",
+                                   created_at=now, last_seen_at=now))
+            if self._audit is not None:
+                await self._audit.append_in(s, Event(
+                    action="web.login", outcome="ok" if reason is None else "denied",
+                    actor=user.name if user else None, actor_id=user.id if user else None,
+                    role=user.role if user else None, detail=reason,
+                    target=None if user else "unknown user"))
+        if reason is not None:
+            log.warning("web login refused", extra={"reason": reason,
+                                                    "user_id": user.id if user else None})
+            raise AuthFailed(reason)
+        assert user is not None
+        return token, Identity(user.id, user.name, user.role, "web_session", None,
+                               user.daily_request_limit, user.daily_token_limit)
 
     async def logout(self, token: str) -> None:
         async with self._db.write() as s:

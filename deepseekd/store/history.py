@@ -188,6 +188,20 @@ class HistoryService:
                 "created_at": conv.created_at, "updated_at": conv.updated_at,
                 "messages": flat, "turns": rendered}
 
+    async def rename_conversation(self, who: Identity, conversation_id: str, title: str) -> None:
+        if not _valid_id(conversation_id):
+            raise self._not_found(conversation_id)
+        if not isinstance(title, str) or not 1 <= len(title.strip()) <= 120:
+            raise AccountError("title: 1 to 120 characters", field="title")
+        async with self._db.write() as s:
+            conv = await s.get(Conversation, conversation_id)
+            if conv is None or conv.user_id != who.user_id:
+                raise self._not_found(conversation_id)
+            key = await self._keys.user_key(s, who.user_id, create=True)
+            assert key is not None
+            conv.title_ct = seal(key, title.strip().encode(),
+                                 _title_aad(who.user_id, conversation_id))
+
     async def delete_conversation(self, who: Identity, conversation_id: str) -> None:
         if not _valid_id(conversation_id):
             raise self._not_found(conversation_id)

@@ -38,6 +38,8 @@ class QuotaService:
         self._tz = zoneinfo.ZoneInfo(cfg.timezone)
         self._now = clock
         self._insert = db.insert
+        self.default_daily_requests = cfg.daily_requests
+        """Changeable at run time from the admin console."""
 
     def window(self, now: float) -> tuple[str, int]:
         """(quota day key, epoch second of the next reset) for the instant ``now``."""
@@ -51,7 +53,7 @@ class QuotaService:
     def limits(self, who: Identity) -> tuple[int, int]:
         req = who.daily_request_limit
         tok = who.daily_token_limit
-        return (self._cfg.daily_requests if req is None else req,
+        return (self.default_daily_requests if req is None else req,
                 self._cfg.daily_tokens if tok is None else tok)
 
     async def consume(self, who: Identity) -> QuotaState:

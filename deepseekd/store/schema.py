@@ -15,6 +15,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -62,6 +63,9 @@ class ApiKey(Base):
 
 
 class AdminSession(Base):
+    """Sessions: ``kind`` 'admin' (opened with a second factor, admin console) or 'web'
+    (password only, chat page and auditor view). Named for its first use."""
+
     __tablename__ = "admin_sessions"
 
     token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -69,6 +73,7 @@ class AdminSession(Base):
     created_at: Mapped[float] = mapped_column(Float)
     last_seen_at: Mapped[float] = mapped_column(Float)
     ended_at: Mapped[float | None] = mapped_column(Float)
+    kind: Mapped[str] = mapped_column(String(8), server_default="admin")
 
 
 class AuthFailure(Base):
@@ -192,3 +197,14 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     seq: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class RuntimeSetting(Base):
+    """A setting changed from the admin console; applied over the config file at start."""
+
+    __tablename__ = "runtime_settings"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[float] = mapped_column(Float)
+    updated_by: Mapped[str | None] = mapped_column(String(64))

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from deepseekd.security.apikeys import csrf_token
+
 from deepseekd.keys import ACCOUNTS
 from deepseekd.store.accounts import AuthFailed
 
@@ -93,8 +95,10 @@ async def test_login_session_and_cookie(admin: Admin) -> None:
     # ...but not the inference API: the cookie is for the admin pages only.
     await error(await c.get("/v1/models"), 401, "missing_api_key")
 
+    # A state change with the cookie needs the session's CSRF token (from the login body).
+    await error(await c.post("/admin/api/logout"), 403, "csrf_failed")
     # Logging out with the cookie ends the session and clears the cookie.
-    resp = await c.post("/admin/api/logout")
+    resp = await c.post("/admin/api/logout", headers={"X-CSRF-Token": csrf_token(token)})
     assert (await ok_json(resp)) == {"logged_out": True}
     await error(await c.get(USERS), 401)
     c.session.cookie_jar.clear()
@@ -119,7 +123,8 @@ async def test_admin_api_end_to_end(admin: Admin) -> None:
     # An admin gets a TOTP enrolment too; a metrics identity no password.
     bob = await ok_json(await c.post(USERS, json={"name": "bob", "role": "admin"},
                                      headers=auth), 201)
-    assert set(bob) == {"name", "role", "api_key", "password", "totp_uri"}
+    assert set(bob) == {"name", "role", "api_key", "password", "totp_uri", "totp_qr_svg"}
+    assert bob["totp_qr_svg"].startswith("<svg")
     assert bob["totp_uri"].startswith("otpauth://totp/")
     scraper = await ok_json(await c.post(USERS, json={"name": "scraper", "role": "metrics"},
                                          headers=auth), 201)

@@ -1,0 +1,863 @@
+// deepseekd admin console and auditor view.
+// Strict CSP: no inline code; all server data enters the DOM through textContent /
+// createElement / attribute setters, never innerHTML.
+
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  mode: null,          // "admin" | "auditor" | null
+  csrf: null,          // kept in memory only
+  user: null,
+  idleTimeoutS: 0,
+  lastActivity: Date.now(),
+  statusTimer: null,
+  idleTimer: null,
+  selectedUser: null,
+  users: [],
+  audit: { afterId: 0, history: [], next: null, filters: {} },
+};
+
+class ApiError extends Error {
+  constructor(status, error) {
+    super((error && error.message) || `request failed (HTTP ${status})`);
+    this.status = status;
+    this.code = error && error.code;
+    this.param = error && error.param;
+  }
+}
+
+// ---------------------------------------------------------------- API helper
+
+async function api(method, path, body, { login = false } = {}) {
+  const headers = { Accept: "application/json" };
+  const init = { method, headers, credentials: "same-origin", cache: "no-store" };
+  if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  if (method !== "GET" && method !== "HEAD" && state.csrf) headers["X-CSRF-Token"] = state.csrf;
+  let resp;
+  try {
+    resp = await fetch(path, init);
+  } catch (e) {
+    throw new ApiError(0, { message: "the server cannot be reached" });
+  }
+  let data = null;
+  try { data = await resp.json(); } catch (e) { data = null; }
+  if (resp.status === 401 && !login) {
+    sessionEnded();
+    throw new ApiError(401, data && data.error);
+  }
+  if (!resp.ok) throw new ApiError(resp.status, data && data.error);
+  return data;
+}
+
+// ---------------------------------------------------------------- small DOM helpers
+
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(props)) {
+    if (v === undefined || v === null) continue;
+    if (k === "text") node.textContent = String(v);
+    else if (k === "className") node.className = v;
+    else node.setAttribute(k, String(v));
+  }
+  for (const c of children) if (c !== null && c !== undefined) node.append(c);
+  return node;
+}
+
+function show(node, on = true) { node.hidden = !on; }
+
+function setMsg(node, text) {
+  node.textContent = text || "";
+  if (node.classList.contains("error")) node.hidden = !text;
+}
+
+function fmtTime(ts) {
+  if (ts === null || ts === undefined || ts === "") return { text: "—", iso: "" };
+  const d = new Date(Number(ts) * 1000);
+  if (Number.isNaN(d.getTime())) return { text: String(ts), iso: "" };
+  return { text: d.toLocaleString(), iso: d.toISOString() };
+}
+
+function timeCell(ts) {
+  const t = fmtTime(ts);
+  const td = el("td");
+  if (t.iso) td.append(el("time", { datetime: t.iso, title: t.iso, text: t.text }));
+  else td.textContent = t.text;
+  return td;
+}
+
+function fmtBytes(n) {
+  if (typeof n !== "number" || !Number.isFinite(n)) return "?";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+
+function svgDataUrl(svg) {
+  const bytes = new TextEncoder().encode(svg);
+  let bin = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    bin += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
+  }
+  return "data:image/svg+xml;base64," + btoa(bin);
+}
+
+function confirmDialog(title, text, okLabel = "Confirm") {
+  const dlg = $("confirm");
+  $("confirm-title").textContent = title;
+  $("confirm-text").textContent = text;
+  $("confirm-ok").textContent = okLabel;
+  dlg.returnValue = "";
+  return new Promise((resolve) => {
+    dlg.addEventListener("close", () => resolve(dlg.returnValue === "ok"), { once: true });
+    dlg.showModal();
+    $("confirm-cancel").focus();
+  });
+}
+
+// ---------------------------------------------------------------- views & session
+
+function setView(view) {
+  show($("loading"), false);
+  show($("login-view"), view === "login");
+  show($("admin-view"), view === "admin");
+  show($("audit-view"), view === "audit");
+  show($("whoami"), view === "admin" || view === "audit");
+}
+
+function clearSensitive() {
+  for (const id of ["users-table", "keys-table", "audit-table"]) {
+    $(id).tBodies[0].replaceChildren();
+  }
+  $("settings-list").replaceChildren();
+  hideSecrets();
+  show($("user-detail"), false);
+  setMsg($("verify-result"), "");
+  setMsg($("audit-page"), "");
+  setMsg($("rotate-result"), "");
+  state.selectedUser = null;
+  state.users = [];
+}
+
+function stopTimers() {
+  if (state.statusTimer) clearInterval(state.statusTimer);
+  if (state.idleTimer) clearInterval(state.idleTimer);
+  state.statusTimer = state.idleTimer = null;
+}
+
+function showLogin(notice) {
+  stopTimers();
+  state.mode = null;
+  state.csrf = null;
+  state.user = null;
+  clearSensitive();
+  const n = $("login-notice");
+  n.textContent = notice || "";
+  show(n, !!notice);
+  setMsg($("login-error"), "");
+  $("login-password").value = "";
+  $("login-totp").value = "";
+  setView("login");
+  $("login-username").focus();
+}
+
+function sessionEnded() {
+  if (state.mode === null && !$("login-view").hidden) return;
+  showLogin("Your session ended. Please sign in again.");
+}
+
+function startSession(mode, info) {
+  state.mode = mode;
+  state.csrf = info.csrf_token || null;
+  state.user = info.user;
+  state.idleTimeoutS = Number(info.idle_timeout_s) || 0;
+  state.lastActivity = Date.now();
+  $("whoami-text").textContent = `${info.user} (${mode === "admin" ? "administrator" : "auditor"})`;
+  stopTimers();
+  if (state.idleTimeoutS > 0) state.idleTimer = setInterval(checkIdle, 5000);
+  if (mode === "admin") {
+    setView("admin");
+    selectTab("tab-users", false);
+    loadUsers();
+    pollStatus();
+    state.statusTimer = setInterval(pollStatus, 5000);
+    loadSettings();
+  } else {
+    setView("audit");
+    state.audit = { afterId: 0, history: [], next: null, filters: readFilters() };
+    loadAudit();
+  }
+}
+
+// The status poll would otherwise keep an unattended console signed in forever:
+// end the session client-side once nobody has touched the page for the idle timeout.
+function checkIdle() {
+  if (!state.mode || !state.idleTimeoutS) return;
+  if (Date.now() - state.lastActivity > state.idleTimeoutS * 1000) logout(true);
+}
+for (const ev of ["keydown", "pointerdown", "wheel", "touchstart"]) {
+  document.addEventListener(ev, () => { state.lastActivity = Date.now(); }, { passive: true });
+}
+
+async function resume() {
+  try {
+    const s = await api("GET", "/admin/api/session", undefined, { login: true });
+    startSession("admin", s);
+    return;
+  } catch (e) { /* not an admin session */ }
+  try {
+    const s = await api("GET", "/auth/session", undefined, { login: true });
+    if (s.role === "auditor") { startSession("auditor", s); return; }
+  } catch (e) { /* no session */ }
+  showLogin();
+}
+
+async function login(ev) {
+  ev.preventDefault();
+  const username = $("login-username").value.trim();
+  const password = $("login-password").value;
+  const totp = $("login-totp").value.replace(/\s+/g, "");
+  const err = $("login-error");
+  setMsg(err, "");
+  if (!username || !password) { setMsg(err, "Enter your username and password."); return; }
+  if (totp && !/^[0-9]{6}$/.test(totp)) { setMsg(err, "The code has 6 digits."); return; }
+  const btn = $("login-submit");
+  btn.disabled = true;
+  try {
+    if (totp) {
+      const r = await api("POST", "/admin/api/login", { username, password, totp }, { login: true });
+      let info = { ...r, role: "admin" };
+      if (!info.csrf_token) {
+        try { info = await api("GET", "/admin/api/session", undefined, { login: true }); } catch (e) { /* keep */ }
+      }
+      startSession("admin", info);
+    } else {
+      const r = await api("POST", "/auth/login", { username, password }, { login: true });
+      if (r.role === "auditor") {
+        startSession("auditor", r);
+      } else {
+        // A chat session is no use here: close it again.
+        state.csrf = r.csrf_token || null;
+        try { await api("POST", "/auth/logout", undefined, { login: true }); } catch (e) { /* ignore */ }
+        state.csrf = null;
+        setMsg(err, r.role === "admin"
+          ? "Administrators must also enter the 6-digit code from their authenticator app."
+          : "This console is for administrators and auditors. Use the chat page instead.");
+      }
+    }
+  } catch (e) {
+    if (e.status === 401 || e.code === "login_failed") {
+      setMsg(err, "Sign-in failed: check the username, password and code. "
+        + "(Auditors leave the code empty.)");
+    } else if (e.status === 429) {
+      setMsg(err, "Too many attempts. Wait a moment and try again.");
+    } else {
+      setMsg(err, e.message);
+    }
+  } finally {
+    btn.disabled = false;
+    $("login-password").value = "";
+    $("login-totp").value = "";
+  }
+}
+
+async function logout(idle = false) {
+  const path = state.mode === "admin" ? "/admin/api/logout" : "/auth/logout";
+  if (state.mode) {
+    try { await api("POST", path, undefined, { login: true }); } catch (e) { /* ignore */ }
+  }
+  showLogin(idle ? "Your session ended after a period of inactivity." : "You have signed out.");
+}
+
+// ---------------------------------------------------------------- tabs
+
+const TABS = ["tab-users", "tab-engine", "tab-keys", "tab-settings"];
+
+function selectTab(id, focus = true) {
+  for (const t of TABS) {
+    const tab = $(t);
+    const on = t === id;
+    tab.setAttribute("aria-selected", on ? "true" : "false");
+    tab.tabIndex = on ? 0 : -1;
+    show($(tab.getAttribute("aria-controls")), on);
+  }
+  if (focus) $(id).focus();
+  if (id === "tab-users" && state.mode === "admin") loadUsers();
+  if (id === "tab-engine" && state.mode === "admin") pollStatus();
+  if (id === "tab-settings" && state.mode === "admin") loadSettings();
+}
+
+function tabKeys(ev) {
+  const i = TABS.indexOf(ev.target.id);
+  if (i < 0) return;
+  let j = null;
+  if (ev.key === "ArrowRight" || ev.key === "ArrowDown") j = (i + 1) % TABS.length;
+  else if (ev.key === "ArrowLeft" || ev.key === "ArrowUp") j = (i - 1 + TABS.length) % TABS.length;
+  else if (ev.key === "Home") j = 0;
+  else if (ev.key === "End") j = TABS.length - 1;
+  if (j === null) return;
+  ev.preventDefault();
+  selectTab(TABS[j]);
+}
+
+// ---------------------------------------------------------------- one-time secrets
+
+function showSecrets(title, entries, qrSvg) {
+  $("secrets-title").textContent = title;
+  const dl = $("secrets-list");
+  dl.replaceChildren();
+  for (const [label, value, id] of entries) {
+    if (value === undefined || value === null) continue;
+    const dd = el("dd");
+    dd.append(el("code", { id, className: "secret", text: value }));
+    if (navigator.clipboard && window.isSecureContext) {
+      const b = el("button", { type: "button", className: "secondary small", text: "Copy" });
+      b.setAttribute("aria-label", `Copy ${label}`);
+      b.addEventListener("click", async () => {
+        try { await navigator.clipboard.writeText(value); b.textContent = "Copied"; } catch (e) { b.textContent = "Copy failed"; }
+      });
+      dd.append(" ", b);
+    }
+    dl.append(el("dt", { text: label }), dd);
+  }
+  const img = $("secrets-qr");
+  if (qrSvg) {
+    img.src = svgDataUrl(qrSvg);
+    show($("secrets-qr-wrap"), true);
+  } else {
+    img.removeAttribute("src");
+    show($("secrets-qr-wrap"), false);
+  }
+  const box = $("secrets");
+  show(box, true);
+  box.scrollIntoView({ block: "start" });
+  box.focus();
+}
+
+function hideSecrets() {
+  $("secrets-list").replaceChildren();
+  $("secrets-qr").removeAttribute("src");
+  show($("secrets-qr-wrap"), false);
+  show($("secrets"), false);
+}
+
+// ---------------------------------------------------------------- users
+
+function userState(u) {
+  if (u.disabled) return "disabled";
+  if (u.locked) return "locked";
+  return "active";
+}
+
+function fmtLimit(v) { return v === null || v === undefined ? "default" : String(v); }
+
+async function loadUsers() {
+  const err = $("users-error");
+  try {
+    const r = await api("GET", "/admin/api/users");
+    setMsg(err, "");
+    state.users = r.users || [];
+    renderUsers();
+    if (state.selectedUser) {
+      const u = state.users.find((x) => x.name === state.selectedUser);
+      if (u) renderUserDetail(u); else closeUser();
+    }
+  } catch (e) {
+    if (e.status !== 401) setMsg(err, `Could not load users: ${e.message}`);
+  }
+}
+
+function renderUsers() {
+  const tbody = $("users-table").tBodies[0];
+  tbody.replaceChildren();
+  for (const u of state.users) {
+    const st = userState(u);
+    const manage = el("button", { type: "button", className: "secondary small", text: "Manage" });
+    manage.setAttribute("aria-label", `Manage ${u.name}`);
+    manage.addEventListener("click", () => openUser(u.name));
+    const tr = el("tr", { "data-user": u.name },
+      el("th", { scope: "row", text: u.name }),
+      el("td", { text: u.role }),
+      el("td", {}, el("span", { className: `badge ${st}`, text: st })),
+      el("td", { text: u.role === "admin" ? (u.totp_enrolled ? "yes" : "no") : (u.totp_enrolled ? "yes" : "—") }),
+      el("td", { className: "num", text: fmtLimit(u.daily_request_limit) }),
+      el("td", { className: "num", text: String(u.active_keys ?? "") }),
+      timeCell(u.created_at),
+      el("td", {}, manage));
+    tbody.append(tr);
+  }
+  if (!state.users.length) tbody.append(el("tr", {}, el("td", { colspan: 8, text: "No users." })));
+}
+
+function openUser(name) {
+  state.selectedUser = name;
+  const u = state.users.find((x) => x.name === name);
+  if (!u) return;
+  setMsg($("user-detail-msg"), "");
+  setMsg($("user-detail-error"), "");
+  $("key-label").value = "";
+  renderUserDetail(u, true);
+  loadKeys(name);
+  const box = $("user-detail");
+  show(box, true);
+  box.scrollIntoView({ block: "nearest" });
+  box.focus();
+}
+
+function closeUser() {
+  state.selectedUser = null;
+  show($("user-detail"), false);
+  $("keys-table").tBodies[0].replaceChildren();
+}
+
+function renderUserDetail(u, resetInputs = false) {
+  $("user-detail-title").textContent = `User ${u.name}`;
+  $("user-detail-summary").textContent =
+    `Role ${u.role}; ${userState(u)}; daily limit ${fmtLimit(u.daily_request_limit)}; ` +
+    `${u.active_keys} active key(s).`;
+  if (resetInputs) $("limit-input").value = u.daily_request_limit ?? "";
+  $("user-totp").hidden = u.role !== "admin";
+  $("user-disable").disabled = !!u.disabled;
+  $("key-form").querySelector("button").disabled = !!u.disabled;
+}
+
+async function userAction(fn, okText) {
+  const msg = $("user-detail-msg"), err = $("user-detail-error");
+  setMsg(msg, ""); setMsg(err, "");
+  try {
+    const r = await fn();
+    if (okText) setMsg(msg, typeof okText === "function" ? okText(r) : okText);
+    await loadUsers();
+    return r;
+  } catch (e) {
+    if (e.status !== 401) setMsg(err, e.message);
+    return null;
+  }
+}
+
+const enc = encodeURIComponent;
+
+async function setLimit(ev) {
+  ev.preventDefault();
+  const name = state.selectedUser;
+  const raw = $("limit-input").value.trim();
+  let value = null;
+  if (raw !== "") {
+    value = Number(raw);
+    if (!Number.isInteger(value) || value < 0) {
+      setMsg($("user-detail-error"), "The limit is a whole number of requests per day, 0 or more.");
+      return;
+    }
+  }
+  await userAction(() => api("PATCH", `/admin/api/users/${enc(name)}`, { daily_request_limit: value }),
+    `Daily limit for ${name} set to ${fmtLimit(value)}.`);
+}
+
+async function disableUser() {
+  const name = state.selectedUser;
+  if (!(await confirmDialog("Disable user", `Disable ${name}? They can no longer sign in and their keys stop working.`, "Disable"))) return;
+  await userAction(() => api("POST", `/admin/api/users/${enc(name)}/disable`), `${name} is disabled.`);
+}
+
+async function resetTotp() {
+  const name = state.selectedUser;
+  if (!(await confirmDialog("Reset TOTP", `Reset the authenticator code of ${name}? Their current app entry stops working and their sessions end.`, "Reset TOTP"))) return;
+  const r = await userAction(() => api("POST", `/admin/api/users/${enc(name)}/totp`), `New TOTP secret for ${name}.`);
+  if (r) showSecrets(`New TOTP enrolment for ${name}`, [["TOTP URI", r.totp_uri, "secret-totp-uri"]], r.totp_qr_svg);
+}
+
+async function eraseUser() {
+  const name = state.selectedUser;
+  const ok = await confirmDialog("Erase user",
+    `Erase ${name}? This deletes their chat history and disables the account. It cannot be undone.`,
+    `Erase ${name}`);
+  if (!ok) return;
+  const r = await userAction(() => api("POST", `/admin/api/users/${enc(name)}/erase`), `${name} was erased.`);
+  if (r) loadKeys(name);
+}
+
+async function loadKeys(name) {
+  const tbody = $("keys-table").tBodies[0];
+  try {
+    const r = await api("GET", `/admin/api/users/${enc(name)}/keys`);
+    if (state.selectedUser !== name) return;
+    tbody.replaceChildren();
+    for (const k of r.keys || []) {
+      const cell = el("td");
+      if (!k.revoked_at) {
+        const b = el("button", { type: "button", className: "danger small", text: "Revoke" });
+        b.setAttribute("aria-label", `Revoke key ${k.id} (${k.prefix})`);
+        b.addEventListener("click", () => revokeKey(k));
+        cell.append(b);
+      }
+      tbody.append(el("tr", { "data-key-id": k.id },
+        el("td", { className: "num", text: String(k.id) }),
+        el("td", {}, el("code", { text: `${k.prefix}…` })),
+        el("td", { text: k.label || "" }),
+        timeCell(k.created_at),
+        k.revoked_at ? timeCell(k.revoked_at) : el("td", { text: "active" }),
+        cell));
+    }
+    if (!(r.keys || []).length) tbody.append(el("tr", {}, el("td", { colspan: 6, text: "No keys." })));
+  } catch (e) {
+    if (e.status !== 401) setMsg($("user-detail-error"), `Could not load keys: ${e.message}`);
+  }
+}
+
+async function createKey(ev) {
+  ev.preventDefault();
+  const name = state.selectedUser;
+  const label = $("key-label").value.trim();
+  const r = await userAction(() => api("POST", `/admin/api/users/${enc(name)}/keys`, { label }),
+    (x) => `Key ${x.id} created for ${name}.`);
+  if (r) {
+    $("key-label").value = "";
+    await loadKeys(name);
+    showSecrets(`New API key for ${name}`, [["API key", r.api_key, "secret-api-key"]]);
+  }
+}
+
+async function revokeKey(k) {
+  const name = state.selectedUser;
+  if (!(await confirmDialog("Revoke key", `Revoke key ${k.id} (${k.prefix}…) of ${name}? Programs using it stop working at once.`, "Revoke"))) return;
+  await userAction(() => api("DELETE", `/admin/api/keys/${enc(String(k.id))}`), `Key ${k.id} revoked.`);
+  await loadKeys(name);
+}
+
+function fieldError(param, text) {
+  const map = { name: "new-name-error", role: "new-role-error", daily_request_limit: "new-limit-error" };
+  const id = map[param];
+  if (!id) return false;
+  const node = $(id);
+  node.textContent = text;
+  node.hidden = false;
+  return true;
+}
+
+async function createUser(ev) {
+  ev.preventDefault();
+  for (const id of ["new-name-error", "new-role-error", "new-limit-error"]) { $(id).textContent = ""; $(id).hidden = true; }
+  const err = $("create-error");
+  setMsg(err, "");
+  const name = $("new-name").value.trim();
+  const role = $("new-role").value;
+  const rawLimit = $("new-limit").value.trim();
+  const body = { name, role };
+  if (!name) { fieldError("name", "Enter a name."); $("new-name").focus(); return; }
+  if (rawLimit !== "") {
+    const n = Number(rawLimit);
+    if (!Number.isInteger(n) || n < 0) { fieldError("daily_request_limit", "A whole number, 0 or more."); return; }
+    body.daily_request_limit = n;
+  }
+  const btn = $("create-submit");
+  btn.disabled = true;
+  try {
+    const r = await api("POST", "/admin/api/users", body);
+    $("create-form").reset();
+    await loadUsers();
+    const entries = [
+      ["User", r.name, "secret-name"],
+      ["Role", r.role, "secret-role"],
+      ["API key", r.api_key, "secret-api-key"],
+      ["Password", r.password, "secret-password"],
+      ["TOTP URI", r.totp_uri, "secret-totp-uri"],
+    ];
+    showSecrets(`Credentials for ${r.name}`, entries, r.totp_qr_svg);
+  } catch (e) {
+    if (e.status === 401) return;
+    if (!(e.param && fieldError(e.param, e.message))) setMsg(err, e.message);
+  } finally {
+    btn.disabled = false;
+  }
+}
+
+// ---------------------------------------------------------------- engine status
+
+let statusBusy = false;
+async function pollStatus() {
+  if (state.mode !== "admin" || statusBusy || document.hidden) return;
+  statusBusy = true;
+  try {
+    const s = await api("GET", "/admin/api/status");
+    setMsg($("engine-error"), "");
+    renderStatus(s);
+  } catch (e) {
+    if (e.status !== 401) setMsg($("engine-error"), `Status unavailable: ${e.message}`);
+  } finally {
+    statusBusy = false;
+  }
+}
+
+function renderStatus(s) {
+  $("eng-model").textContent = s.model || "—";
+  const sha = $("eng-sha");
+  sha.textContent = s.model_sha256 ? `${String(s.model_sha256).slice(0, 12)}…` : "—";
+  if (s.model_sha256) sha.title = s.model_sha256; else sha.removeAttribute("title");
+  const phase = $("eng-phase");
+  phase.textContent = s.phase || "unknown";
+  phase.className = `phase badge ${/^[a-z]+$/.test(s.phase || "") ? s.phase : ""}`;
+  const prog = $("eng-warmup");
+  const m = /^(\d+)\/(\d+)$/.exec(s.warmup || "");
+  if (s.phase === "warming" && m) {
+    prog.max = Number(m[2]) || 1;
+    prog.value = Number(m[1]);
+    $("eng-warmup-text").textContent = `warm-up step ${m[1]} of ${m[2]}`;
+    show(prog, true);
+  } else {
+    show(prog, false);
+    $("eng-warmup-text").textContent = s.warmup && s.phase === "warming" ? String(s.warmup) : "";
+  }
+  $("eng-queue").textContent = `${s.requests_running ?? 0} running, ${s.requests_waiting ?? 0} waiting`;
+  const tps = Number(s.tokens_per_second);
+  $("eng-tps").textContent = Number.isFinite(tps) ? tps.toFixed(1) : "—";
+  const kv = Number(s.kv_cache_usage);
+  const pct = Number.isFinite(kv) ? Math.max(0, Math.min(100, kv * 100)) : null;
+  $("eng-kv").value = pct ?? 0;
+  $("eng-kv-text").textContent = pct === null ? "—" : `${pct.toFixed(1)} %`;
+  const ul = $("eng-gpus");
+  ul.replaceChildren();
+  const gpus = Array.isArray(s.gpus) ? s.gpus : [];
+  if (!gpus.length) ul.append(el("li", { text: "no GPU" }));
+  for (const g of gpus) {
+    const used = Number(g.memory_used_bytes), total = Number(g.memory_total_bytes);
+    const p = el("progress", { max: total > 0 ? total : 1, value: used > 0 ? used : 0 });
+    p.setAttribute("aria-label", `GPU ${g.index} memory`);
+    ul.append(el("li", {}, el("span", { text: `GPU ${g.index}: ${fmtBytes(used)} of ${fmtBytes(total)} ` }), p));
+  }
+  $("eng-version").textContent = s.version || "—";
+  $("eng-updated").textContent = `Last update ${new Date().toLocaleTimeString()}.`;
+}
+
+// ---------------------------------------------------------------- master key
+
+async function rotate() {
+  const ok = await confirmDialog("Rotate master key",
+    "Rotate the master key now? New history is encrypted with a new key version.", "Rotate");
+  if (!ok) return;
+  setMsg($("rotate-result"), "");
+  setMsg($("rotate-error"), "");
+  try {
+    const r = await api("POST", "/admin/api/keys/rotate");
+    const retired = (r.retired || []).map((v) => `v${v}`).join(", ") || "none";
+    setMsg($("rotate-result"), `Rotated. Current version: v${r.current}. Retired: ${retired}.`);
+  } catch (e) {
+    if (e.status !== 401) setMsg($("rotate-error"), e.message);
+  }
+}
+
+// ---------------------------------------------------------------- settings
+
+async function loadSettings() {
+  try {
+    const r = await api("GET", "/admin/api/settings");
+    setMsg($("settings-error"), "");
+    renderSettings(r.settings || []);
+  } catch (e) {
+    if (e.status !== 401) setMsg($("settings-error"), `Could not load settings: ${e.message}`);
+  }
+}
+
+function settingId(key) { return "set-" + String(key).replace(/[^A-Za-z0-9_-]/g, "-"); }
+
+function renderSettings(list) {
+  const box = $("settings-list");
+  // Keep what the admin is typing if a form for this key is focused.
+  if (box.contains(document.activeElement) && box.childElementCount) return;
+  box.replaceChildren();
+  for (const s of list) box.append(settingForm(s));
+}
+
+function settingForm(s) {
+  const id = settingId(s.key);
+  const form = el("form", { className: "setting card", "data-key": s.key });
+  form.noValidate = true;  // the server's 400 message is shown next to the field
+  const label = el("label", { for: id }, el("code", { text: s.key }));
+  const desc = el("p", { id: `${id}-desc`, className: "muted", text: s.description || "" });
+  let input;
+  if (s.type === "choice" && Array.isArray(s.choices)) {
+    input = el("select", { id });
+    for (const c of s.choices) {
+      const o = el("option", { value: c, text: c });
+      if (String(c) === String(s.value)) o.selected = true;
+      input.append(o);
+    }
+  } else {
+    input = el("input", { id, type: "number", step: 1, inputmode: "numeric" });
+    if (s.min !== undefined && s.min !== null) input.min = s.min;
+    if (s.max !== undefined && s.max !== null) input.max = s.max;
+    input.value = s.value ?? "";
+  }
+  const range = s.type === "int" && (s.min !== undefined || s.max !== undefined)
+    ? ` Allowed: ${s.min ?? "…"} to ${s.max ?? "…"}.` : "";
+  if (range) desc.textContent += range;
+  const err = el("span", { id: `${id}-error`, className: "error field-error", role: "alert" });
+  err.hidden = true;
+  const ok = el("span", { id: `${id}-ok`, className: "ok", role: "status" });
+  input.setAttribute("aria-describedby", `${id}-desc ${id}-error`);
+  const btn = el("button", { type: "submit", text: "Save" });
+  btn.setAttribute("aria-label", `Save ${s.key}`);
+  form.append(label, desc, el("div", { className: "inline" }, input, btn, ok), err);
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    err.hidden = true; err.textContent = ""; ok.textContent = "";
+    let value = input.value;
+    if (s.type === "int") {
+      value = Number(input.value);
+      if (input.value.trim() === "" || !Number.isInteger(value)) {
+        err.textContent = "Enter a whole number."; err.hidden = false; return;
+      }
+    }
+    btn.disabled = true;
+    try {
+      const r = await api("PATCH", "/admin/api/settings", { [s.key]: value });
+      const fresh = (r.settings || []).find((x) => x.key === s.key);
+      if (fresh) input.value = fresh.value;
+      ok.textContent = "Saved.";
+    } catch (e) {
+      if (e.status !== 401) { err.textContent = e.message; err.hidden = false; }
+    } finally {
+      btn.disabled = false;
+    }
+  });
+  return form;
+}
+
+// ---------------------------------------------------------------- auditor
+
+function toUnix(v) {
+  if (!v) return null;
+  const t = new Date(v).getTime();  // datetime-local values parse as local time
+  return Number.isNaN(t) ? null : Math.floor(t / 1000);
+}
+
+function readFilters() {
+  return {
+    since: toUnix($("f-since").value),
+    until: toUnix($("f-until").value),
+    actor: $("f-actor").value.trim(),
+    action: $("f-action").value.trim(),
+    limit: Number($("f-limit").value) || 50,
+  };
+}
+
+async function loadAudit() {
+  const a = state.audit;
+  const f = a.filters;
+  const q = new URLSearchParams();
+  if (f.since !== null) q.set("since", String(f.since));
+  if (f.until !== null) q.set("until", String(f.until));
+  if (f.actor) q.set("actor", f.actor);
+  if (f.action) q.set("action", f.action);
+  if (a.afterId) q.set("after_id", String(a.afterId));
+  q.set("limit", String(f.limit));
+  const err = $("audit-error");
+  try {
+    const r = await api("GET", `/audit/api/events?${q}`);
+    setMsg(err, "");
+    a.next = r.next_after_id ?? null;
+    renderAudit(r.events || []);
+    const page = a.history.length + 1;
+    $("audit-page").textContent = `Page ${page}: ${(r.events || []).length} event(s)` +
+      (a.next === null ? " (last page)." : ".");
+    $("audit-next").disabled = a.next === null;
+    $("audit-first").disabled = a.afterId === 0;
+  } catch (e) {
+    if (e.status !== 401) setMsg(err, e.message);
+  }
+}
+
+function renderAudit(events) {
+  const tbody = $("audit-table").tBodies[0];
+  tbody.replaceChildren();
+  for (const ev of events) {
+    const tokens = ev.prompt_tokens === null && ev.completion_tokens === null ? ""
+      : `${ev.prompt_tokens ?? "–"} / ${ev.completion_tokens ?? "–"}`;
+    tbody.append(el("tr", { "data-id": ev.id, "data-action": ev.action },
+      el("td", { className: "num", text: String(ev.id) }),
+      timeCell(ev.at),
+      el("td", { text: ev.actor ?? "" }),
+      el("td", { text: ev.role ?? "" }),
+      el("td", {}, el("code", { text: ev.action ?? "" })),
+      el("td", { text: ev.target ?? "" }),
+      el("td", { className: ev.outcome && ev.outcome !== "ok" ? "bad" : "", text: ev.outcome ?? "" }),
+      el("td", {}, el("code", { className: "rid", text: ev.request_id ?? "" })),
+      el("td", { text: ev.model ?? "" }),
+      el("td", { className: "num", text: tokens })));
+  }
+  if (!events.length) tbody.append(el("tr", {}, el("td", { colspan: 10, text: "No events match." })));
+}
+
+function applyFilters(ev) {
+  ev.preventDefault();
+  const f = readFilters();
+  if (f.since !== null && f.until !== null && f.since > f.until) {
+    setMsg($("audit-error"), "'Since' is after 'Until'.");
+    return;
+  }
+  state.audit = { afterId: 0, history: [], next: null, filters: f };
+  loadAudit();
+}
+
+async function verifyChain() {
+  const out = $("verify-result");
+  out.className = "";
+  out.textContent = "Verifying…";
+  try {
+    const r = await api("GET", "/audit/api/verify");
+    if (r.ok) {
+      out.className = "ok";
+      out.textContent = `Chain OK: ${r.events} event(s) verified; head #${r.head_id ?? "—"}` +
+        (r.head_hash ? ` (${String(r.head_hash).slice(0, 16)}…)` : "") + ".";
+      if (r.head_hash) out.title = r.head_hash;
+    } else {
+      out.className = "error";
+      out.textContent = `Chain BROKEN at event #${r.first_bad_id ?? "?"}: ${r.reason || "unknown reason"}.`;
+    }
+  } catch (e) {
+    if (e.status !== 401) { out.className = "error"; out.textContent = e.message; }
+  }
+}
+
+// ---------------------------------------------------------------- wiring
+
+function wire() {
+  $("login-form").addEventListener("submit", login);
+  $("logout").addEventListener("click", () => logout(false));
+  $("tabs").addEventListener("keydown", tabKeys);
+  for (const t of TABS) $(t).addEventListener("click", () => selectTab(t));
+  $("secrets-dismiss").addEventListener("click", hideSecrets);
+  $("create-form").addEventListener("submit", createUser);
+  $("limit-form").addEventListener("submit", setLimit);
+  $("user-disable").addEventListener("click", disableUser);
+  $("user-totp").addEventListener("click", resetTotp);
+  $("user-erase").addEventListener("click", eraseUser);
+  $("user-close").addEventListener("click", closeUser);
+  $("key-form").addEventListener("submit", createKey);
+  $("rotate").addEventListener("click", rotate);
+  $("audit-filters").addEventListener("submit", applyFilters);
+  $("f-clear").addEventListener("click", () => {
+    $("audit-filters").reset();
+    state.audit = { afterId: 0, history: [], next: null, filters: readFilters() };
+    loadAudit();
+  });
+  $("audit-next").addEventListener("click", () => {
+    const a = state.audit;
+    if (a.next === null) return;
+    a.history.push(a.afterId);
+    a.afterId = a.next;
+    loadAudit();
+  });
+  $("audit-first").addEventListener("click", () => {
+    state.audit.afterId = 0;
+    state.audit.history = [];
+    loadAudit();
+  });
+  $("verify").addEventListener("click", verifyChain);
+  document.addEventListener("visibilitychange", () => { if (!document.hidden) pollStatus(); });
+}
+
+wire();
+resume();

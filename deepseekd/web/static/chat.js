@@ -1,0 +1,771 @@
+// deepseekd staff chat page. Plain ES module, no dependencies, no inline anything (strict CSP).
+//
+// Model output and stored history are untrusted: they are rendered only through
+// renderMarkdown (DOM nodes + textContent). The user's own messages use textContent.
+
+import { renderMarkdown } from "./markdown.js";
+
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  csrf: null, // kept in memory only; re-read from /auth/session after a reload
+  user: null,
+  role: null,
+  quota: null, // {limit, remaining, reset_at}
+  convId: null,
+  messages: [], // [{role, content}] history sent with the next request
+  busy: false,
+  controller: null,
+  conversations: [],
+};
+
+class SessionEnded extends Error {}
+
+// ------------------------------------------------------------------------- HTTP helpers
+
+async function readError(resp) {
+  // The server's JSON error message, or a short generic text (never a raw body dump).
+  let code = null;
+  let message = null;
+  try {
+    const data = await resp.json();
+    if (data && data.error) {
+      code = data.error.code || data.error.type || null;
+      if (typeof data.error.message === "string") message = data.error.message;
+    }
+  } catch {
+    /* not JSON */
+  }
+  if (!message) message = `The server answered ${resp.status} ${resp.statusText || ""}`.trim() + ".";
+  if (message.length > 500) message = message.slice(0, 500) + "…";
+  return { status: resp.status, code, message };
+}
+
+class ApiError extends Error {
+  constructor(info) {
+    super(info.message);
+    this.status = info.status;
+    this.code = info.code;
+  }
+}
+
+async function api(method, path, body, { signal, allow401 = false } = {}) {
+  const headers = { Accept: "application/json" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (method !== "GET" && method !== "HEAD" && state.csrf) headers["X-CSRF-Token"] = state.csrf;
+  let resp;
+  try {
+    resp = await fetch(path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      credentials: "same-origin",
+      cache: "no-store",
+      signal,
+    });
+  } catch (err) {
+    if (err && err.name === "AbortError") throw err;
+    throw new ApiError({ status: 0, code: "network", message: "Cannot reach the server. Check your connection and try again." });
+  }
+  if (resp.status === 401 && !allow401) {
+    sessionEnded();
+    throw new SessionEnded("session ended");
+  }
+  return resp;
+}
+
+async function apiJson(method, path, body, opts) {
+  const resp = await api(method, path, body, opts);
+  if (!resp.ok) throw new ApiError(await readError(resp));
+  if (resp.status === 204) return null;
+  return resp.json();
+}
+
+// ------------------------------------------------------------------------- views
+
+function showOnly(view) {
+  for (const id of ["loading", "login-view", "auditor-view", "chat-view"]) $(id).hidden = id !== view;
+  const signedIn = view === "auditor-view" || view === "chat-view";
+  $("logout").hidden = !signedIn;
+  $("whoami").hidden = !signedIn;
+  $("quota").hidden = view !== "chat-view" || !state.quota;
+  $("sidebar-toggle").hidden = view !== "chat-view";
+}
+
+function showLogin(notice) {
+  abortGeneration();
+  state.csrf = null;
+  state.user = null;
+  state.role = null;
+  state.quota = null;
+  resetChat();
+  $("conv-list").replaceChildren();
+  const note = $("login-notice");
+  note.textContent = notice || "";
+  note.hidden = !notice;
+  $("login-error").hidden = true;
+  $("login-password").value = "";
+  showOnly("login-view");
+  setSidebarOpen(false);
+  $("login-username").focus();
+}
+
+let endedShown = false;
+function sessionEnded() {
+  if (endedShown) return;
+  endedShown = true;
+  showLogin("Your session ended — please log in again.");
+}
+
+function applySession(data) {
+  state.csrf = data.csrf_token || state.csrf;
+  state.user = data.user;
+  state.role = data.role;
+  if (data.quota) state.quota = { ...data.quota };
+  endedShown = false;
+  $("whoami").textContent = `Signed in as ${data.user}`;
+  if (data.role === "auditor") {
+    showOnly("auditor-view");
+    return;
+  }
+  showOnly("chat-view");
+  renderQuota();
+  resetChat();
+  loadConversations();
+  $("composer-input").focus();
+}
+
+function renderQuota() {
+  const el = $("quota");
+  const q = state.quota;
+  if (!q || q.remaining === undefined) {
+    el.hidden = true;
+    return;
+  }
+  if (q.limit === null || q.limit === undefined) {
+    el.textContent = "No daily request limit";
+    el.classList.remove("low");
+  } else {
+    el.textContent = `Requests left today: ${q.remaining} of ${q.limit}`;
+    el.classList.toggle("low", Number(q.remaining) <= Math.max(1, Math.floor(Number(q.limit) / 20)));
+  }
+  el.hidden = $("chat-view").hidden;
+}
+
+function formatTime(unixSeconds) {
+  const d = new Date(Number(unixSeconds) * 1000);
+  if (Number.isNaN(d.getTime())) return null;
+  const hh = String(d.getHours()).padStart(2, "0");
+  const mm = String(d.getMinutes()).padStart(2, "0");
+  return `${hh}:${mm}`;
+}
+
+// ------------------------------------------------------------------------- login / logout
+
+async function onLogin(ev) {
+  ev.preventDefault();
+  const username = $("login-username").value.trim();
+  const password = $("login-password").value;
+  const err = $("login-error");
+  err.hidden = true;
+  if (!username || !password) {
+    err.textContent = "Enter your username and password.";
+    err.hidden = false;
+    return;
+  }
+  const button = $("login-submit");
+  button.disabled = true;
+  try {
+    const resp = await api("POST", "/auth/login", { username, password }, { allow401: true });
+    if (!resp.ok) {
+      const info = await readError(resp);
+      err.textContent = resp.status === 401 ? "Wrong username or password." :
+        resp.status === 429 ? `Too many attempts. ${info.message}` : info.message;
+      err.hidden = false;
+      $("login-password").value = "";
+      $("login-password").focus();
+      return;
+    }
+    const data = await resp.json();
+    state.csrf = data.csrf_token;
+    $("login-password").value = "";
+    $("login-notice").hidden = true;
+    // The session endpoint also tells the remaining quota.
+    let session = data;
+    try {
+      const r = await api("GET", "/auth/session", undefined, { allow401: true });
+      if (r.ok) session = { ...data, ...(await r.json()) };
+    } catch {
+      /* keep the login answer */
+    }
+    applySession(session);
+  } catch (e) {
+    if (!(e instanceof SessionEnded)) {
+      err.textContent = e.message || "Login failed.";
+      err.hidden = false;
+    }
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function onLogout() {
+  abortGeneration();
+  try {
+    await api("POST", "/auth/logout", {}, { allow401: true });
+  } catch {
+    /* logged out locally anyway */
+  }
+  endedShown = false;
+  showLogin("You have logged out.");
+}
+
+async function resume() {
+  try {
+    const resp = await api("GET", "/auth/session", undefined, { allow401: true });
+    if (resp.ok) {
+      applySession(await resp.json());
+      return;
+    }
+    showLogin(resp.status === 401 ? "" : (await readError(resp)).message);
+  } catch (e) {
+    showLogin(e.message || "");
+  }
+}
+
+// ------------------------------------------------------------------------- sidebar
+
+function setSidebarOpen(open) {
+  $("sidebar").classList.toggle("open", open);
+  $("sidebar-toggle").setAttribute("aria-expanded", String(open));
+}
+
+async function loadConversations() {
+  const errEl = $("conv-error");
+  try {
+    const data = await apiJson("GET", "/v1/conversations");
+    state.conversations = Array.isArray(data && data.data) ? data.data : [];
+    errEl.hidden = true;
+    renderConversations();
+  } catch (e) {
+    if (e instanceof SessionEnded) return;
+    errEl.textContent = `Could not load conversations: ${e.message}`;
+    errEl.hidden = false;
+  }
+}
+
+function convTitle(c) {
+  return (c && typeof c.title === "string" && c.title.trim()) ? c.title : "Untitled conversation";
+}
+
+function renderConversations() {
+  const list = $("conv-list");
+  list.replaceChildren();
+  $("conv-empty").hidden = state.conversations.length > 0;
+  for (const c of state.conversations) {
+    const li = document.createElement("li");
+    li.className = "conv-item";
+    li.dataset.id = c.id;
+    if (c.id === state.convId) li.classList.add("active");
+
+    const open = document.createElement("button");
+    open.type = "button";
+    open.className = "conv-open";
+    open.textContent = convTitle(c);
+    open.title = convTitle(c);
+    if (c.id === state.convId) open.setAttribute("aria-current", "true");
+    open.addEventListener("click", () => openConversation(c.id));
+
+    const rename = document.createElement("button");
+    rename.type = "button";
+    rename.className = "btn btn-secondary btn-small conv-rename";
+    rename.textContent = "Rename";
+    rename.setAttribute("aria-label", `Rename conversation “${convTitle(c)}”`);
+    rename.addEventListener("click", () => startRename(li, c));
+
+    const del = document.createElement("button");
+    del.type = "button";
+    del.className = "btn btn-secondary btn-small conv-delete";
+    del.textContent = "Delete";
+    del.setAttribute("aria-label", `Delete conversation “${convTitle(c)}”`);
+    del.addEventListener("click", () => deleteConversation(c));
+
+    li.append(open, rename, del);
+    list.appendChild(li);
+  }
+}
+
+function startRename(li, c) {
+  const form = document.createElement("form");
+  form.className = "conv-rename-form";
+  const label = document.createElement("label");
+  const inputId = `rename-${c.id}`;
+  label.setAttribute("for", inputId);
+  label.className = "muted";
+  label.textContent = "New title";
+  const input = document.createElement("input");
+  input.type = "text";
+  input.id = inputId;
+  input.maxLength = 120;
+  input.value = convTitle(c);
+  const buttons = document.createElement("div");
+  buttons.className = "conv-rename-buttons";
+  const save = document.createElement("button");
+  save.type = "submit";
+  save.className = "btn btn-primary btn-small";
+  save.textContent = "Save";
+  const cancel = document.createElement("button");
+  cancel.type = "button";
+  cancel.className = "btn btn-secondary btn-small";
+  cancel.textContent = "Cancel";
+  buttons.append(save, cancel);
+  form.append(label, input, buttons);
+  li.replaceChildren(form);
+  input.focus();
+  input.select();
+
+  const restore = () => {
+    renderConversations();
+    const again = $("conv-list").querySelector(`li[data-id="${CSS.escape(c.id)}"] .conv-rename`);
+    if (again) again.focus();
+  };
+  cancel.addEventListener("click", restore);
+  input.addEventListener("keydown", (ev) => {
+    if (ev.key === "Escape") {
+      ev.preventDefault();
+      restore();
+    }
+  });
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const title = input.value.trim();
+    if (!title || title.length > 120) {
+      showChatError("A title needs 1 to 120 characters.");
+      return;
+    }
+    save.disabled = true;
+    try {
+      await apiJson("PATCH", `/v1/conversations/${encodeURIComponent(c.id)}`, { title });
+      c.title = title;
+      if (c.id === state.convId) $("chat-title").textContent = title;
+      clearChatError();
+      restore();
+    } catch (e) {
+      if (e instanceof SessionEnded) return;
+      showChatError(`Could not rename: ${e.message}`);
+      save.disabled = false;
+    }
+  });
+}
+
+async function deleteConversation(c) {
+  if (!window.confirm(`Delete the conversation “${convTitle(c)}”? This cannot be undone.`)) return;
+  try {
+    await apiJson("DELETE", `/v1/conversations/${encodeURIComponent(c.id)}`);
+    clearChatError();
+    if (c.id === state.convId) resetChat();
+    state.conversations = state.conversations.filter((x) => x.id !== c.id);
+    renderConversations();
+    setStatus("Conversation deleted.");
+    $("new-chat").focus();
+    loadConversations();
+  } catch (e) {
+    if (e instanceof SessionEnded) return;
+    showChatError(`Could not delete: ${e.message}`);
+  }
+}
+
+async function openConversation(id) {
+  if (state.busy) abortGeneration();
+  clearChatError();
+  setStatus("Loading conversation…");
+  try {
+    const data = await apiJson("GET", `/v1/conversations/${encodeURIComponent(id)}`);
+    resetChat();
+    state.convId = data.id || id;
+    $("chat-title").textContent = convTitle(data);
+    const msgs = Array.isArray(data.messages) ? data.messages : [];
+    const unreadable = Array.isArray(data.turns) ? data.turns.filter((t) => t && t.unreadable).length : 0;
+    for (const m of msgs) {
+      if (!m || typeof m.content !== "string") continue;
+      if (!["user", "assistant", "system"].includes(m.role)) continue;
+      state.messages.push({ role: m.role, content: m.content });
+      if (m.role === "assistant") {
+        const bubble = addAssistantBubble();
+        renderAnswer(bubble, m.content, "");
+      } else {
+        addPlainBubble(m.role, m.content);
+      }
+    }
+    if (unreadable) {
+      const note = document.createElement("p");
+      note.className = "msg-note";
+      note.textContent = `${unreadable} earlier turn(s) could not be read and are not shown.`;
+      $("messages").appendChild(note);
+    }
+    $("empty-hint").hidden = state.messages.length > 0 || unreadable > 0;
+    setStatus("");
+    renderConversations();
+    setSidebarOpen(false);
+    scrollToBottom(true);
+    $("composer-input").focus();
+  } catch (e) {
+    if (e instanceof SessionEnded) return;
+    setStatus("");
+    showChatError(`Could not open the conversation: ${e.message}`);
+  }
+}
+
+// ------------------------------------------------------------------------- messages
+
+function resetChat() {
+  state.convId = null;
+  state.messages = [];
+  const box = $("messages");
+  const hint = $("empty-hint");
+  box.replaceChildren(hint);
+  hint.hidden = false;
+  $("chat-title").textContent = "New chat";
+  setStatus("");
+  clearChatError();
+  for (const li of $("conv-list").querySelectorAll(".conv-item.active")) li.classList.remove("active");
+}
+
+function setStatus(text) {
+  $("chat-status").textContent = text;
+}
+
+function showChatError(text) {
+  const el = $("chat-error");
+  el.textContent = text;
+  el.hidden = false;
+}
+
+function clearChatError() {
+  const el = $("chat-error");
+  el.textContent = "";
+  el.hidden = true;
+}
+
+function scrollToBottom(force = false) {
+  const box = $("messages");
+  const near = box.scrollHeight - box.scrollTop - box.clientHeight < 120;
+  if (force || near) box.scrollTop = box.scrollHeight;
+}
+
+function addPlainBubble(role, text) {
+  const div = document.createElement("div");
+  div.className = `msg msg-${role}`;
+  const label = document.createElement("p");
+  label.className = "msg-label";
+  label.textContent = role === "user" ? "You" : "System";
+  const body = document.createElement("div");
+  body.className = "msg-body";
+  body.textContent = text; // the user's own text: plain text, never parsed
+  div.append(label, body);
+  $("empty-hint").hidden = true;
+  $("messages").appendChild(div);
+  scrollToBottom(true);
+  return div;
+}
+
+function addAssistantBubble() {
+  const div = document.createElement("div");
+  div.className = "msg msg-assistant";
+  const label = document.createElement("p");
+  label.className = "msg-label";
+  label.textContent = "Assistant";
+  const details = document.createElement("details");
+  details.className = "reasoning";
+  details.hidden = true;
+  const summary = document.createElement("summary");
+  summary.textContent = "Reasoning";
+  const reasoningBody = document.createElement("div");
+  reasoningBody.className = "reasoning-body msg-body";
+  details.append(summary, reasoningBody);
+  const body = document.createElement("div");
+  body.className = "msg-body answer";
+  div.append(label, details, body);
+  $("empty-hint").hidden = true;
+  $("messages").appendChild(div);
+  return div;
+}
+
+// Some models put their reasoning inline as <think>…</think> at the start of the answer.
+function splitThink(content) {
+  const m = /^\s*<think>([\s\S]*?)(?:<\/think>|$)/.exec(content);
+  if (!m) return { reasoning: "", answer: content };
+  return { reasoning: m[1], answer: content.slice(m[0].length) };
+}
+
+function renderAnswer(bubble, content, reasoning) {
+  const split = splitThink(content);
+  const allReasoning = [reasoning, split.reasoning].filter((s) => s && s.trim()).join("\n\n");
+  const details = bubble.querySelector("details.reasoning");
+  if (allReasoning) {
+    details.hidden = false;
+    details.querySelector(".reasoning-body").replaceChildren(renderMarkdown(allReasoning));
+  }
+  bubble.querySelector(".answer").replaceChildren(renderMarkdown(split.answer));
+}
+
+function addBubbleNote(bubble, text, isError = false) {
+  const p = document.createElement("p");
+  p.className = isError ? "msg-error" : "msg-note";
+  if (isError) p.setAttribute("role", "alert");
+  p.textContent = text;
+  bubble.appendChild(p);
+}
+
+// ------------------------------------------------------------------------- sending
+
+function setBusy(busy) {
+  state.busy = busy;
+  $("send").hidden = busy;
+  $("stop").hidden = !busy;
+  $("send").disabled = busy;
+  $("messages").setAttribute("aria-busy", String(busy));
+  document.body.dataset.busy = busy ? "true" : "false";
+}
+
+function abortGeneration() {
+  if (state.controller) {
+    state.controller.abort();
+  }
+}
+
+function updateQuotaFromHeaders(resp) {
+  const limit = resp.headers.get("X-RateLimit-Limit");
+  const remaining = resp.headers.get("X-RateLimit-Remaining");
+  const reset = resp.headers.get("X-RateLimit-Reset");
+  if (remaining === null && limit === null) return;
+  const q = state.quota ? { ...state.quota } : {};
+  if (limit !== null && limit !== "") q.limit = Number(limit);
+  if (remaining !== null && remaining !== "") q.remaining = Number(remaining);
+  if (reset !== null && reset !== "") q.reset_at = Number(reset);
+  state.quota = q;
+  renderQuota();
+}
+
+function preStreamMessage(info, resp) {
+  const code = info.code;
+  if (info.status === 429 || code === "daily_quota_exceeded") {
+    if (code === "daily_quota_exceeded" || /daily|quota/i.test(info.message)) {
+      const reset = resp.headers.get("X-RateLimit-Reset") || (state.quota && state.quota.reset_at);
+      const at = reset ? formatTime(reset) : null;
+      return at ? `Daily limit reached; resets at ${at}.` : "Daily limit reached; it resets tomorrow.";
+    }
+    const retry = resp.headers.get("Retry-After");
+    return retry ? `Too many requests; try again in ${retry} s.` : `Too many requests. ${info.message}`;
+  }
+  if (code === "warming_up") return "The model is warming up, try again in a moment.";
+  if (code === "shutting_down") return "The service is restarting, try again in a minute.";
+  if (code === "engine_unavailable") return "The model is not available right now, try again later.";
+  if (info.status >= 500 && !code) return "The server had a problem answering. Please try again.";
+  return info.message;
+}
+
+async function sendMessage() {
+  if (state.busy) return;
+  const input = $("composer-input");
+  const text = input.value;
+  if (!text.trim()) {
+    input.focus();
+    return;
+  }
+  clearChatError();
+  const history = state.messages.slice();
+  const outgoing = history.concat([{ role: "user", content: text }]);
+  const body = { messages: outgoing, stream: true };
+  if (state.convId) body.conversation_id = state.convId;
+
+  const userBubble = addPlainBubble("user", text);
+  input.value = "";
+  const bubble = addAssistantBubble();
+  bubble.classList.add("msg-pending");
+  scrollToBottom(true);
+
+  const controller = new AbortController();
+  state.controller = controller;
+  setBusy(true);
+  setStatus("Waiting for the model…");
+
+  let content = "";
+  let reasoning = "";
+  let finished = false;
+  let stopped = false;
+  let streamError = null;
+  let started = false;
+  let renderQueued = false;
+  const scheduleRender = () => {
+    if (renderQueued) return;
+    renderQueued = true;
+    requestAnimationFrame(() => {
+      renderQueued = false;
+      renderAnswer(bubble, content, reasoning);
+      scrollToBottom();
+    });
+  };
+
+  try {
+    const resp = await api("POST", "/v1/chat/completions", body, { signal: controller.signal });
+    updateQuotaFromHeaders(resp);
+    if (!resp.ok) {
+      const info = await readError(resp);
+      // Nothing was generated: take the message back out so the user can resend it.
+      userBubble.remove();
+      bubble.remove();
+      if (!state.messages.length) $("empty-hint").hidden = false;
+      input.value = text;
+      showChatError(preStreamMessage(info, resp));
+      setStatus("");
+      return;
+    }
+    started = true;
+    const newId = resp.headers.get("X-Conversation-Id");
+    const isNew = !state.convId;
+    if (newId) state.convId = newId;
+    if (isNew && newId) $("chat-title").textContent = text.trim().split("\n")[0].slice(0, 80);
+    setStatus("Generating… (press Stop to end early)");
+
+    const reader = resp.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    let dataLines = [];
+    const dispatch = () => {
+      if (!dataLines.length) return;
+      const payload = dataLines.join("\n");
+      dataLines = [];
+      if (payload.trim() === "[DONE]") {
+        finished = true;
+        return;
+      }
+      let evt;
+      try {
+        evt = JSON.parse(payload);
+      } catch {
+        return; // ignore a malformed event
+      }
+      if (evt && evt.error) {
+        streamError = typeof evt.error.message === "string" ? evt.error.message : "The generation failed.";
+        return;
+      }
+      const choice = evt && Array.isArray(evt.choices) ? evt.choices[0] : null;
+      if (!choice) return;
+      const delta = choice.delta || {};
+      if (typeof delta.content === "string" && delta.content) {
+        content += delta.content;
+        bubble.classList.remove("msg-pending");
+      }
+      if (typeof delta.reasoning_content === "string" && delta.reasoning_content) {
+        reasoning += delta.reasoning_content;
+        bubble.classList.remove("msg-pending");
+      }
+      scheduleRender();
+    };
+    while (!finished) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let nl;
+      while ((nl = buffer.indexOf("\n")) >= 0) {
+        let line = buffer.slice(0, nl);
+        buffer = buffer.slice(nl + 1);
+        if (line.endsWith("\r")) line = line.slice(0, -1);
+        if (line === "") {
+          dispatch();
+        } else if (line.startsWith("data:")) {
+          dataLines.push(line.slice(5).replace(/^ /, ""));
+        }
+        // other SSE fields (event:, id:, comments) are ignored
+      }
+      if (finished) break;
+    }
+    dispatch();
+    if (finished) {
+      try { await reader.cancel(); } catch { /* already closed */ }
+    }
+  } catch (e) {
+    if (e instanceof SessionEnded) return;
+    if (e && e.name === "AbortError") {
+      stopped = true;
+    } else if (e instanceof ApiError) {
+      if (!started) {
+        userBubble.remove();
+        bubble.remove();
+        input.value = text;
+      }
+      showChatError(e.message);
+    } else {
+      streamError = "The connection was interrupted before the answer was complete.";
+    }
+  } finally {
+    if (state.controller === controller) state.controller = null;
+    setBusy(false);
+    if (started) {
+      bubble.classList.remove("msg-pending");
+      renderAnswer(bubble, content, reasoning);
+      if (stopped) addBubbleNote(bubble, "Stopped — the answer above is incomplete.");
+      if (streamError) addBubbleNote(bubble, streamError, true);
+      if (!content && !reasoning && !stopped && !streamError) addBubbleNote(bubble, "(empty answer)");
+      state.messages = outgoing.concat(content ? [{ role: "assistant", content }] : []);
+      setStatus(stopped ? "Stopped." : streamError ? "" : "Answer complete.");
+      loadConversations();
+    } else if (stopped) {
+      // Stopped before the server answered: nothing was generated.
+      userBubble.remove();
+      bubble.remove();
+      input.value = text;
+      setStatus("Stopped.");
+      if (!state.messages.length) $("empty-hint").hidden = false;
+    }
+    if (!$("chat-view").hidden) $("composer-input").focus();
+    // How many sends finished (a hook for tests and assistive tooling; no data in it).
+    document.body.dataset.sends = String(Number(document.body.dataset.sends || 0) + 1);
+  }
+}
+
+// ------------------------------------------------------------------------- wiring
+
+function init() {
+  $("login-form").addEventListener("submit", onLogin);
+  $("logout").addEventListener("click", onLogout);
+  $("new-chat").addEventListener("click", () => {
+    if (state.busy) abortGeneration();
+    resetChat();
+    renderConversations();
+    setSidebarOpen(false);
+    $("composer-input").focus();
+  });
+  $("sidebar-toggle").addEventListener("click", () => {
+    const open = !$("sidebar").classList.contains("open");
+    setSidebarOpen(open);
+    if (open) $("new-chat").focus();
+  });
+  document.addEventListener("keydown", (ev) => {
+    if (ev.key === "Escape" && $("sidebar").classList.contains("open")) {
+      setSidebarOpen(false);
+      $("sidebar-toggle").focus();
+    }
+  });
+  $("composer").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    sendMessage();
+  });
+  $("composer-input").addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing && !ev.altKey && !ev.ctrlKey && !ev.metaKey) {
+      ev.preventDefault();
+      sendMessage();
+    }
+  });
+  $("stop").addEventListener("click", () => {
+    abortGeneration();
+  });
+  resume();
+}
+
+if (document.readyState === "loading") {
+  document.addEventListener("DOMContentLoaded", init);
+} else {
+  init();
+}
