@@ -401,23 +401,35 @@ class AccountService:
                     self.on_lockout()
             else:
                 reason = await self._check_code(s, user, code, now)
-            if reason is None:
-                token = SESSION_PREFIX + secrets.token_urlsafe(32)
-                s.add(AdminSession(token_hash=hash_api_key(token), user_id=user.id,
-                                   created_at=now, last_seen_at=now))
-            if self._audit is not None:
-                await self._audit.append_in(s, Event(
-                    action="admin.login", outcome="ok" if reason is None else "denied",
-                    actor=user.name if user else None, actor_id=user.id if user else None,
-                    role=user.role if user else None, detail=reason,
-                    target=None if user else "unknown user"))
-        if reason is not None:
-            log.warning("admin login refused", extra={"reason": reason,
-                                                      "user_id": user.id if user else None})
-            raise AuthFailed(reason)
-        assert user is not None
-        log.info("admin login", extra={"user_id": user.id})
-        return token, Identity(user.id, user.name, user.role, "session", None,
+            token = await self._close_login(s, "admin", user, reason, now)
+        return self._login_result("admin", user, reason, token)
+
+    async def _close_login(self, s: AsyncSession, kind: str, user: User | None,
+                           reason: str | None, now: float) -> str | None:
+        """Open the session when nothing was wrong; audit the attempt either way."""
+        token = None
+        if reason is None:
+            assert user is not None
+            token = SESSION_PREFIX + secrets.token_urlsafe(32)
+            s.add(AdminSession(token_hash=hash_api_key(token), user_id=user.id, kind=kind,
+                               created_at=now, last_seen_at=now))
+        if self._audit is not None:
+            await self._audit.append_in(s, Event(
+                action=f"{kind}.login", outcome="ok" if reason is None else "denied",
+                actor=user.name if user else None, actor_id=user.id if user else None,
+                role=user.role if user else None, detail=reason,
+                target=None if user else "unknown user"))
+        return token
+
+    def _login_result(self, kind: str, user: User | None, reason: str | None,
+                      token: str | None) -> tuple[str, Identity]:
+        if reason is not None or user is None or token is None:
+            log.warning("login refused", extra={"kind": kind, "reason": reason,
+                                                "user_id": user.id if user else None})
+            raise AuthFailed(reason or "refused")
+        log.info("login", extra={"kind": kind, "user_id": user.id})
+        return token, Identity(user.id, user.name, user.role,
+                               "session" if kind == "admin" else "web_session", None,
                                user.daily_request_limit, user.daily_token_limit)
 
     async def verify_second_factor(self, identity: Identity, code: object) -> None:
@@ -483,23 +495,8 @@ class AccountService:
                 reason = "wrong password"
                 if await _record_failure(s, user, "password", now, self._auth, self._audit):
                     self.on_lockout()
-            if reason is None:
-                token = SESSION_PREFIX + secrets.token_urlsafe(32)
-                s.add(AdminSession(token_hash=hash_api_key(token), user_id=user.id, kind="web",
-                                   created_at=now, last_seen_at=now))
-            if self._audit is not None:
-                await self._audit.append_in(s, Event(
-                    action="web.login", outcome="ok" if reason is None else "denied",
-                    actor=user.name if user else None, actor_id=user.id if user else None,
-                    role=user.role if user else None, detail=reason,
-                    target=None if user else "unknown user"))
-        if reason is not None:
-            log.warning("web login refused", extra={"reason": reason,
-                                                    "user_id": user.id if user else None})
-            raise AuthFailed(reason)
-        assert user is not None
-        return token, Identity(user.id, user.name, user.role, "web_session", None,
-                               user.daily_request_limit, user.daily_token_limit)
+            token = await self._close_login(s, "web", user, reason, now)
+        return self._login_result("web", user, reason, token)
 
     async def logout(self, token: str) -> None:
         async with self._db.write() as s:
