@@ -53,6 +53,9 @@ class FakeEngine:
       * ``aborted``: request ids whose generator was closed or cancelled before finishing.
       * ``requests``: (prompt_ids, options, stream) per generate call; ``request_ids`` in step.
       * ``completed``: request ids that ran to the end.
+      * ``echo``: the answer repeats the last user message word by word (one word per token,
+        joined by single spaces) and ends with finish_reason ``"stop"`` after its last word
+        (or ``"length"`` at ``max_tokens``), instead of ``tok0 tok1 ...``.
     """
 
     def __init__(
@@ -65,6 +68,7 @@ class FakeEngine:
         token_delay: float = 0.0,
         start_gate: asyncio.Event | None = None,
         generate_gate: asyncio.Event | None = None,
+        echo: bool = False,
     ) -> None:
         self._model_name = model_name
         self._max_model_len = max_model_len
@@ -73,6 +77,8 @@ class FakeEngine:
         self.token_delay = token_delay
         self.start_gate = start_gate
         self.generate_gate = generate_gate
+        self.echo = echo
+        self._echo_words: dict[tuple[int, ...], list[str]] = {}
         self._dead = False
         self.entered = False
         self.exited = False
@@ -131,7 +137,11 @@ class FakeEngine:
         for m in messages:
             words.extend(f"{m['role']}: {m['content']}".split())
         words.append(TEMPLATE_ASSISTANT)
-        return self._ids(words)
+        ids = self._ids(words)
+        if self.echo:
+            last = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+            self._echo_words[tuple(ids)] = str(last).split() or [""]
+        return ids
 
     async def encode_text(self, prompt: str) -> list[int]:
         return self._ids(prompt.split())
@@ -164,6 +174,8 @@ class FakeEngine:
             # Like vLLM, hold back text that could be the start of a stop string.
             hold = max((len(s) for s in options.stop if s), default=1) - 1
             produced = 0
+            echo_words = (self._echo_words.get(tuple(prompt_ids), [""])
+                          if self.echo else None)
             while not all(done):
                 if self.fail_after is not None and produced >= self.fail_after:
                     self._dead = True
@@ -176,11 +188,17 @@ class FakeEngine:
                 for i in range(n):
                     if done[i]:
                         continue
-                    tok = token_text(produced, i, n)
+                    if echo_words is not None:
+                        word = echo_words[produced]
+                        tok = word if produced == 0 else " " + word
+                    else:
+                        tok = token_text(produced, i, n)
                     texts[i] += tok
                     cut = [texts[i].find(s) for s in options.stop if s and s in texts[i]]
                     if cut:
                         texts[i] = texts[i][: min(cut)]
+                        done[i] = "stop"
+                    elif echo_words is not None and produced + 1 >= len(echo_words):
                         done[i] = "stop"
                     elif produced + 1 >= options.max_tokens:
                         done[i] = "length"

@@ -2,11 +2,15 @@
 
 Settings come from the environment (DEEPSEEKD_STORE__URL, DEEPSEEKD_DATA_DIR,
 DEEPSEEKD_SERVER__PORT, ...) like ``deepseekd serve``; SIGTERM drains and exits 0.
+Test-only knobs (removed from the environment before the settings are read):
+``DEEPSEEKD_TEST_FAKE_ECHO=1`` makes the engine echo the last user message;
+``DEEPSEEKD_TEST_FAKE_TOKEN_DELAY=<seconds>`` sleeps between tokens.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -18,7 +22,10 @@ if __name__ == "__main__":
     from deepseekd.obs.logs import setup_logging
     from tests.fakes import FakeEngine
 
+    echo = os.environ.pop("DEEPSEEKD_TEST_FAKE_ECHO", "") == "1"
+    token_delay = float(os.environ.pop("DEEPSEEKD_TEST_FAKE_TOKEN_DELAY", "") or 0.0)
     setup_logging()
     settings = load_settings()
-    app = build_app(settings, lambda: FakeEngine(model_name="fake-model"), "fake-model")
+    app = build_app(settings, lambda: FakeEngine(model_name="fake-model", echo=echo,
+                                                 token_delay=token_delay), "fake-model")
     sys.exit(asyncio.run(run_daemon(app)))
