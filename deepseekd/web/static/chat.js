@@ -540,9 +540,10 @@ function updateQuotaFromHeaders(resp) {
   const reset = resp.headers.get("X-RateLimit-Reset");
   if (remaining === null && limit === null) return;
   const q = state.quota ? { ...state.quota } : {};
-  if (limit !== null && limit !== "") q.limit = Number(limit);
-  if (remaining !== null && remaining !== "") q.remaining = Number(remaining);
-  if (reset !== null && reset !== "") q.reset_at = Number(reset);
+  const num = (v) => (v !== null && v !== "" && Number.isFinite(Number(v)) ? Number(v) : undefined);
+  if (num(limit) !== undefined) q.limit = num(limit);
+  if (num(remaining) !== undefined) q.remaining = num(remaining);
+  if (num(reset) !== undefined) q.reset_at = num(reset);
   state.quota = q;
   renderQuota();
 }
