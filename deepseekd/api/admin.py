@@ -3,6 +3,7 @@ factor, which the auth middleware checks; handlers parse, call AccountService, r
 
 from __future__ import annotations
 
+import io
 from dataclasses import asdict
 from typing import Any
 
@@ -190,7 +191,11 @@ async def rotate_keys(request: web.Request) -> web.Response:
 
 def qr_svg(uri: str) -> str:
     """The enrolment QR code as SVG markup, made here: the secret never leaves the box."""
-    return segno.make(uri, error="m").svg_inline(scale=5, dark="#000", light="#fff")
+    buf = io.BytesIO()
+    # A standalone SVG (with its xmlns): browsers draw it only so inside <img src="data:...">.
+    segno.make(uri, error="m").save(buf, kind="svg", xmldecl=False, scale=5, dark="#000",
+                                    light="#fff")
+    return buf.getvalue().decode()
 
 
 @routes.get("/admin/api/session")

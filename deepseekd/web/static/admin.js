@@ -97,6 +97,12 @@ function fmtBytes(n) {
 }
 
 function svgDataUrl(svg) {
+  // An SVG shown as an <img> renders only with the SVG namespace; inline-style SVG markup
+  // (segno's svg_inline) leaves it out, so add it when missing.
+  svg = String(svg).trim();
+  if (/^<svg\b/.test(svg) && !/^<svg\b[^>]*\sxmlns=/.test(svg)) {
+    svg = svg.replace(/^<svg\b/, '<svg xmlns="http://www.w3.org/2000/svg"');
+  }
   const bytes = new TextEncoder().encode(svg);
   let bin = "";
   for (let i = 0; i < bytes.length; i += 0x8000) {
@@ -313,7 +319,7 @@ function showSecrets(title, entries, qrSvg) {
     if (value === undefined || value === null) continue;
     const dd = el("dd");
     dd.append(el("code", { id, className: "secret", text: value }));
-    if (navigator.clipboard && window.isSecureContext) {
+    if (id !== "secret-name" && id !== "secret-role" && navigator.clipboard && window.isSecureContext) {
       const b = el("button", { type: "button", className: "secondary small", text: "Copy" });
       b.setAttribute("aria-label", `Copy ${label}`);
       b.addEventListener("click", async () => {
@@ -375,21 +381,22 @@ function renderUsers() {
   tbody.replaceChildren();
   for (const u of state.users) {
     const st = userState(u);
-    const manage = el("button", { type: "button", className: "secondary small", text: "Manage" });
+    // The name opens the user's actions (first column: reachable on a narrow screen).
+    const manage = el("button", { type: "button", className: "linklike", text: u.name,
+      title: `Manage ${u.name}` });
     manage.setAttribute("aria-label", `Manage ${u.name}`);
     manage.addEventListener("click", () => openUser(u.name));
     const tr = el("tr", { "data-user": u.name },
-      el("th", { scope: "row", text: u.name }),
+      el("th", { scope: "row" }, manage),
       el("td", { text: u.role }),
       el("td", {}, el("span", { className: `badge ${st}`, text: st })),
       el("td", { text: u.role === "admin" ? (u.totp_enrolled ? "yes" : "no") : (u.totp_enrolled ? "yes" : "—") }),
       el("td", { className: "num", text: fmtLimit(u.daily_request_limit) }),
       el("td", { className: "num", text: String(u.active_keys ?? "") }),
-      timeCell(u.created_at),
-      el("td", {}, manage));
+      timeCell(u.created_at));
     tbody.append(tr);
   }
-  if (!state.users.length) tbody.append(el("tr", {}, el("td", { colspan: 8, text: "No users." })));
+  if (!state.users.length) tbody.append(el("tr", {}, el("td", { colspan: 7, text: "No users." })));
 }
 
 function openUser(name) {
@@ -754,6 +761,8 @@ async function loadAudit() {
   if (a.afterId) q.set("after_id", String(a.afterId));
   q.set("limit", String(f.limit));
   const err = $("audit-error");
+  const table = $("audit-table");
+  table.setAttribute("aria-busy", "true");
   try {
     const r = await api("GET", `/audit/api/events?${q}`);
     setMsg(err, "");
@@ -766,6 +775,8 @@ async function loadAudit() {
     $("audit-first").disabled = a.afterId === 0;
   } catch (e) {
     if (e.status !== 401) setMsg(err, e.message);
+  } finally {
+    table.setAttribute("aria-busy", "false");
   }
 }
 
