@@ -38,7 +38,7 @@ DESKTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 390, "height": 844}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # Playwright runs a loop in this thread: close it with the module
 def browser() -> Iterator[object]:
     from playwright.sync_api import sync_playwright
 
