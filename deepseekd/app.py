@@ -45,7 +45,7 @@ from deepseekd.lifecycle import Lifecycle, Phase
 from deepseekd.obs.metrics import Metrics, bind_gauges
 from deepseekd.obs.systemd import Notifier
 from deepseekd.obs.tracing import Tracing
-from deepseekd.security.keyring import Keyring
+from deepseekd.security.keyring import Keyring, SecretBox
 from deepseekd.security.tls import TlsError, TlsReloader
 from deepseekd.store.accounts import AccountService
 from deepseekd.store.audit import AuditLog, AuditUnavailable, Event
@@ -171,7 +171,8 @@ def build_app(
     app[DATABASE] = db
     app[KEYS] = keys
     app[AUDIT] = audit
-    app[ACCOUNTS] = AccountService(db, settings.auth, settings.quota, clock, audit)
+    app[ACCOUNTS] = AccountService(db, settings.auth, settings.quota, clock, audit,
+                                   SecretBox(keys.cached_totp_key))
     app[ACCOUNTS].on_lockout = metrics_.lockouts.inc
     app[QUOTA] = QuotaService(db, settings.quota, clock)
     app[HISTORY] = HistoryService(db, keys, audit, clock)

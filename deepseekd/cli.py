@@ -62,7 +62,7 @@ class Services:
 @contextlib.asynccontextmanager
 async def _services(settings: Settings, *, migrate: bool = False) -> AsyncIterator[Services]:
     """The store's services on a database at the current schema with the right master key."""
-    from deepseekd.security.keyring import Keyring
+    from deepseekd.security.keyring import Keyring, SecretBox
     from deepseekd.store.accounts import AccountService
     from deepseekd.store.audit import AuditLog
     from deepseekd.store.db import Database
@@ -83,7 +83,8 @@ async def _services(settings: Settings, *, migrate: bool = False) -> AsyncIterat
         await keys.check()
         audit = AuditLog(db, keys.cached_audit_key, time.time)
         yield Services(db, keys, audit,
-                       AccountService(db, settings.auth, settings.quota, time.time, audit),
+                       AccountService(db, settings.auth, settings.quota, time.time, audit,
+                                      SecretBox(keys.cached_totp_key)),
                        HistoryService(db, keys, audit, time.time))
 
 

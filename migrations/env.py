@@ -1,5 +1,10 @@
 """Alembic environment: runs on the connection deepseekd hands over (see store/db.py), or,
-for the `alembic` command line, on one it opens from sqlalchemy.url."""
+for the `alembic` command line, on one it opens from sqlalchemy.url.
+
+On SQLite deepseekd connects with foreign keys on, so a batch operation that rebuilds a
+table other tables point to (users, conversations) would cascade-delete their rows: add
+columns (no rebuild), or guard type changes to PostgreSQL only.
+"""
 
 from __future__ import annotations
 

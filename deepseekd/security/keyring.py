@@ -15,6 +15,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -181,3 +182,23 @@ def create_master_key(directory: Path, version: int) -> Path:
     finally:
         os.close(dfd)
     return path
+
+
+class SecretBox:
+    """Small secrets (TOTP seeds) sealed for a database column as ``sealed1:<base64>``.
+
+    Values written before sealing existed are read as they are, and sealed when next set.
+    """
+
+    PREFIX = "sealed1:"
+
+    def __init__(self, key: Callable[[], bytes]) -> None:
+        self._key = key
+
+    def seal(self, text: str, aad: bytes) -> str:
+        return self.PREFIX + base64.b64encode(seal(self._key(), text.encode(), aad)).decode()
+
+    def open(self, stored: str, aad: bytes) -> str:
+        if not stored.startswith(self.PREFIX):
+            return stored
+        return open_sealed(self._key(), base64.b64decode(stored[len(self.PREFIX):]), aad).decode()

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from deepseekd.config import AuthSettings, QuotaSettings
 from deepseekd.security import passwords, totp
 from deepseekd.security.apikeys import KEY_PREFIX, generate_api_key, hash_api_key
+from deepseekd.security.keyring import SecretBox
 from deepseekd.store.audit import AuditLog, Event
 from deepseekd.store.db import Database
 from deepseekd.store.schema import ROLES, AdminSession, ApiKey, AuthFailure, User
@@ -186,13 +187,22 @@ async def _record_failure(s: AsyncSession, user: User, kind: str, now: float,
 
 class AccountService:
     def __init__(self, db: Database, auth: AuthSettings, quota: QuotaSettings,
-                 clock: Clock, audit: "AuditLog | None" = None) -> None:
+                 clock: Clock, audit: "AuditLog | None" = None,
+                 totp_box: SecretBox | None = None) -> None:
         self._db = db
+        self._totp_box = totp_box
         self._auth = auth
         self._quota = quota
         self._now = clock
         self._audit = audit
         self.on_lockout: Callable[[], None] = lambda: None
+
+    def _seal_totp(self, user_id: int, secret: str) -> str:
+        """TOTP seeds are stored sealed with the service's TOTP key (bound to the user)."""
+        return self._totp_box.seal(secret, b"totp:%d" % user_id) if self._totp_box else secret
+
+    def _open_totp(self, user_id: int, stored: str) -> str:
+        return self._totp_box.open(stored, b"totp:%d" % user_id) if self._totp_box else stored
 
     async def _record(self, s: AsyncSession, action: str, by: Identity | None, target: str,
                       outcome: str = "ok", detail: str | None = None) -> None:
@@ -220,11 +230,13 @@ class AccountService:
             if await user_by_name(s, name) is not None:
                 raise AccountError(f"name: a user named '{name}' already exists", field="name",
                                    status=409)
-            user = User(name=name, role=role, password_hash=pw_hash, totp_secret=secret,
+            user = User(name=name, role=role, password_hash=pw_hash, totp_secret=None,
                         disabled=False, daily_request_limit=req_limit,
                         daily_token_limit=tok_limit, created_at=now)
             s.add(user)
             await s.flush()
+            if secret is not None:
+                user.totp_secret = self._seal_totp(user.id, secret)
             _, key = await _insert_key(s, user.id, "initial", now)
             await self._record(s, "user.create", by, f"user:{name}", detail=f"role={role}")
         uri = totp.provisioning_uri(secret, name, self._auth.totp_issuer) if secret else None
@@ -283,7 +295,7 @@ class AccountService:
             user = await _require_user(s, name)
             if user.role != "admin":
                 raise AccountError("name: only admins have a second factor", field="name")
-            user.totp_secret = secret
+            user.totp_secret = self._seal_totp(user.id, secret)
             await self._record(s, "user.totp_reset", by, f"user:{name}")
             user.totp_last_step = None
             await s.execute(update(AdminSession).where(
@@ -456,7 +468,8 @@ class AccountService:
         """None when ``code`` is a fresh TOTP; else the reason (the failure is recorded)."""
         if not user.totp_secret:
             return "no second factor enrolled"
-        step = totp.matching_step(user.totp_secret, code if isinstance(code, str) else "", now)
+        secret = self._open_totp(user.id, user.totp_secret)
+        step = totp.matching_step(secret, code if isinstance(code, str) else "", now)
         if step is None:
             if await _record_failure(s, user, "totp", now, self._auth, self._audit):
                 self.on_lockout()

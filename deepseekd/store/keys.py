@@ -18,6 +18,7 @@ from deepseekd.store.schema import KeyCheck, ServiceKey, UserKey
 log = logging.getLogger("deepseekd.keys")
 
 AUDIT_KEY = "audit"
+TOTP_KEY = "totp"
 
 
 def _user_aad(user_id: int) -> bytes:
@@ -63,7 +64,9 @@ class KeyService:
             if not newest_ok:
                 raise KeyringError(f"master key version {max(self.keyring.versions)} is not "
                                    "known to the database (a key file from another installation?)")
-        await self.audit_key()  # created on first start, so the first audit event can use it
+        # Made on first start, so the first audit event and the first admin can use them.
+        await self.service_key(AUDIT_KEY)
+        await self.service_key(TOTP_KEY)
 
     # -- data keys ---------------------------------------------------------------------
 
@@ -102,27 +105,37 @@ class KeyService:
         self._user_keys.pop(user_id, None)
         return bool(result.rowcount)
 
-    async def audit_key(self) -> bytes:
-        key = self._service_keys.get(AUDIT_KEY)
+    async def service_key(self, name: str) -> bytes:
+        """A key of the service itself (audit HMAC, TOTP sealing), made on first use."""
+        key = self._service_keys.get(name)
         if key is not None:
             return key
         async with self._db.write() as s:
-            row = await s.get(ServiceKey, AUDIT_KEY)
+            row = await s.get(ServiceKey, name)
             if row is None:
                 key = new_data_key()
-                version, wrapped = self.keyring.wrap(key, _service_aad(AUDIT_KEY))
-                s.add(ServiceKey(name=AUDIT_KEY, kek_version=version, wrapped=wrapped,
+                version, wrapped = self.keyring.wrap(key, _service_aad(name))
+                s.add(ServiceKey(name=name, kek_version=version, wrapped=wrapped,
                                  created_at=self._now()))
             else:
-                key = self.keyring.unwrap(row.kek_version, row.wrapped, _service_aad(AUDIT_KEY))
-        self._service_keys[AUDIT_KEY] = key
+                key = self.keyring.unwrap(row.kek_version, row.wrapped, _service_aad(name))
+        self._service_keys[name] = key
+        return key
+
+    async def audit_key(self) -> bytes:
+        return await self.service_key(AUDIT_KEY)
+
+    def cached_key(self, name: str) -> bytes:
+        key = self._service_keys.get(name)
+        if key is None:
+            raise KeyringError(f"the {name} key is not loaded (KeyService.check not run)")
         return key
 
     def cached_audit_key(self) -> bytes:
-        key = self._service_keys.get(AUDIT_KEY)
-        if key is None:
-            raise KeyringError("the audit key is not loaded (KeyService.check not run)")
-        return key
+        return self.cached_key(AUDIT_KEY)
+
+    def cached_totp_key(self) -> bytes:
+        return self.cached_key(TOTP_KEY)
 
     # -- rotation ----------------------------------------------------------------------
 

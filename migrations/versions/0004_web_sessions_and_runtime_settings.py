@@ -1,4 +1,4 @@
-"""browser sessions (a kind per session) and settings changed at run time
+"""browser sessions (a kind per session), settings changed at run time, sealed TOTP seeds
 
 Revision ID: 0004
 Revises: 0003
@@ -16,6 +16,12 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("admin_sessions") as batch:
         batch.add_column(sa.Column("kind", sa.String(8), nullable=False, server_default="admin"))
+    # TOTP secrets are stored sealed from now on ("sealed1:" + base64), longer than 64.
+    # Only PostgreSQL enforces VARCHAR lengths. On SQLite a type change means rebuilding
+    # `users`, and with foreign keys on, dropping the old table would cascade-delete every
+    # API key, session and conversation: never rebuild a parent table there.
+    if op.get_bind().dialect.name != "sqlite":
+        op.alter_column("users", "totp_secret", type_=sa.String(255), existing_nullable=True)
     op.create_table(
         "runtime_settings",
         sa.Column("key", sa.String(64), nullable=False),

@@ -71,6 +71,11 @@ async def test_upgrade_from_empty_reaches_head(db_url: str) -> None:
             diff = await conn.run_sync(lambda c: compare_metadata(
                 MigrationContext.configure(c, opts={"compare_type": True}), Base.metadata))
         assert tables == set(Base.metadata.tables) | {"alembic_version"}
+        if db.is_sqlite:
+            # SQLite does not enforce VARCHAR lengths, and widening one would rebuild a parent
+            # table (see migrations/env.py): only PostgreSQL gets users.totp_secret widened.
+            diff = [d for d in diff if not (isinstance(d, list) and d[0][0] == "modify_type"
+                                            and d[0][2:4] == ("users", "totp_secret"))]
         assert diff == []
 
 
