@@ -330,7 +330,7 @@ async def test_erase_user_crypto_shreds(stack: Stack) -> None:
                                             "service_keys"):
         candidates.append(s.keys.keyring.unwrap(version, bytes(wrapped),
                                                 b"service-key:" + name.encode()))
-    assert len(candidates) == 4
+    assert len(candidates) == 5  # fresh, audit (cached), bob's, the audit and TOTP service keys
     for key in candidates:
         assert key != old_key
         with pytest.raises(Unreadable):
