@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator, Sequence
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
 
 from deepseekd.config import ConfigError, Settings, load_settings
 
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from deepseekd.store.keys import KeyService
 
 FIRST_ADMIN = "admin"
+T = TypeVar("T")
 
 EXIT_USAGE = 2
 
@@ -88,12 +89,6 @@ async def _services(settings: Settings, *, migrate: bool = False) -> AsyncIterat
                        HistoryService(db, keys, audit, time.time))
 
 
-@contextlib.asynccontextmanager
-async def _accounts(settings: Settings, *, migrate: bool = False) -> AsyncIterator["AccountService"]:
-    async with _services(settings, migrate=migrate) as svc:
-        yield svc.accounts
-
-
 async def _require_head(db: "Database") -> None:
     from alembic.script import ScriptDirectory
 
@@ -145,10 +140,10 @@ def cmd_init(args: argparse.Namespace) -> int:
               "history cannot be read", file=sys.stderr)
 
     async def first_admin() -> NewUser | None:
-        async with _accounts(settings, migrate=True) as accounts:
-            if await accounts.has_users():
+        async with _services(settings, migrate=True) as svc:
+            if await svc.accounts.has_users():
                 return None
-            return await accounts.create_user(FIRST_ADMIN, "admin")
+            return await svc.accounts.create_user(FIRST_ADMIN, "admin")
 
     new = asyncio.run(first_admin())
     if new is None:
@@ -175,23 +170,25 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_user_add(args: argparse.Namespace) -> int:
-    async def run() -> NewUser:
-        async with _accounts(_settings(args)) as accounts:
-            return await accounts.create_user(args.name, args.role,
-                                              daily_request_limit=args.daily_limit,
-                                              daily_token_limit=args.daily_token_limit)
+def _with_store(args: argparse.Namespace, call: Callable[[Services], Awaitable[T]]) -> T:
+    """Run one store call on a database at head, opened with the right master key."""
+    async def run() -> T:
+        async with _services(_settings(args)) as svc:
+            return await call(svc)
 
-    print(json.dumps(asyncio.run(run()).as_json()))
+    return asyncio.run(run())
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    new = _with_store(args, lambda svc: svc.accounts.create_user(
+        args.name, args.role, daily_request_limit=args.daily_limit,
+        daily_token_limit=args.daily_token_limit))
+    print(json.dumps(new.as_json()))
     return 0
 
 
 def cmd_user_list(args: argparse.Namespace) -> int:
-    async def run() -> list[Any]:
-        async with _accounts(_settings(args)) as accounts:
-            return await accounts.list_users()
-
-    users = asyncio.run(run())
+    users = _with_store(args, lambda svc: svc.accounts.list_users())
     if args.json:
         print(json.dumps([dataclasses.asdict(u) for u in users]))
         return 0
@@ -204,85 +201,61 @@ def cmd_user_list(args: argparse.Namespace) -> int:
 
 
 def cmd_user_disable(args: argparse.Namespace) -> int:
-    async def run() -> None:
-        async with _accounts(_settings(args)) as accounts:
-            await accounts.disable_user(args.name)
-
-    asyncio.run(run())
+    _with_store(args, lambda svc: svc.accounts.disable_user(args.name))
     print(json.dumps({"name": args.name, "disabled": True}))
     return 0
 
 
 def cmd_key_create(args: argparse.Namespace) -> int:
-    async def run() -> tuple[int, str]:
-        async with _accounts(_settings(args)) as accounts:
-            return await accounts.create_key(args.name, args.label)
-
-    key_id, key = asyncio.run(run())
+    key_id, key = _with_store(args, lambda svc: svc.accounts.create_key(args.name, args.label))
     print(json.dumps({"id": key_id, "user": args.name, "api_key": key}))
     return 0
 
 
-def cmd_user_erase(args: argparse.Namespace) -> int:
-    async def run() -> dict[str, Any]:
-        async with _services(_settings(args)) as svc:
-            return await svc.history.erase_user(args.name)
+def cmd_key_revoke(args: argparse.Namespace) -> int:
+    _with_store(args, lambda svc: svc.accounts.revoke_key(args.id))
+    print(json.dumps({"id": args.id, "revoked": True}))
+    return 0
 
-    print(json.dumps(asyncio.run(run())))
+
+def cmd_user_erase(args: argparse.Namespace) -> int:
+    print(json.dumps(_with_store(args, lambda svc: svc.history.erase_user(args.name))))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    async def run() -> dict[str, Any]:
-        async with _services(_settings(args)) as svc:
-            return await svc.history.export_user(args.name)
-
-    print(json.dumps(asyncio.run(run()), ensure_ascii=False, indent=2))
+    data = _with_store(args, lambda svc: svc.history.export_user(args.name))
+    print(json.dumps(data, ensure_ascii=False, indent=2))
     return 0
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
-    from deepseekd.store.audit import Event
     from deepseekd.store.accounts import cli_actor
+    from deepseekd.store.audit import Event
 
-    settings = _settings(args)
+    if os.environ.get("CREDENTIALS_DIRECTORY"):
+        raise CliError("the master key comes from systemd credentials: rotate with the key "
+                       "files on the host (see README, Operations)")
+    keys_dir = _settings(args).keys_dir
 
-    async def run() -> tuple[list[int], int]:
-        async with _services(settings) as svc:
-            if os.environ.get("CREDENTIALS_DIRECTORY"):
-                raise CliError("the master key comes from systemd credentials: rotate with the "
-                               "key files on the host (see README, Operations)")
-            retired, current = await svc.keys.rotate(settings.keys_dir)
-            await svc.audit.append(Event(action="keys.rotate", actor=cli_actor(), role="cli",
-                                         detail=f"v{','.join(map(str, retired))} -> v{current}"))
-            return retired, current
+    async def rotate(svc: Services) -> tuple[list[int], int]:
+        retired, current = await svc.keys.rotate(keys_dir)
+        await svc.audit.append(Event(action="keys.rotate", actor=cli_actor(), role="cli",
+                                     detail=f"v{','.join(map(str, retired))} -> v{current}"))
+        return retired, current
 
-    retired, current = asyncio.run(run())
+    retired, current = _with_store(args, rotate)
     print(json.dumps({"retired": retired, "current": current}))
     return 0
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    async def run() -> Any:
-        async with _services(_settings(args)) as svc:
-            return await svc.audit.verify()
-
-    result = asyncio.run(run())
+    result = _with_store(args, lambda svc: svc.audit.verify())
     print(json.dumps(result.as_json()))
     if not result.ok:
         print(f"deepseekd: audit chain broken at event {result.first_bad_id}: {result.reason}",
               file=sys.stderr)
         return 1
-    return 0
-
-
-def cmd_key_revoke(args: argparse.Namespace) -> int:
-    async def run() -> None:
-        async with _accounts(_settings(args)) as accounts:
-            await accounts.revoke_key(args.id)
-
-    asyncio.run(run())
-    print(json.dumps({"id": args.id, "revoked": True}))
     return 0
 
 

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from deepseekd.security.keyring import Unreadable, open_sealed, seal
 from deepseekd.store.accounts import AccountError, Identity
