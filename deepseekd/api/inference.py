@@ -157,6 +157,7 @@ class InferenceService:
             presence_penalty=req.presence_penalty,
             frequency_penalty=req.frequency_penalty,
             logprobs=logprobs,
+            ignore_eos=req.ignore_eos,
         )
 
     async def run(

@@ -75,6 +75,9 @@ class _Sampling(_Body):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    ignore_eos: bool = False
+    """vLLM's extension: keep generating past the end-of-sequence token up to max_tokens
+    (fixed-length answers for benchmarks)."""
 
     _check_stop = field_validator("stop", mode="before")(lambda cls, v: _stop(v))
 

@@ -20,5 +20,6 @@ def to_sampling_params(options: GenerationOptions, *, stream: bool) -> SamplingP
         presence_penalty=options.presence_penalty,
         frequency_penalty=options.frequency_penalty,
         logprobs=options.logprobs,
+        ignore_eos=options.ignore_eos,
         output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
     )

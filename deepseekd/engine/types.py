@@ -20,6 +20,7 @@ class GenerationOptions:
     frequency_penalty: float = 0.0
     logprobs: int | None = None
     """Top alternatives to return per output token; None = no logprobs at all."""
+    ignore_eos: bool = False
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ FULL = GenerationOptions(
     presence_penalty=0.5,
     frequency_penalty=-0.25,
     logprobs=4,
+    ignore_eos=True,
 )
 
 
@@ -40,6 +41,7 @@ def test_every_field_is_mapped() -> None:
     assert params.presence_penalty == pytest.approx(0.5)
     assert params.frequency_penalty == pytest.approx(-0.25)
     assert params.logprobs == 4
+    assert params.ignore_eos is True
 
 
 def test_defaults() -> None:
@@ -53,6 +55,7 @@ def test_defaults() -> None:
     assert params.presence_penalty == 0.0
     assert params.frequency_penalty == 0.0
     assert params.logprobs is None
+    assert params.ignore_eos is False
 
 
 def test_zero_logprobs_is_not_none() -> None:
@@ -88,6 +91,7 @@ def test_exact_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
         "presence_penalty": 0.5,
         "frequency_penalty": -0.25,
         "logprobs": 4,
+        "ignore_eos": True,
         "output_kind": RequestOutputKind.DELTA,
     }
 
