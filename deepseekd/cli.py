@@ -312,6 +312,28 @@ def cmd_model_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from deepseekd.bench import BenchConfig, format_result, run_bench
+
+    key = args.key or os.environ.get("DEEPSEEKD_API_KEY")
+    try:
+        cfg = BenchConfig(url=args.url, key=key, concurrency=args.concurrency,
+                          requests=args.requests, max_tokens=args.max_tokens, stream=args.stream,
+                          model=args.model, ignore_eos=not args.allow_eos, warmup=args.warmup,
+                          progress=not args.quiet, cafile=args.cacert,
+                          client_cert=args.client_cert, client_key=args.client_key)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    result = asyncio.run(run_bench(cfg))
+    if args.json == "-":
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(format_result(result))
+        if args.json:
+            Path(args.json).write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    return 0 if result.ok else 1
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -381,6 +403,29 @@ def build_parser() -> argparse.ArgumentParser:
     lst = msub.add_parser("list", parents=[common], help="list imported models")
     lst.add_argument("--json", action="store_true", help="print JSON")
     lst.set_defaults(func=cmd_model_list)
+    b = sub.add_parser("bench", help="closed-loop load generator against a running server",
+                       description="N clients each send a chat completion, wait for the whole "
+                       "answer and send the next, until M answers are in. Works against any "
+                       "OpenAI-compatible server.")
+    b.add_argument("--url", required=True, help="base URL, e.g. http://127.0.0.1:8000")
+    b.add_argument("--key", help="API key (default: $DEEPSEEKD_API_KEY; none for open servers)")
+    b.add_argument("--concurrency", type=int, default=1, metavar="N", help="clients (default 1)")
+    b.add_argument("--requests", type=int, default=10, metavar="M",
+                   help="answers to collect (default 10)")
+    b.add_argument("--max-tokens", type=int, default=64, metavar="T",
+                   help="tokens per answer (default 64)")
+    b.add_argument("--stream", action="store_true", help="stream answers (measures first token)")
+    b.add_argument("--model", help="model name to send (default: the server's default)")
+    b.add_argument("--allow-eos", action="store_true",
+                   help="let answers end early (default: ignore_eos, so every answer has T tokens)")
+    b.add_argument("--warmup", type=int, default=1, metavar="K",
+                   help="requests sent first and not counted (default 1)")
+    b.add_argument("--json", metavar="PATH", help="also write the result as JSON ('-': stdout only)")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.add_argument("--cacert", help="CA bundle for https URLs")
+    b.add_argument("--client-cert", help="client certificate (mTLS)")
+    b.add_argument("--client-key", help="client certificate's private key (mTLS)")
+    b.set_defaults(func=cmd_bench)
     return p
 
 
