@@ -16,11 +16,21 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from deepseekd.store.db import Database
 from deepseekd.store.schema import AuditEvent, AuditHead
+
+_EVENTS = AuditEvent.__table__
+_HEAD = AuditHead.__table__
+# Built once: constructing a statement costs more than running it on SQLite.
+_READ_HEAD = select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == 1).with_for_update()
+_INSERT_EVENT = insert(_EVENTS)
+_INSERT_HEAD = insert(_HEAD)
+_MOVE_HEAD = (update(_HEAD).where(_HEAD.c.id == 1)
+              .values(seq=bindparam("new_seq"), hash=bindparam("new_hash")))
 
 log = logging.getLogger("deepseekd.audit")
 
@@ -92,9 +102,13 @@ class AuditLog:
 
     async def append_in(self, s: AsyncSession, ev: Event) -> int:
         """Append inside the caller's write transaction; returns the event id."""
-        head = (await s.execute(
-            select(AuditHead).where(AuditHead.id == 1).with_for_update()
-        )).scalar_one_or_none()
+        return await s.run_sync(self.append_sync, ev)
+
+    def append_sync(self, s: Session, ev: Event) -> int:
+        """``append_in`` for synchronous code (``Database.run_write`` jobs). Plain Core
+        statements: this runs for every request."""
+        c = s.connection()  # Core on the session's connection: no ORM layer per statement
+        head = c.execute(_READ_HEAD).first()
         prev_id, prev_hash = (head.seq, head.hash) if head else (0, GENESIS)
         row: dict[str, Any] = {
             "id": prev_id + 1, "at": round(self._now(), 6), "actor": ev.actor,
@@ -108,20 +122,17 @@ class AuditLog:
         if row["detail"] is not None:
             row["detail"] = row["detail"][:512]
         digest = chain_hash(self._key(), prev_hash, row)
-        s.add(AuditEvent(**row, prev_hash=prev_hash, hash=digest))
+        c.execute(_INSERT_EVENT, {**row, "prev_hash": prev_hash, "hash": digest})
         if head is None:
-            s.add(AuditHead(id=1, seq=row["id"], hash=digest))
+            c.execute(_INSERT_HEAD, {"id": 1, "seq": row["id"], "hash": digest})
         else:
-            await s.execute(update(AuditHead).where(AuditHead.id == 1)
-                            .values(seq=row["id"], hash=digest))
-        await s.flush()
+            c.execute(_MOVE_HEAD, {"new_seq": row["id"], "new_hash": digest})
         return int(row["id"])
 
     async def append(self, ev: Event) -> int:
         """Append in a transaction of its own; raises AuditUnavailable (fail closed)."""
         try:
-            async with self._db.write() as s:
-                return await self.append_in(s, ev)
+            return await self._db.run_write(lambda s: self.append_sync(s, ev))
         except Exception as exc:
             self.record_failure(exc, ev.action)
             raise AuditUnavailable(str(exc)) from exc

@@ -3,21 +3,26 @@ named by their caller, and schema checks against the Alembic revisions."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable, TypeVar
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session
 
 import deepseekd
+from deepseekd.store.writer import GroupWriter, run_after_commit
+
+T = TypeVar("T")
 
 MIGRATIONS_DIR = Path(deepseekd.__file__).resolve().parent.parent / "migrations"
 MIGRATION_LOCK_ID = 0x64656570  # "deep": the advisory lock migrators queue on
@@ -47,7 +52,9 @@ class Database:
             kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
-            _make_sqlite_safe(self.engine, busy_timeout_ms)
+            _make_sqlite_safe(self.engine.sync_engine, busy_timeout_ms)
+        self._busy_timeout_ms = busy_timeout_ms
+        self._group: GroupWriter | None = None
         self.insert = sqlite.insert if self.is_sqlite else postgresql.insert
         """The dialect's INSERT, for ON CONFLICT clauses."""
         self._reads = async_sessionmaker(self.engine, expire_on_commit=False)
@@ -56,18 +63,48 @@ class Database:
         self._writes = async_sessionmaker(
             self.engine.execution_options(sqlite_immediate=True), expire_on_commit=False
         )
+        # SQLite has one writer at a time. Writers of this process queue here, in order and
+        # without delay; left to SQLite they would sleep in its busy handler's back-off (1, 2,
+        # 5 … 100 ms) and concurrent turns wrote no faster than one at a time. Other processes
+        # (the CLI beside the daemon) still wait on busy_timeout.
+        self._write_lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
 
     async def __aenter__(self) -> "Database":
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self._group is not None:
+            group, self._group = self._group, None
+            await asyncio.to_thread(group.close)
         await self.engine.dispose()
+
+    async def run_write(self, fn: Callable[[Session], T]) -> T:
+        """Run ``fn(session)`` — synchronous ORM code — in a write transaction; returns its
+        result once committed. Use for the writes every request makes (quota, audit, turns).
+
+        SQLite: in the group-commit writer (see ``store/writer.py``). PostgreSQL: in an async
+        transaction of its own (its driver pipelines well and commits in parallel).
+        Callables registered with ``writer.after_commit(session, fn)`` run after the commit.
+        """
+        if not self.is_sqlite:
+            async with self.write() as s:
+                return await s.run_sync(fn)
+        if self._group is None:
+            sync_engine = create_engine(make_url(self.url).set(drivername="sqlite"))
+            _make_sqlite_safe(sync_engine, self._busy_timeout_ms)
+            self._group = GroupWriter(sync_engine)
+        return await self._group.submit(fn)
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
         """One write transaction: committed when the block ends, rolled back on error."""
-        async with self._writes() as session, session.begin():
-            yield session
+        async with contextlib.AsyncExitStack() as stack:
+            if self._write_lock is not None:
+                await stack.enter_async_context(self._write_lock)
+            session = await stack.enter_async_context(self._writes())
+            async with session.begin():
+                yield session
+            run_after_commit(session.sync_session)
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -119,9 +156,7 @@ def _check_known(cfg: AlembicConfig, conn: Connection) -> str | None:
     return current
 
 
-def _make_sqlite_safe(engine: AsyncEngine, busy_timeout_ms: int) -> None:
-    sync_engine = engine.sync_engine
-
+def _make_sqlite_safe(sync_engine: Engine, busy_timeout_ms: int) -> None:
     @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event emit BEGIN itself (the driver's would be DEFERRED).

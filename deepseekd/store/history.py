@@ -10,7 +10,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy.orm import Session
 
 from deepseekd.security.keyring import Unreadable, open_sealed, seal
 from deepseekd.store.accounts import AccountError, Identity
@@ -18,6 +19,19 @@ from deepseekd.store.audit import AuditLog, AuditUnavailable, Event
 from deepseekd.store.db import Database
 from deepseekd.store.keys import KeyService
 from deepseekd.store.schema import ApiKey, Conversation, QuotaUsage, Turn, User
+
+_CONVERSATIONS = Conversation.__table__
+_TURNS = Turn.__table__
+# Built once: constructing a statement costs more than running it on SQLite.
+_INSERT_CONVERSATION = insert(_CONVERSATIONS)
+_TOUCH_CONVERSATION = (update(_CONVERSATIONS)
+                       .where(_CONVERSATIONS.c.id == bindparam("cid"),
+                              _CONVERSATIONS.c.user_id == bindparam("uid"))
+                       .values(updated_at=bindparam("now")))
+_INSERT_FIRST_TURN = insert(_TURNS)
+_INSERT_NEXT_TURN = insert(_TURNS).values(seq=(
+    select(func.coalesce(func.max(_TURNS.c.seq), 0) + 1)
+    .where(_TURNS.c.conversation_id == bindparam("cid")).scalar_subquery()))
 
 log = logging.getLogger("deepseekd.history")
 
@@ -79,46 +93,54 @@ class HistoryService:
         """Seal and store one turn with its audit event, in one transaction (``new``: the
         id was allocated for a new conversation). Raises AuditUnavailable when it cannot be
         made durable."""
-        now = self._now()
         try:
-            async with self._db.write() as s:
-                key = await self._keys.user_key(s, who.user_id, create=True)
-                assert key is not None
-                if new:
-                    title = next((m["content"] for m in turn.messages if m["role"] == "user"),
-                                 turn.answer)[:TITLE_CHARS]
-                    s.add(Conversation(
-                        id=conversation_id, user_id=who.user_id, created_at=now, updated_at=now,
-                        title_ct=seal(key, title.encode(), _title_aad(who.user_id, conversation_id))))
-                    seq = 1
-                else:
-                    conv = await s.get(Conversation, conversation_id)
-                    if conv is None or conv.user_id != who.user_id:
-                        raise self._not_found(conversation_id)  # deleted meanwhile
-                    conv.updated_at = now
-                    seq = 1 + ((await s.execute(select(func.max(Turn.seq)).where(
-                        Turn.conversation_id == conversation_id))).scalar_one() or 0)
-                turn_id = str(uuid.uuid4())
-                aad = lambda part: _turn_aad(who.user_id, conversation_id, turn_id, part)  # noqa: E731
-                request_json = json.dumps(turn.messages, ensure_ascii=False).encode()
-                s.add(Turn(id=turn_id, conversation_id=conversation_id, user_id=who.user_id,
-                           seq=seq, request_ct=seal(key, request_json, aad("request")),
-                           answer_ct=seal(key, turn.answer.encode(), aad("answer")),
-                           model=turn.model, prompt_tokens=turn.prompt_tokens,
-                           completion_tokens=turn.completion_tokens, created_at=now))
-                prompt_text = "\n".join(f"{m['role']}: {m['content']}" for m in turn.messages)
-                await self._audit.append_in(s, Event(
-                    action="inference", actor=who.name, actor_id=who.user_id, role=who.role,
-                    target=f"conversation:{conversation_id}", request_id=turn.request_id,
-                    client=turn.client, model=turn.model, prompt_tokens=turn.prompt_tokens,
-                    completion_tokens=turn.completion_tokens,
-                    prompt_hmac=self._audit.content_hmac(prompt_text),
-                    answer_hmac=self._audit.content_hmac(turn.answer)))
+            await self._db.run_write(
+                lambda s: self._record_turn(s, who, conversation_id, new, turn))
         except AccountError:
             raise
         except Exception as exc:
             self._audit.record_failure(exc, "inference")
             raise AuditUnavailable(str(exc)) from exc
+
+    def _record_turn(self, s: Session, who: Identity, conversation_id: str, new: bool,
+                     turn: TurnRecord) -> None:
+        # Plain Core statements, no ORM unit of work: this runs for every answer.
+        now = self._now()
+        key = self._keys.user_key_sync(s, who.user_id, create=True)
+        assert key is not None
+        c = s.connection()  # Core on the session's connection: no ORM layer per statement
+        if new:
+            title = next((m["content"] for m in turn.messages if m["role"] == "user"),
+                         turn.answer)[:TITLE_CHARS]
+            c.execute(_INSERT_CONVERSATION, {
+                "id": conversation_id, "user_id": who.user_id, "created_at": now,
+                "updated_at": now,
+                "title_ct": seal(key, title.encode(), _title_aad(who.user_id, conversation_id))})
+        else:
+            touched = c.execute(_TOUCH_CONVERSATION, {
+                "cid": conversation_id, "uid": who.user_id, "now": now}).rowcount
+            if not touched:
+                raise self._not_found(conversation_id)  # deleted meanwhile
+        turn_id = str(uuid.uuid4())
+        aad = lambda part: _turn_aad(who.user_id, conversation_id, turn_id, part)  # noqa: E731
+        request_json = json.dumps(turn.messages, ensure_ascii=False).encode()
+        row = {"id": turn_id, "conversation_id": conversation_id, "user_id": who.user_id,
+               "request_ct": seal(key, request_json, aad("request")),
+               "answer_ct": seal(key, turn.answer.encode(), aad("answer")),
+               "model": turn.model, "prompt_tokens": turn.prompt_tokens,
+               "completion_tokens": turn.completion_tokens, "created_at": now}
+        if new:
+            c.execute(_INSERT_FIRST_TURN, {**row, "seq": 1})
+        else:
+            c.execute(_INSERT_NEXT_TURN, {**row, "cid": conversation_id})
+        prompt_text = "\n".join(f"{m['role']}: {m['content']}" for m in turn.messages)
+        self._audit.append_sync(s, Event(
+            action="inference", actor=who.name, actor_id=who.user_id, role=who.role,
+            target=f"conversation:{conversation_id}", request_id=turn.request_id,
+            client=turn.client, model=turn.model, prompt_tokens=turn.prompt_tokens,
+            completion_tokens=turn.completion_tokens,
+            prompt_hmac=self._audit.content_hmac(prompt_text),
+            answer_hmac=self._audit.content_hmac(turn.answer)))
 
     # -- reading ---------------------------------------------------------------------
 

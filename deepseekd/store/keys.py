@@ -10,9 +10,11 @@ from typing import Callable
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from deepseekd.security.keyring import Keyring, KeyringError, create_master_key, new_data_key
 from deepseekd.store.db import Database
+from deepseekd.store.writer import after_commit
 from deepseekd.store.schema import KeyCheck, ServiceKey, UserKey
 
 log = logging.getLogger("deepseekd.keys")
@@ -75,26 +77,40 @@ class KeyService:
         key = self._user_keys.get(user_id)
         if key is not None:
             return key
-        row = await s.get(UserKey, user_id)
+        return await s.run_sync(lambda sync: self.user_key_sync(sync, user_id, create=create))
+
+    def user_key_sync(self, s: Session, user_id: int, *, create: bool) -> bytes | None:
+        """``user_key`` for synchronous ORM code (``Database.run_write`` jobs).
+
+        A key read inside a write transaction is cached only once that transaction commits:
+        it may have been made by an earlier job of the same, still uncommitted, batch, and a
+        cached key that was never stored would seal unreadable turns."""
+        key = self._user_keys.get(user_id)
+        if key is not None:
+            return key
+        row = s.get(UserKey, user_id)
         if row is None:
             if not create:
                 return None
             key = new_data_key()
             version, wrapped = self.keyring.wrap(key, _user_aad(user_id))
             # Two first turns of one user may race (PostgreSQL): whoever loses reads the
-            # winner's key. A key made here is not cached: the transaction may still roll
-            # back, and a cached key that was never stored would seal unreadable turns.
-            inserted = (await s.execute(
+            # winner's key.
+            inserted = s.execute(
                 self._db.insert(UserKey).values(user_id=user_id, kek_version=version,
                                                 wrapped=wrapped, created_at=self._now())
                 .on_conflict_do_nothing(index_elements=[UserKey.user_id])
-            )).rowcount
-            if inserted:
-                return key
-            row = (await s.execute(select(UserKey).where(UserKey.user_id == user_id)
-                                   .execution_options(populate_existing=True))).scalar_one()
-        key = self.keyring.unwrap(row.kek_version, row.wrapped, _user_aad(user_id))
-        self._user_keys[user_id] = key
+            ).rowcount
+            if not inserted:
+                row = s.execute(select(UserKey).where(UserKey.user_id == user_id)
+                                .execution_options(populate_existing=True)).scalar_one()
+        if row is not None:
+            key = self.keyring.unwrap(row.kek_version, row.wrapped, _user_aad(user_id))
+        assert key is not None
+        if create:
+            after_commit(s, lambda: self._user_keys.__setitem__(user_id, key))
+        else:
+            self._user_keys[user_id] = key
         return key
 
     async def destroy_user_key(self, user_id: int) -> bool:

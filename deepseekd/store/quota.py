@@ -10,9 +10,10 @@ from __future__ import annotations
 import datetime as dt
 import zoneinfo
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from deepseekd.config import QuotaSettings
 from deepseekd.store.accounts import Identity
@@ -71,11 +72,15 @@ class QuotaService:
             set_={"requests": QuotaUsage.requests + 1},
             where=cond,
         ).returning(QuotaUsage.requests)
-        async with self._db.write() as s:
-            used = (await s.execute(stmt)).scalar_one_or_none()
-            if used is None:
-                row = (await s.execute(select(QuotaUsage.requests, QuotaUsage.tokens).where(
-                    QuotaUsage.user_id == who.user_id, QuotaUsage.day == day))).one()
+
+        def count(s: Session) -> tuple[int | None, Any]:
+            used = s.execute(stmt).scalar_one_or_none()
+            if used is not None:
+                return used, None
+            return None, s.execute(select(QuotaUsage.requests, QuotaUsage.tokens).where(
+                QuotaUsage.user_id == who.user_id, QuotaUsage.day == day)).one()
+
+        used, row = await self._db.run_write(count)
         if used is not None:
             return QuotaState(True, req_limit, max(req_limit - used, 0), reset_at, day)
         reason = "requests" if row.requests >= req_limit else "tokens"
@@ -93,7 +98,7 @@ class QuotaService:
         """Charge a finished request's tokens to the day it was admitted on."""
         if tokens <= 0:
             return
-        async with self._db.write() as s:
-            await s.execute(update(QuotaUsage).where(
-                QuotaUsage.user_id == who.user_id, QuotaUsage.day == day
-            ).values(tokens=QuotaUsage.tokens + tokens))
+        stmt = update(QuotaUsage).where(
+            QuotaUsage.user_id == who.user_id, QuotaUsage.day == day
+        ).values(tokens=QuotaUsage.tokens + tokens)
+        await self._db.run_write(lambda s: s.execute(stmt) and None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import sys
 import time
 from dataclasses import dataclass
@@ -71,6 +72,25 @@ class Daemon:
 MakeDaemon = Callable[..., Awaitable[Daemon]]
 
 
+async def _settled(db_file: Path, timeout: float = READY_TIMEOUT_S) -> None:
+    """Wait until the daemon's start-up writes (boot audit events, the first maintenance
+    tick) are done. Tests then write to the SQLite file behind its back from the event loop's
+    own thread; an in-flight write of the daemon could not finish meanwhile."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        conn = sqlite3.connect(db_file, timeout=0, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:
+            assert loop.time() < deadline, "the daemon's start-up writes never finished"
+        finally:
+            conn.close()
+        await asyncio.sleep(0.01)
+
+
 class FakeClock:
     """An injectable ``clock()`` for ``make_daemon(clock=...)``: starts near the real time,
     on the first second of a TOTP step, and only moves when told to."""
@@ -121,6 +141,7 @@ def make_daemon(aiohttp_client: Any, tmp_path: Path) -> MakeDaemon:
         daemon = Daemon(client, app, fake, user.api_key, settings)
         if ready:
             await daemon.wait_ready()
+            await _settled(tmp_path / "deepseekd.db")
         return daemon
 
     return make

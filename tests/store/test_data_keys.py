@@ -79,17 +79,17 @@ async def test_a_rolled_back_first_turn_does_not_leave_an_unstored_key(store: St
     """A data key is used only once stored: a turn saved after a failed first turn is still
     readable after a restart."""
     who = await store.new_user()
-    real = store.audit.append_in
+    real = store.audit.append_sync
     calls = 0
 
-    async def fails_once(s, ev):  # type: ignore[no-untyped-def]
+    def fails_once(s, ev):  # type: ignore[no-untyped-def]
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("audit write failed")
-        return await real(s, ev)
+        return real(s, ev)
 
-    store.audit.append_in = fails_once  # type: ignore[method-assign]
+    store.audit.append_sync = fails_once  # type: ignore[method-assign]
     with pytest.raises(AuditUnavailable):
         await store.history.record_turn(who, str(uuid.uuid4()), True, turn(0))
     cid = str(uuid.uuid4())
