@@ -119,6 +119,8 @@ class BenchConfig:
     cafile: str | None = None
     client_cert: str | None = None
     client_key: str | None = None
+    extra_body: dict[str, Any] = field(default_factory=dict)
+    """Merged into every request body (e.g. another server's own fixed-length option)."""
 
     def __post_init__(self) -> None:
         for name in ("concurrency", "requests", "max_tokens"):
@@ -150,6 +152,7 @@ class _Client:
             body["ignore_eos"] = True
         if self.cfg.stream:
             body["stream_options"] = {"include_usage": True}
+        body.update(self.cfg.extra_body)
         return body
 
     async def one(self, i: int) -> Sample:
