@@ -20,6 +20,8 @@ class GenerationOptions:
     frequency_penalty: float = 0.0
     logprobs: int | None = None
     """Top alternatives to return per output token; None = no logprobs at all."""
+    adapter: str | None = None
+    """A loaded LoRA adapter's name, or None for the base model."""
 
 
 @dataclass(frozen=True)
@@ -101,3 +103,9 @@ class Engine(Protocol):
 
     def stats(self) -> EngineStats:
         """Requests running and waiting, KV-cache use."""
+
+    async def add_adapter(self, name: str, path: str) -> None:
+        """Load a LoRA adapter folder under ``name``; EngineRejected if the engine cannot."""
+
+    async def remove_adapter(self, name: str) -> None:
+        """Unload an adapter; requests can no longer select it."""
