@@ -235,7 +235,9 @@ def build_app(
 
 def settings_digest(settings: Settings) -> str:
     """What configuration the daemon runs with, as a digest (no values in the audit log)."""
-    text = json.dumps(dataclasses.asdict(settings), default=str, sort_keys=True)
+    values = dataclasses.asdict(settings)
+    values.pop("explicit")  # where a value came from is not part of the configuration
+    text = json.dumps(values, default=str, sort_keys=True)
     return "settings sha256=" + hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -161,7 +161,7 @@ class LoraService:
     def model_cards(self, base: str, owned_by: str = "deepseekd") -> list[dict[str, Any]]:
         """``/v1/models`` entries, as vLLM's server lists adapters (with ``parent``)."""
         return [{"id": f"{base}:{r.name}", "object": "model", "created": int(r.loaded_at),
-                 "owned_by": owned_by, "parent": base, "root": r.sha256}
+                 "owned_by": owned_by, "parent": base}
                 for r in self.loaded()]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -18,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from deepseekd.engine.models import (
-    NAME_RE,
     PICKLE_SUFFIXES,
     ModelError,
     _check_safetensors,
@@ -30,7 +30,10 @@ from deepseekd.engine.models import (
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 ADAPTER_FILES = (CONFIG_FILE, WEIGHTS_FILE)
-NAME_RULE = ("use 1-64 lowercase letters, digits, '.', '_' or '-', starting with a letter "
+# 48, so "<model>:<adapter>" (model names have up to 64) fits the 128-character model
+# columns of history and audit.
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,47}$")
+NAME_RULE = ("use 1-48 lowercase letters, digits, '.', '_' or '-', starting with a letter "
              "or digit")
 MAX_CONFIG_BYTES = 1024 * 1024
 

@@ -138,8 +138,9 @@ async def test_bad_folders_and_names_are_refused(make_daemon: MakeDaemon, clock:
     (box / "sneaky").symlink_to(outside)
 
     cases = [
-        ({"name": "Bad Name", "path": "good"}, "name", "name: use 1-64 lowercase"),
-        ({"name": "a:b", "path": "good"}, "name", "name: use 1-64"),
+        ({"name": "Bad Name", "path": "good"}, "name", "name: use 1-48 lowercase"),
+        ({"name": "a:b", "path": "good"}, "name", "name: use 1-48"),
+        ({"name": "x" * 49, "path": "good"}, "name", "name: use 1-48"),
         ({"name": "x", "path": "pickled"}, "path", "pickle weights (adapter_model.bin)"),
         ({"name": "x", "path": "no-weights"}, "path", "has no adapter_model.safetensors"),
         ({"name": "x", "path": "big-rank"}, "path", "rank is 64, above [lora] max_rank (16)"),
