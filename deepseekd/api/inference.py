@@ -21,7 +21,6 @@ from deepseekd.engine.types import (
 from deepseekd.lifecycle import Lifecycle, Phase
 
 
-
 @dataclass(frozen=True)
 class Prepared:
     """A request ready for the engine."""
