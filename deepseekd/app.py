@@ -16,7 +16,7 @@ from typing import AsyncContextManager, AsyncIterator, Callable
 from aiohttp import web
 
 from deepseekd import __version__
-from deepseekd.api import admin, health, history, metrics, openai
+from deepseekd.api import admin, health, history, lora, metrics, openai
 from deepseekd.api import audit as audit_api
 from deepseekd.api import web as web_pages
 from deepseekd.api.runtime_settings import RuntimeSettings
@@ -33,6 +33,7 @@ from deepseekd.keys import (
     INFERENCE,
     KEYS,
     LIFECYCLE,
+    LORA,
     METRICS,
     MODEL_SHA256,
     NOTIFIER,
@@ -48,6 +49,7 @@ from deepseekd.obs.tracing import Tracing
 from deepseekd.security.keyring import Keyring, SecretBox
 from deepseekd.security.tls import TlsError, TlsReloader
 from deepseekd.store.accounts import AccountService
+from deepseekd.store.adapters import AdapterRegistry
 from deepseekd.store.audit import AuditLog, AuditUnavailable, Event
 from deepseekd.store.history import HistoryService
 from deepseekd.store.keys import KeyService
@@ -108,6 +110,7 @@ async def _boot(app: web.Application, factory: EngineFactory, stack: contextlib.
         log.info("loading model", extra={"model": life.model_name})
         app[NOTIFIER].status(f"loading model {life.model_name}")
         engine = await stack.enter_async_context(factory())
+        await app[LORA].restore(engine)  # adapters loaded before a restart, before any request
         life.engine = engine
         life.phase = Phase.WARMING
         await warmup(engine, life, settings, app[NOTIFIER])
@@ -176,12 +179,13 @@ def build_app(
     app[ACCOUNTS].on_lockout = metrics_.lockouts.inc
     app[QUOTA] = QuotaService(db, settings.quota, clock)
     app[HISTORY] = HistoryService(db, keys, audit, clock)
-    app[INFERENCE] = InferenceService(life, settings.api)
+    app[LORA] = lora.LoraService(settings, AdapterRegistry(db, audit, clock), life, clock)
+    app[INFERENCE] = InferenceService(life, settings.api, app[LORA])
     app[MODEL_SHA256] = model_sha256 or ""
     app[RUNTIME] = runtime = RuntimeSettings(settings, SettingsStore(db, audit, clock), app[QUOTA])
     app.on_response_prepare.append(add_request_id)
-    for group in (health.routes, openai.routes, history.routes, admin.routes, audit_api.routes,
-                  metrics.routes, web_pages.routes):
+    for group in (health.routes, openai.routes, history.routes, admin.routes, lora.routes,
+                  audit_api.routes, metrics.routes, web_pages.routes):
         app.add_routes(group)
     web_pages.add_static(app)
 
@@ -231,7 +235,9 @@ def build_app(
 
 def settings_digest(settings: Settings) -> str:
     """What configuration the daemon runs with, as a digest (no values in the audit log)."""
-    text = json.dumps(dataclasses.asdict(settings), default=str, sort_keys=True)
+    values = dataclasses.asdict(settings)
+    values.pop("explicit")  # where a value came from is not part of the configuration
+    text = json.dumps(values, default=str, sort_keys=True)
     return "settings sha256=" + hashlib.sha256(text.encode()).hexdigest()
 
 

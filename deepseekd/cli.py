@@ -281,9 +281,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.engine.device == "cuda" and device == "cpu":
         raise CliError("engine.device: 'cuda' was asked for, but no GPU is visible to vLLM "
                        "(allowed: 'auto', 'cpu', 'cuda')")
-    spec = EngineSpec(model_path, model_name, settings.engine, settings.api.max_logprobs)
+    _preflight(settings, model_path, "cpu" if device == "cpu" else "cuda")
+    spec = EngineSpec(model_path, model_name, settings.engine, settings.api.max_logprobs,
+                      settings.lora)
     app = build_app(settings, lambda: VllmEngine(spec), model_name, model_sha256=model_sha)
     return asyncio.run(run_daemon(app))
+
+
+def _preflight(settings: Settings, model_path: Path, device: str) -> None:
+    """Refuse, before loading, a model or quantization this box cannot run (exit 2)."""
+    import logging
+
+    from deepseekd.engine.preflight import PreflightError, preflight
+
+    log = logging.getLogger("deepseekd")
+    if settings.engine.profile != "none":
+        log.info("profile", extra={"profile": settings.engine.profile,
+                                   "model": settings.engine.model})
+    try:
+        for line in preflight(settings.engine, model_path, device):
+            log.info("preflight", extra={"check": line})
+    except PreflightError as exc:
+        raise CliError(str(exc)) from None
 
 
 def cmd_model_import(args: argparse.Namespace) -> int:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from deepseekd.profiles import PROFILE_NAMES, PROFILES
+
 ENV_PREFIX = "DEEPSEEKD_"
 DEFAULT_CONFIG_PATH = Path("config/deepseekd.toml")
 
@@ -59,6 +61,10 @@ class ServerSettings:
 
 @dataclass(frozen=True)
 class EngineSettings:
+    profile: str = _f(
+        "none", "Hardware profile whose engine defaults apply to every [engine] setting not "
+        "set explicitly (see README, Profiles).", choices=PROFILE_NAMES,
+    )
     model: str = _f(
         "smollm2-135m-instruct",
         "An imported model's name (see `deepseekd model list`) or a path to a Hugging Face folder.",
@@ -87,6 +93,24 @@ class EngineSettings:
     )
     enable_prefix_caching: bool = _f(True, "Reuse KV blocks of shared prompt prefixes.")
     cpu_threads: int = _f(0, "Engine threads on a CPU box; 0 lets vLLM use every core.", min=0)
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    enabled: bool = _f(
+        False, "Let admins load LoRA adapters at run time. Off by default: vLLM then runs "
+        "without graph compilation on a CPU box (about half the speed) and reserves adapter "
+        "memory on a GPU.")
+    max_adapters: int = _f(
+        8, "Adapters that may be loaded at once (vLLM max_cpu_loras).", min=1, max=256)
+    max_loras: int = _f(
+        2, "Adapters that can take part in one batch (vLLM max_loras).", min=1, max=64)
+    max_rank: int = _f(
+        16, "Largest LoRA rank accepted (vLLM max_lora_rank); larger reserves more memory.",
+        choices=(1, 8, 16, 32, 64, 128, 256, 320, 512))
+    source_dir: str = _f(
+        "", "Folder the admin API loads adapters from (one sub-folder each); "
+        "empty = data_dir/lora-inbox.")
 
 
 @dataclass(frozen=True)
@@ -182,6 +206,13 @@ class Settings:
     keys: KeySettings = field(default_factory=KeySettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     obs: ObsSettings = field(default_factory=ObsSettings)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    explicit: tuple[str, ...] = field(default=(), compare=False, repr=False,
+                                      metadata={"internal": True})
+    """Paths (``engine.dtype``) set by the file or the environment rather than defaulted."""
+
+    def is_explicit(self, path: str) -> bool:
+        return path in self.explicit
 
     @property
     def models_dir(self) -> Path:
@@ -194,6 +225,15 @@ class Settings:
     @property
     def keys_dir(self) -> Path:
         return self.data_dir / "keys"
+
+    @property
+    def adapters_dir(self) -> Path:
+        """Where loaded LoRA adapters are kept (copies, hashed at load)."""
+        return self.data_dir / "lora"
+
+    @property
+    def lora_source_dir(self) -> Path:
+        return Path(self.lora.source_dir) if self.lora.source_dir else self.data_dir / "lora-inbox"
 
     @property
     def database_url(self) -> str:
@@ -272,9 +312,16 @@ def _coerce(path: str, raw: Any, tp: Any, meta: Mapping[str, Any], from_env: boo
     return value
 
 
-def _build(cls: type, data: Mapping[str, Any], env: Mapping[str, str], prefix: str) -> Any:
+def _fields(cls: type) -> list[dataclasses.Field[Any]]:
+    """The settings fields of a section (internal bookkeeping fields left out)."""
+    return [f for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
+
+
+def _build(cls: type, data: Mapping[str, Any], env: Mapping[str, str], prefix: str,
+           explicit: set[str]) -> Any:
+    """Build section ``cls``; every path set by ``data`` or ``env`` is added to ``explicit``."""
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
+    known = {f.name for f in _fields(cls)}
     for key in data:
         if key not in known:
             where = f"{prefix}{key}"
@@ -282,21 +329,38 @@ def _build(cls: type, data: Mapping[str, Any], env: Mapping[str, str], prefix: s
                 f"{where}: unknown setting; known here: {', '.join(sorted(known))}"
             )
     kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
+    for f in _fields(cls):
         path = f"{prefix}{f.name}"
         tp = hints[f.name]
         if _is_section(tp):
             sub = data.get(f.name, {})
             if not isinstance(sub, dict):
                 raise ConfigError(f"{path}: expected a [{path}] table")
-            kwargs[f.name] = _build(tp, sub, env, path + ".")
+            kwargs[f.name] = _build(tp, sub, env, path + ".", explicit)
             continue
         env_name = ENV_PREFIX + path.upper().replace(".", "__")
         if env_name in env:
             kwargs[f.name] = _coerce(path, env[env_name], tp, f.metadata, from_env=True)
+            explicit.add(path)
         elif f.name in data:
             kwargs[f.name] = _coerce(path, data[f.name], tp, f.metadata, from_env=False)
+            explicit.add(path)
     return cls(**kwargs)
+
+
+def _apply_profile(settings: Settings) -> Settings:
+    """Fill the [engine] settings that were not set explicitly from the chosen profile."""
+    name = settings.engine.profile
+    if name == "none":
+        return settings
+    hints = typing.get_type_hints(EngineSettings)
+    meta = {f.name: f.metadata for f in _fields(EngineSettings)}
+    changes = {
+        key: _coerce(f"engine.{key}", value, hints[key], meta[key], from_env=False)
+        for key, value in PROFILES[name].engine.items()
+        if not settings.is_explicit(f"engine.{key}")
+    }
+    return dataclasses.replace(settings, engine=dataclasses.replace(settings.engine, **changes))
 
 
 def _check_env_names(env: Mapping[str, str]) -> None:
@@ -305,7 +369,7 @@ def _check_env_names(env: Mapping[str, str]) -> None:
 
     def walk(cls: type, prefix: str) -> None:
         hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
+        for f in _fields(cls):
             path = f"{prefix}{f.name}"
             if _is_section(hints[f.name]):
                 walk(hints[f.name], path + ".")
@@ -338,7 +402,9 @@ def load_settings(
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     _check_env_names(env)
-    settings = _build(Settings, data, env, "")
+    explicit: set[str] = set()
+    settings = _build(Settings, data, env, "", explicit)
+    settings = _apply_profile(dataclasses.replace(settings, explicit=tuple(sorted(explicit))))
     _check_cross_field(settings)
     return settings
 
@@ -366,6 +432,10 @@ def _check_cross_field(settings: Settings) -> None:
         path = getattr(tls, name)
         if path and not Path(path).is_file():
             raise ConfigError(f"server.tls.{name}: no such file: {path}")
+    lora = settings.lora
+    if lora.max_loras > lora.max_adapters:
+        raise ConfigError(f"lora.max_loras: at most lora.max_adapters ({lora.max_adapters}), "
+                          f"got {lora.max_loras}")
     url = settings.store.url
     if url and not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
         raise ConfigError(
@@ -380,7 +450,7 @@ def settings_doc() -> list[tuple[str, Any, str]]:
 
     def walk(cls: type, prefix: str) -> None:
         hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
+        for f in _fields(cls):
             tp = hints[f.name]
             if _is_section(tp):
                 walk(tp, f"{prefix}{f.name}.")
@@ -395,6 +465,7 @@ __all__ = [
     "ApiSettings",
     "ConfigError",
     "EngineSettings",
+    "LoraSettings",
     "ServerSettings",
     "Settings",
     "StoreSettings",

@@ -11,6 +11,7 @@ from deepseekd.lifecycle import Lifecycle
 
 if TYPE_CHECKING:
     from deepseekd.api.inference import InferenceService
+    from deepseekd.api.lora import LoraService
     from deepseekd.api.runtime_settings import RuntimeSettings
     from deepseekd.obs.metrics import Metrics
     from deepseekd.obs.systemd import Notifier
@@ -37,3 +38,4 @@ NOTIFIER = web.AppKey("notifier", "Notifier")
 TRACING = web.AppKey("tracing", "Tracing")
 RUNTIME = web.AppKey("runtime_settings", "RuntimeSettings")
 MODEL_SHA256 = web.AppKey("model_sha256", str)
+LORA = web.AppKey("lora", "LoraService")

@@ -13,6 +13,7 @@ from typing import AsyncIterator, Sequence
 
 from deepseekd.engine.types import (
     ChoiceDelta,
+    EngineRejected,
     EngineStats,
     EngineUnavailable,
     GenerationOptions,
@@ -88,6 +89,9 @@ class FakeEngine:
         self.request_ids: list[str] = []
         self._vocab: dict[str, int] = {}
         self.in_flight = 0
+        self.adapters: dict[str, str] = {}
+        """Loaded LoRA adapters: name -> folder (``requests`` shows which one a request used)."""
+        self.reject_adapters = False
 
     # -- context manager -------------------------------------------------------------
 
@@ -129,6 +133,14 @@ class FakeEngine:
         """Generations in flight count as running; the fake has no queue or KV cache."""
         return EngineStats(running=self.in_flight, waiting=0, kv_cache_usage=0.0)
 
+    async def add_adapter(self, name: str, path: str) -> None:
+        if self.reject_adapters:
+            raise EngineRejected("the fake engine rejects adapters")
+        self.adapters[name] = path
+
+    async def remove_adapter(self, name: str) -> None:
+        self.adapters.pop(name, None)
+
     def _ids(self, words: Sequence[str]) -> list[int]:
         return [self._vocab.setdefault(w, len(self._vocab)) for w in words]
 
@@ -161,6 +173,8 @@ class FakeEngine:
         self.request_ids.append(request_id)
         if self._dead:
             raise EngineUnavailable("the fake engine is not running")
+        if options.adapter is not None and options.adapter not in self.adapters:
+            raise EngineRejected(f"model: no LoRA adapter named {options.adapter!r} is loaded")
         finished = False
         self.in_flight += 1
         try:

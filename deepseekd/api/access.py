@@ -65,6 +65,9 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("POST", "/admin/api/users/{name}/erase"): ADMIN,
     ("GET", "/admin/api/users/{name}/export"): ADMIN,
     ("POST", "/admin/api/keys/rotate"): ADMIN,
+    ("GET", "/admin/api/lora"): ADMIN,
+    ("POST", "/admin/api/lora"): ADMIN,
+    ("DELETE", "/admin/api/lora/{name}"): ADMIN,
 }
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import AsyncIterator, Sequence
 
 from deepseekd.api.errors import APIError, bad_request, unavailable
+from deepseekd.api.lora import LoraService, check_adapter
 from deepseekd.api.schemas import ChatCompletionRequest, CompletionRequest, _Sampling
 from deepseekd.config import ApiSettings
 from deepseekd.engine.types import (
@@ -29,9 +31,11 @@ class Prepared:
 
 
 class InferenceService:
-    def __init__(self, lifecycle: Lifecycle, limits: ApiSettings) -> None:
+    def __init__(self, lifecycle: Lifecycle, limits: ApiSettings,
+                 lora: LoraService | None = None) -> None:
         self._life = lifecycle
         self._limits = limits
+        self._lora = lora
 
     def engine(self) -> Engine:
         """The engine, or a 503 that says why it cannot take requests now."""
@@ -46,15 +50,29 @@ class InferenceService:
         raise unavailable("the inference engine is not running")
 
     def check_model(self, requested: str | None) -> Engine:
+        """The engine serving ``requested`` (``"<base>"`` or ``"<base>:<adapter>"``)."""
         engine = self.engine()
-        if requested is not None and requested != engine.model_name:
+        base, _, adapter = (engine.model_name if requested is None else requested).partition(":")
+        if base != engine.model_name:
             raise APIError(
                 404,
                 f"model '{requested}' does not exist; available: {engine.model_name}",
                 code="model_not_found",
                 param="model",
             )
+        if adapter:
+            check_adapter(self._lora, adapter)
         return engine
+
+    @staticmethod
+    def _for_model(requested: str | None, engine: Engine, options: GenerationOptions
+                   ) -> tuple[str, GenerationOptions]:
+        """The served model name and options, with the LoRA adapter ``requested`` selects."""
+        adapter = (requested or "").partition(":")[2]
+        if not adapter:
+            return engine.model_name, options
+        return (f"{engine.model_name}:{adapter}",
+                dataclasses.replace(options, adapter=adapter))
 
     async def prepare_chat(self, req: ChatCompletionRequest) -> Prepared:
         engine = self.check_model(req.model)
@@ -80,22 +98,18 @@ class InferenceService:
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         max_tokens = req.max_completion_tokens or req.max_tokens
         param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
-        return Prepared(
-            engine.model_name,
-            prompt_ids,
-            self._options(req, engine, prompt_ids, max_tokens, param, logprobs, "top_logprobs"),
-        )
+        model, options = self._for_model(req.model, engine, self._options(
+            req, engine, prompt_ids, max_tokens, param, logprobs, "top_logprobs"))
+        return Prepared(model, prompt_ids, options)
 
     async def prepare_completion(self, req: CompletionRequest) -> Prepared:
         engine = self.check_model(req.model)
         if not req.prompt:
             raise bad_request("prompt: must not be empty", param="prompt")
         prompt_ids = await engine.encode_text(req.prompt)
-        return Prepared(
-            engine.model_name,
-            prompt_ids,
-            self._options(req, engine, prompt_ids, req.max_tokens, "max_tokens", req.logprobs, "logprobs"),
-        )
+        model, options = self._for_model(req.model, engine, self._options(
+            req, engine, prompt_ids, req.max_tokens, "max_tokens", req.logprobs, "logprobs"))
+        return Prepared(model, prompt_ids, options)
 
     async def prepare_simple(self, prompt: str, max_tokens: int | None) -> Prepared:
         engine = self.engine()

@@ -37,7 +37,7 @@ from deepseekd.api.schemas import (
     validate,
 )
 from deepseekd.engine.types import ChoiceDelta, GenerationStep
-from deepseekd.keys import AUDIT, HISTORY, INFERENCE, LIFECYCLE, METRICS, QUOTA
+from deepseekd.keys import AUDIT, HISTORY, INFERENCE, LIFECYCLE, LORA, METRICS, QUOTA
 from deepseekd.store.audit import AuditUnavailable, Event
 from deepseekd.store.history import TurnRecord
 
@@ -337,6 +337,7 @@ async def models(request: web.Request) -> web.Response:
              "owned_by": "deepseekd"}]
     if life.engine is not None:
         data[0]["max_model_len"] = life.engine.max_model_len
+    data += request.app[LORA].model_cards(life.model_name)
     return web.json_response({"object": "list", "data": data})
 
 

@@ -21,6 +21,8 @@ class GenerationOptions:
     logprobs: int | None = None
     """Top alternatives to return per output token; None = no logprobs at all."""
     ignore_eos: bool = False
+    adapter: str | None = None
+    """A loaded LoRA adapter's name, or None for the base model."""
 
 
 @dataclass(frozen=True)
@@ -102,3 +104,9 @@ class Engine(Protocol):
 
     def stats(self) -> EngineStats:
         """Requests running and waiting, KV-cache use."""
+
+    async def add_adapter(self, name: str, path: str) -> None:
+        """Load a LoRA adapter folder under ``name``; EngineRejected if the engine cannot."""
+
+    async def remove_adapter(self, name: str) -> None:
+        """Unload an adapter; requests can no longer select it."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,12 +13,13 @@ from typing import AsyncIterator, Sequence
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import GracefulHTTPError, VLLMClientError
 from vllm.inputs import TokensPrompt
+from vllm.lora.request import LoRARequest
 from vllm.platforms import current_platform
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 from vllm.v1.metrics.loggers import StatLoggerBase
 
-from deepseekd.config import EngineSettings
+from deepseekd.config import EngineSettings, LoraSettings
 from deepseekd.engine.sampling import to_sampling_params
 from deepseekd.engine.types import (
     ChoiceDelta,
@@ -45,6 +47,7 @@ class EngineSpec:
     model_name: str
     settings: EngineSettings
     max_logprobs: int
+    lora: LoraSettings = LoraSettings()
 
 
 class _StatsSink(StatLoggerBase):
@@ -82,6 +85,11 @@ def engine_args(spec: EngineSpec) -> AsyncEngineArgs:
     )
     if device_kind() != "cpu":
         kwargs["gpu_memory_utilization"] = s.gpu_memory_utilization
+    if spec.lora.enabled:
+        # vLLM reserves max_loras slots of max_lora_rank per layer; max_cpu_loras adapters
+        # stay loaded in host memory (more would be evicted and re-read from disk).
+        kwargs.update(enable_lora=True, max_loras=spec.lora.max_loras,
+                      max_lora_rank=spec.lora.max_rank, max_cpu_loras=spec.lora.max_adapters)
     return AsyncEngineArgs(**kwargs)  # type: ignore[arg-type]
 
 
@@ -95,6 +103,8 @@ class VllmEngine:
         self._max_model_len = 0
         self._dead = False
         self._stats = EngineStats()
+        self._loras: dict[str, LoRARequest] = {}
+        self._lora_ids = itertools.count(1)
 
     async def __aenter__(self) -> "VllmEngine":
         # Building AsyncLLM spawns the engine core and loads the weights: keep the loop free.
@@ -153,6 +163,33 @@ class VllmEngine:
             self._dead = True
             raise EngineUnavailable("the inference engine died") from exc
 
+    async def add_adapter(self, name: str, path: str) -> None:
+        llm = self._llm
+        if llm is None or self.dead:
+            raise EngineUnavailable("the inference engine is not running")
+        if not self._spec.lora.enabled:
+            raise EngineRejected("LoRA adapters are not enabled ([lora] enabled = false)")
+        # A fresh id each time: vLLM caches adapters by id, so a reload reads the new files.
+        req = LoRARequest(lora_name=name, lora_int_id=next(self._lora_ids), lora_path=path)
+        try:
+            ok = await llm.add_lora(req)
+        except EngineDeadError as exc:
+            self._dead = True
+            raise EngineUnavailable("the inference engine died") from exc
+        except Exception as exc:  # the worker's error comes back as a plain Exception
+            raise EngineRejected(f"vLLM cannot load the adapter: {exc}") from exc
+        if not ok:
+            raise EngineRejected("vLLM did not load the adapter")
+        old = self._loras.get(name)
+        self._loras[name] = req
+        if old is not None:
+            await llm.remove_lora(old.lora_int_id)
+
+    async def remove_adapter(self, name: str) -> None:
+        req = self._loras.pop(name, None)
+        if req is not None and self._llm is not None:
+            await self._llm.remove_lora(req.lora_int_id)
+
     async def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
         tok = self._tokenizer
 
@@ -177,11 +214,16 @@ class VllmEngine:
         if llm is None or self.dead:
             raise EngineUnavailable("the inference engine is not running")
         params = to_sampling_params(options, stream=stream)
+        lora = None
+        if options.adapter is not None:
+            lora = self._loras.get(options.adapter)
+            if lora is None:
+                raise EngineRejected(f"model: no LoRA adapter named {options.adapter!r} is loaded")
         (engine_input,) = llm.renderer.render_cmpl(
             [TokensPrompt(prompt_token_ids=prompt_ids)]
         )
         want_logprobs = options.logprobs is not None
-        gen = llm.generate(engine_input, params, request_id)
+        gen = llm.generate(engine_input, params, request_id, lora_request=lora)
         finished = False
         try:
             async with contextlib.aclosing(gen):  # closing early makes vLLM abort the request

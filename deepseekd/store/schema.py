@@ -209,3 +209,20 @@ class RuntimeSetting(Base):
     value: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[float] = mapped_column(Float)
     updated_by: Mapped[str | None] = mapped_column(String(64))
+
+
+class LoraAdapter(Base):
+    """A LoRA adapter loaded at run time; reloaded into the engine when the daemon starts."""
+
+    __tablename__ = "lora_adapters"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    base_model: Mapped[str] = mapped_column(String(128))
+    """The served model it was loaded for; a restart with another model skips it."""
+    sha256: Mapped[str] = mapped_column(String(64))
+    files: Mapped[str] = mapped_column(Text)
+    """JSON: relpath -> {"sha256", "size"} of the copy under data_dir/lora/<name>."""
+    source: Mapped[str] = mapped_column(Text)
+    rank: Mapped[int] = mapped_column(Integer)
+    loaded_at: Mapped[float] = mapped_column(Float)
+    loaded_by: Mapped[str | None] = mapped_column(String(64))

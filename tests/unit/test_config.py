@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,9 @@ from deepseekd.config import (
     settings_doc,
 )
 
+from deepseekd.profiles import PROFILES
+
+PROFILE_KEYS = {f"engine.{k}" for p in PROFILES.values() for k in p.engine}
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "config" / "deepseekd.toml"
 
@@ -72,10 +76,32 @@ def test_shipped_config_equals_defaults() -> None:
     assert settings == dataclasses.replace(Settings(), data_dir=settings.data_dir)
 
 
+def _commented_defaults(text: str) -> dict[str, Any]:
+    """``# key = value`` lines of the shipped file, by dotted path (section from the last
+    ``[table]`` header): the profile-governed engine settings are shown that way, because a
+    setting written uncommented would override the profile."""
+    out: dict[str, Any] = {}
+    section = ""
+    for line in text.splitlines():
+        if line.startswith("["):
+            section = line.strip("[] ") + "."
+        elif m := re.fullmatch(r"# ([a-z_]+) = (.+)", line):
+            out[section + m.group(1)] = tomllib.loads(f"v = {m.group(2)}")["v"]
+    return out
+
+
 def test_shipped_config_lists_every_setting() -> None:
-    data = tomllib.loads(SHIPPED.read_text())
+    text = SHIPPED.read_text()
+    data = tomllib.loads(text)
+    commented = _commented_defaults(text)
     missing = []
     for path, default, doc in settings_doc():
+        expected = str(default) if isinstance(default, Path) else default
+        if path in PROFILE_KEYS:
+            # Written uncommented it would be explicit and beat every profile.
+            assert path not in data.get("engine", {}), f"{path} must stay commented out"
+            assert commented.get(path, ...) == expected, f"{path}: shipped commented default"
+            continue
         node: Any = data
         for part in path.split("."):
             if not isinstance(node, dict) or part not in node:
@@ -83,7 +109,6 @@ def test_shipped_config_lists_every_setting() -> None:
                 break
             node = node[part]
         else:
-            expected = str(default) if isinstance(default, Path) else default
             assert node == expected, f"{path}: shipped {node!r}, default {default!r}"
         assert doc and doc.strip(), f"{path} has no doc"
     assert not missing, f"settings missing from config/deepseekd.toml: {missing}"
