@@ -11,7 +11,7 @@ INSTALLED := $(VENV)/.installed-$(EXTRA)
 PIP := $(BIN)/pip
 TEST_INSTALLED := $(VENV)/.installed-test
 
-.PHONY: install run test test-unit test-e2e clean
+.PHONY: install run test test-unit test-e2e bench bench-llamacpp clean
 
 install: $(INSTALLED)
 
@@ -56,6 +56,23 @@ test-unit: $(TEST_INSTALLED)
 
 test-e2e: $(TEST_INSTALLED)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m e2e tests
+
+# The side-by-side benchmark (README, Benchmarks): raw vLLM, deepseekd, the naive design and,
+# where it builds, llama.cpp, one after another on this machine. Takes 20-30 minutes.
+bench: $(TEST_INSTALLED)
+	-$(MAKE) bench-llamacpp
+	$(BIN)/python bench/side_by_side.py
+
+# llama.cpp's server for the comparison, in a venv of its own (compiled from the PyPI sdist,
+# ~15 min on 2 cores). Portable x86-64 kernels: the native build's AVX-512/AMX code died with
+# a general protection fault in this VM.
+LLAMACPP_VENV := .venv-llamacpp
+bench-llamacpp: $(LLAMACPP_VENV)/.built
+$(LLAMACPP_VENV)/.built:
+	$(PYTHON) -m venv $(LLAMACPP_VENV)
+	CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" \
+	  $(LLAMACPP_VENV)/bin/pip install -q --no-cache-dir 'llama-cpp-python[server]==0.3.36'
+	touch $@
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -181,48 +181,61 @@ def vllm_flags(settings: Any, model_dir: Path, name: str) -> tuple[list[str], di
 def build_targets(workdir: Path, names: list[str]) -> list[Target]:
     env, key, model_dir, settings = prepare_deepseekd(workdir)
     targets: list[Target] = []
-    model_name = model_dir.name
     many = {1: 8, 16: 48}
-    for name in names:
-        if name == "vllm":
-            flags, venv = vllm_flags(settings, model_dir, model_name)
-            cache = workdir / "vllm-raw-cache"
-            targets.append(Target(
-                "vllm", "vLLM OpenAI server (raw)",
-                [PY, "-m", "vllm.entrypoints.openai.api_server", "--host", "127.0.0.1",
-                 "--port", "{port}", "--model", *flags],
-                {**venv, "VLLM_CACHE_ROOT": str(cache)}, "/health", requests=many,
-                cache_dir=cache))
-        elif name == "deepseekd":
-            targets.append(Target(
-                "deepseekd", "deepseekd (auth, quota, encrypted history, audit, metrics)",
-                [PY, "-m", "deepseekd", "serve"],
-                {**env, "DEEPSEEKD_SERVER__PORT": "{port}", "DEEPSEEKD_SERVER__HOST": "127.0.0.1"},
-                "/readyz", key=key, requests=many, cache_dir=settings.cache_dir / "vllm"))
-        elif name == "naive":
-            targets.append(Target(
-                "naive", "original design (transformers generate per request)",
-                [PY, str(ROOT / "bench" / "naive_service.py"), "--model", str(model_dir),
-                 "--port", "{port}"], {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
-                "/health", requests={1: 3, 16: 16}))
-        elif name == "llamacpp":
-            if not LLAMACPP_PY.exists() or subprocess.run(
-                    [str(LLAMACPP_PY), "-c", "import llama_cpp.server"],
-                    capture_output=True).returncode != 0:
-                log("llama.cpp: llama-cpp-python is not built (make bench-llamacpp); skipped")
-                continue
-            from deepseekd.engine.environment import embedded_model_source
-
-            targets.append(Target(
-                "llamacpp", "llama.cpp server (llama-cpp-python, Q4_1 GGUF)",
-                [str(LLAMACPP_PY), "-m", "llama_cpp.server", "--model",
-                 str(embedded_model_source()), "--host", "127.0.0.1", "--port", "{port}",
-                 "--n_ctx", "4096", "--n_threads", str(os.cpu_count() or 1)],
-                {}, "/v1/models", requests={1: 8, 16: 32},
-                ignore_eos=False, bench_extra={"min_tokens": MAX_TOKENS}))
-        else:
-            raise SystemExit(f"unknown target {name!r}")
+    for spec in names:
+        # "name@KEY=VALUE+KEY=VALUE": the same server with extra environment (a variant).
+        name, _, overrides = spec.partition("@")
+        extra = dict(kv.split("=", 1) for kv in overrides.split("+") if kv)
+        before = len(targets)
+        _add_target(targets, name, env, key, model_dir, settings, workdir, many)
+        if extra and len(targets) > before:
+            t = targets[-1]
+            t.name, t.label = spec, f"{t.label} [{', '.join(f'{k}={v}' for k, v in extra.items())}]"
+            t.env.update(extra)
     return targets
+
+
+def _add_target(targets: list[Target], name: str, env: dict[str, str], key: str,
+                model_dir: Path, settings: Any, workdir: Path, many: dict[int, int]) -> None:
+    model_name = model_dir.name
+    if name == "vllm":
+        flags, venv = vllm_flags(settings, model_dir, model_name)
+        cache = workdir / "vllm-raw-cache"
+        targets.append(Target(
+            "vllm", "vLLM OpenAI server (raw)",
+            [PY, "-m", "vllm.entrypoints.openai.api_server", "--host", "127.0.0.1",
+             "--port", "{port}", "--model", *flags],
+            {**venv, "VLLM_CACHE_ROOT": str(cache)}, "/health", requests=many,
+            cache_dir=cache))
+    elif name == "deepseekd":
+        targets.append(Target(
+            "deepseekd", "deepseekd (auth, quota, encrypted history, audit, metrics)",
+            [PY, "-m", "deepseekd", "serve"],
+            {**env, "DEEPSEEKD_SERVER__PORT": "{port}", "DEEPSEEKD_SERVER__HOST": "127.0.0.1"},
+            "/readyz", key=key, requests=many, cache_dir=settings.cache_dir / "vllm"))
+    elif name == "naive":
+        targets.append(Target(
+            "naive", "original design (transformers generate per request)",
+            [PY, str(ROOT / "bench" / "naive_service.py"), "--model", str(model_dir),
+             "--port", "{port}"], {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+            "/health", requests={1: 3, 16: 16}))
+    elif name == "llamacpp":
+        if not LLAMACPP_PY.exists() or subprocess.run(
+                [str(LLAMACPP_PY), "-c", "import llama_cpp.server"],
+                capture_output=True).returncode != 0:
+            log("llama.cpp: llama-cpp-python is not built (make bench-llamacpp); skipped")
+            return
+        from deepseekd.engine.environment import embedded_model_source
+
+        targets.append(Target(
+            "llamacpp", "llama.cpp server (llama-cpp-python, Q4_1 GGUF)",
+            [str(LLAMACPP_PY), "-m", "llama_cpp.server", "--model",
+             str(embedded_model_source()), "--host", "127.0.0.1", "--port", "{port}",
+             "--n_ctx", "4096", "--n_threads", str(os.cpu_count() or 1)],
+            {}, "/v1/models", requests={1: 8, 16: 32},
+            ignore_eos=False, bench_extra={"min_tokens": MAX_TOKENS}))
+    else:
+        raise SystemExit(f"unknown target {name!r}")
 
 
 def measure(t: Target, concurrency: int) -> BenchResult:
@@ -365,12 +378,12 @@ def main() -> int:
     targets = build_targets(workdir, args.targets.split(","))
     if args.quick:
         for t in targets:
-            t.requests = {1: 2, 16: 16}
+            t.requests = {1: 4, 16: 32}
     runs: dict[tuple[str, int], list[BenchResult]] = {}
     memory: dict[str, float | None] = {}
     try:
         for t in targets:
-            if t.cache_dir is not None and not args.warm_only:
+            if t.cache_dir is not None and not args.warm_only and "@" not in t.name:
                 shutil.rmtree(t.cache_dir, ignore_errors=True)  # a first boot: compiles
                 t.start(workdir, "cold")
                 t.stop()
