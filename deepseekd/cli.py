@@ -282,6 +282,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError("engine.device: 'cuda' was asked for, but no GPU is visible to vLLM "
                        "(allowed: 'auto', 'cpu', 'cuda')")
     _preflight(settings, model_path, "cpu" if device == "cpu" else "cuda")
+    if device == "cpu" and not settings.engine.kv_cache_gib:
+        from deepseekd.engine.preflight import resolve_kv_cache_gib
+
+        # Read by vLLM when the engine is built (below), and by its spawned engine process.
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(
+            resolve_kv_cache_gib(settings.engine, model_path))
     spec = EngineSpec(model_path, model_name, settings.engine, settings.api.max_logprobs,
                       settings.lora)
     app = build_app(settings, lambda: VllmEngine(spec), model_name, model_sha256=model_sha)

@@ -83,7 +83,10 @@ class EngineSettings:
     enforce_eager: bool = _f(
         False, "Skip graph compilation: starts faster, serves about half as fast on CPU."
     )
-    kv_cache_gib: int = _f(2, "KV-cache size in whole GiB on a CPU box.", min=1, max=1024)
+    kv_cache_gib: int = _f(
+        0, "KV-cache size in whole GiB on a CPU box; 0 sizes it from the model and the RAM "
+        "(room for 16 full-context sequences, at most a quarter of the free RAM).",
+        min=0, max=1024)
     gpu_memory_utilization: float = _f(
         0.85, "Share of GPU memory the engine may take on a GPU box.", min=0.05, max=0.99
     )

@@ -24,8 +24,9 @@ def engine_environment(settings: Settings) -> dict[str, str]:
         "TRANSFORMERS_OFFLINE": "1",
         # Compiled graphs are cached in the daemon's own state, so a restart reuses them.
         "VLLM_CACHE_ROOT": str((settings.cache_dir / "vllm").resolve()),
-        "VLLM_CPU_KVCACHE_SPACE": str(settings.engine.kv_cache_gib),
     }
+    if settings.engine.kv_cache_gib:  # 0: sized at start from the model (preflight)
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(settings.engine.kv_cache_gib)
     if settings.engine.cpu_threads:
         env["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{settings.engine.cpu_threads - 1}"
     return env

@@ -321,6 +321,29 @@ def available_ram() -> int:
     return int(psutil.virtual_memory().available)
 
 
+AUTO_KV_SEQS = 16
+"""``kv_cache_gib = 0`` sizes the CPU KV cache for this many full-context sequences..."""
+AUTO_KV_RAM_SHARE = 0.25
+"""... but never more than this share of the RAM left after the weights."""
+
+
+def auto_kv_cache_gib(p: MemoryPlan, max_num_seqs: int, available: int) -> int:
+    """The CPU KV-cache size ``kv_cache_gib = 0`` picks, in whole GiB: room for
+    ``min(max_num_seqs, 16)`` sequences at full context, capped at a quarter of the RAM
+    left after the weights, at least 1 GiB. vLLM's own CPU default is a fixed 4 GiB."""
+    want = p.kv_per_token * p.max_model_len * min(max_num_seqs, AUTO_KV_SEQS)
+    cap = int((available - p.weights - p.reserve) * AUTO_KV_RAM_SHARE)
+    return max(1, -(-min(want, cap) // GIB))
+
+
+def resolve_kv_cache_gib(engine: EngineSettings, model_path: Path) -> int:
+    """``engine.kv_cache_gib``, with 0 (auto) sized from the model and this box's RAM."""
+    if engine.kv_cache_gib:
+        return engine.kv_cache_gib
+    p = plan(read_model(model_path), engine, reserve=CPU_RESERVE_BYTES)
+    return auto_kv_cache_gib(p, engine.max_num_seqs, available_ram())
+
+
 def preflight(engine: EngineSettings, model_path: Path, device: str) -> list[str]:
     """Check quantization support and memory before loading; lines to log on success."""
     shape = read_model(model_path)
@@ -328,7 +351,9 @@ def preflight(engine: EngineSettings, model_path: Path, device: str) -> list[str
     if device == "cpu":
         note = check_quantization(engine.quantization, device, None, shape)
         p = plan(shape, engine, reserve=CPU_RESERVE_BYTES)
-        notes.append(check_cpu_fit(p, engine.kv_cache_gib, available_ram()))
+        available = available_ram()
+        kv_gib = engine.kv_cache_gib or auto_kv_cache_gib(p, engine.max_num_seqs, available)
+        notes.append(check_cpu_fit(p, kv_gib, available))
     else:
         gpu = nvml_gpu(engine_gpu_index())
         note = check_quantization(engine.quantization, device,

@@ -211,6 +211,18 @@ def test_cpu_kv_cache_and_ram(tmp_path: Path) -> None:
         "0.5 GiB = 2.8 GiB, but 2.0 GiB is available")
 
 
+def test_auto_kv_cache_is_sized_from_the_model_and_the_ram(tmp_path: Path) -> None:
+    shape = pf.read_model(smollm2(tmp_path))
+    p = pf.plan(shape, engine(max_model_len=4096, max_num_seqs=64), reserve=pf.CPU_RESERVE_BYTES)
+    # 16 sequences × 4096 tokens × 22.5 KiB = 1.4 GiB, rounded up to whole GiB
+    assert pf.auto_kv_cache_gib(p, 64, 20 * GIB) == 2
+    assert pf.auto_kv_cache_gib(p, 2, 20 * GIB) == 1  # two sequences need only 0.2 GiB
+    long = pf.plan(shape, engine(max_model_len=65536), reserve=pf.CPU_RESERVE_BYTES)
+    assert pf.auto_kv_cache_gib(long, 64, 20 * GIB) == 5  # capped: a quarter of the free RAM
+    assert pf.auto_kv_cache_gib(long, 64, 1 * GIB) == 1  # never below 1 GiB
+    assert pf.resolve_kv_cache_gib(engine(kv_cache_gib=3), tmp_path) == 3  # set: kept as is
+
+
 def test_preflight_on_this_box(tmp_path: Path) -> None:
     folder = smollm2(tmp_path)
     notes = pf.preflight(engine(max_model_len=2048, kv_cache_gib=1), folder, "cpu")
