@@ -167,16 +167,25 @@ async def _stream(
     envelope: Callable[[list[dict[str, Any]]], dict[str, Any]],
     include_usage: bool,
 ) -> web.StreamResponse:
-    await rec.start()
-    run = request.app[INFERENCE].run(rec.prepared, rid, stream=True)
-    async with contextlib.aclosing(run) as steps:
-        return await _write_events(request, rec, steps, head, chunk, envelope, include_usage)
+    # The stream's audit record is committed while the engine computes the first token: the
+    # fsync overlaps the prefill instead of adding to the time to first token. No byte goes
+    # out before it is committed (fail closed).
+    started = asyncio.ensure_future(rec.start())
+    started.add_done_callback(lambda t: t.cancelled() or t.exception())  # always retrieved
+    try:
+        run = request.app[INFERENCE].run(rec.prepared, rid, stream=True)
+        async with contextlib.aclosing(run) as steps:
+            return await _write_events(request, rec, steps, started, head, chunk, envelope,
+                                       include_usage)
+    finally:
+        started.cancel()  # a no-op once done; an early error need not wait for the audit
 
 
 async def _write_events(
     request: web.Request,
     rec: Recorder,
     steps: AsyncIterator[GenerationStep],
+    started: Awaitable[None],
     head: Callable[[int], dict[str, Any] | None],
     chunk: Callable[[ChoiceDelta, Accumulated], dict[str, Any]],
     envelope: Callable[[list[dict[str, Any]]], dict[str, Any]],
@@ -191,6 +200,7 @@ async def _write_events(
     except APIError as exc:
         await rec.failed(exc)
         raise
+    await started  # the stream's audit record is committed, or a 503 before any byte
     resp = web.StreamResponse(headers={
         "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
         "X-Accel-Buffering": "no", **rec.headers})
