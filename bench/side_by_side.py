@@ -371,6 +371,8 @@ def main() -> int:
     p.add_argument("--quick", action="store_true",
                    help="a smoke run: few requests, one round, no cold boots, README untouched")
     args = p.parse_args()
+    # SIGTERM (a CI timeout, kill) unwinds like Ctrl-C, so the servers are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     if args.quick:
         args.rounds, args.warm_only, args.no_readme = 1, True, True
     workdir = Path(args.workdir)
