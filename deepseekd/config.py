@@ -80,6 +80,10 @@ class EngineSettings:
         4096, "Context window in tokens (prompt + answer); 0 takes the model's own.", min=0
     )
     max_num_seqs: int = _f(64, "Sequences the engine batches at once.", min=1, max=4096)
+    max_num_batched_tokens: int = _f(
+        0, "Tokens the engine computes per step. Long prompts are prefilled in chunks of this "
+        "size between decode steps (chunked prefill), so running answers keep streaming; "
+        "0 takes vLLM's default for the device (2048 on a CPU).", min=0, max=1_048_576)
     enforce_eager: bool = _f(
         False, "Skip graph compilation: starts faster, serves about half as fast on CPU."
     )

@@ -76,6 +76,7 @@ def engine_args(spec: EngineSpec) -> AsyncEngineArgs:
         dtype=s.dtype,
         max_model_len=s.max_model_len or None,
         max_num_seqs=s.max_num_seqs,
+        max_num_batched_tokens=s.max_num_batched_tokens or None,
         enforce_eager=s.enforce_eager,
         enable_prefix_caching=s.enable_prefix_caching,
         quantization=None if s.quantization == "none" else s.quantization,
