@@ -99,7 +99,10 @@ class EngineSettings:
         choices=("none", "fp8", "awq", "gptq", "compressed-tensors", "bitsandbytes"),
     )
     enable_prefix_caching: bool = _f(True, "Reuse KV blocks of shared prompt prefixes.")
-    cpu_threads: int = _f(0, "Engine threads on a CPU box; 0 lets vLLM use every core.", min=0)
+    cpu_threads: int = _f(
+        0, "Engine (OpenMP) threads on a CPU box, pinned to cores 0..N-1. 0: one per physical "
+        "core but one, which stays free for the scheduler and the API (vLLM's automatic "
+        "binding).", min=0)
 
 
 @dataclass(frozen=True)
