@@ -96,7 +96,8 @@ def test_shipped_config_lists_every_setting() -> None:
     commented = _commented_defaults(text)
     missing = []
     for path, default, doc in settings_doc():
-        expected = str(default) if isinstance(default, Path) else default
+        expected = (str(default) if isinstance(default, Path)
+                    else list(default) if isinstance(default, tuple) else default)
         if path in PROFILE_KEYS:
             # Written uncommented it would be explicit and beat every profile.
             assert path not in data.get("engine", {}), f"{path} must stay commented out"
