@@ -9,7 +9,7 @@ also reasons); its history keeps at most an HMAC of the reasoning.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from aiohttp import web
 
@@ -18,6 +18,9 @@ from deepseekd.api.render import Accumulated
 from deepseekd.engine.reasoning import ReasoningSplitter
 from deepseekd.engine.types import ChoiceDelta, Engine, GenerationStep
 from deepseekd.keys import SETTINGS
+
+if TYPE_CHECKING:
+    from deepseekd.api.inference import Prepared
 
 
 class ReasoningSplits:
@@ -66,7 +69,7 @@ def reasoning_tokens(acc: Sequence[Accumulated], parser: str | None) -> int | No
 
 
 def turn_fields(request: web.Request, acc: Sequence[Accumulated],
-                prepared: Any) -> dict[str, Any]:
+                prepared: "Prepared") -> dict[str, Any]:
     """The reasoning part of a history TurnRecord (nothing for a model without reasoning)."""
     if prepared.reasoning_parser is None:
         return {}
