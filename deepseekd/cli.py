@@ -275,8 +275,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     # Only now import vLLM: its environment is set and the config is known to be good.
     from deepseekd.app import build_app, run_daemon
+    from deepseekd.engine.reasoning import ReasoningError, check_parser_name
     from deepseekd.engine.vllm_engine import EngineSpec, VllmEngine, device_kind
 
+    try:
+        check_parser_name(settings.engine.reasoning_parser)  # before the model loads
+    except ReasoningError as exc:
+        raise ConfigError(str(exc)) from None
     device = device_kind()
     if settings.engine.device == "cuda" and device == "cpu":
         raise CliError("engine.device: 'cuda' was asked for, but no GPU is visible to vLLM "

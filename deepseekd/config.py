@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import zoneinfo
 import typing
@@ -103,6 +104,9 @@ class EngineSettings:
         0, "Engine (OpenMP) threads on a CPU box, pinned to cores 0..N-1. 0: one per physical "
         "core but one, which stays free for the scheduler and the API (vLLM's automatic "
         "binding).", min=0)
+    reasoning_parser: str = _f(
+        "auto", "Splits <think> reasoning from the answer: auto (from the model's chat template "
+        "and architecture), none, or a vLLM reasoning parser name such as deepseek_r1.")
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,16 @@ class ApiSettings:
     max_n: int = _f(8, "Largest n (choices per request).", min=1, max=128)
     max_logprobs: int = _f(5, "Largest top_logprobs / logprobs a request may ask for.", min=0, max=20)
     max_messages: int = _f(1000, "Most messages one chat request may carry.", min=1)
+
+
+@dataclass(frozen=True)
+class ReasoningSettings:
+    return_to_roles: tuple[str, ...] = _f(
+        ("admin", "user"), "Roles that receive a reasoning model's reasoning in answers and history.",
+        choices=("admin", "user"))
+    history: str = _f(
+        "store", "What history keeps of the reasoning: store (sealed like the answer), hash "
+        "(an HMAC only) or drop.", choices=("store", "hash", "drop"))
 
 
 @dataclass(frozen=True)
@@ -208,6 +222,7 @@ class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     engine: EngineSettings = field(default_factory=EngineSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
+    reasoning: ReasoningSettings = field(default_factory=ReasoningSettings)
     warmup: WarmupSettings = field(default_factory=WarmupSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     quota: QuotaSettings = field(default_factory=QuotaSettings)
@@ -273,6 +288,8 @@ def _describe(meta: Mapping[str, Any], tp: Any) -> str:
 
 def _coerce(path: str, raw: Any, tp: Any, meta: Mapping[str, Any], from_env: bool) -> Any:
     """Turn a TOML or environment value into the field's type, or raise ConfigError."""
+    if typing.get_origin(tp) is tuple:
+        return _coerce_list(path, raw, meta, from_env)
     want = _describe(meta, tp)
     shown = raw  # errors quote the value as the user wrote it
     if from_env and isinstance(raw, str):
@@ -320,6 +337,21 @@ def _coerce(path: str, raw: Any, tp: Any, meta: Mapping[str, Any], from_env: boo
     if "max" in meta and value > meta["max"]:
         raise ConfigError(f"{path}: expected {want}, got {shown!r}")
     return value
+
+
+def _coerce_list(path: str, raw: Any, meta: Mapping[str, Any], from_env: bool) -> tuple[str, ...]:
+    """A list of strings: a TOML array, or comma-separated in an environment variable."""
+    if from_env and isinstance(raw, str):
+        items: Any = [part.strip() for part in raw.split(",") if part.strip()]
+    else:
+        items = raw
+    if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
+        raise ConfigError(f"{path}: expected a list of strings, got {raw!r}")
+    for item in items:
+        if "choices" in meta and item not in meta["choices"]:
+            allowed = ", ".join(repr(c) for c in meta["choices"])
+            raise ConfigError(f"{path}: expected a list of {allowed}, got {item!r} in {raw!r}")
+    return tuple(dict.fromkeys(items))
 
 
 def _fields(cls: type) -> list[dataclasses.Field[Any]]:
@@ -446,6 +478,11 @@ def _check_cross_field(settings: Settings) -> None:
     if lora.max_loras > lora.max_adapters:
         raise ConfigError(f"lora.max_loras: at most lora.max_adapters ({lora.max_adapters}), "
                           f"got {lora.max_loras}")
+    parser = settings.engine.reasoning_parser
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", parser):
+        raise ConfigError(
+            f"engine.reasoning_parser: expected 'auto', 'none' or a vLLM reasoning parser name "
+            f"such as 'deepseek_r1', got {parser!r}")
     url = settings.store.url
     if url and not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
         raise ConfigError(
@@ -481,6 +518,7 @@ __all__ = [
     "StoreSettings",
     "TlsSettings",
     "QuotaSettings",
+    "ReasoningSettings",
     "AuthSettings",
     "WarmupSettings",
     "load_settings",

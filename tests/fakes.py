@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import AsyncIterator, Sequence
 
+from deepseekd.engine.reasoning import ReasoningSplitter
 from deepseekd.engine.types import (
     ChoiceDelta,
     EngineRejected,
@@ -42,6 +43,22 @@ def chosen_logprob(j: int) -> float:
     return -0.25 * (j % 4 + 1)
 
 
+class FakeR1Parser:
+    """The text rule of vLLM's DeepSeek-R1 parser (``extract_reasoning``), without vLLM: the
+    reasoning runs from an optional ``<think>`` to ``</think>``; no end tag, all reasoning."""
+
+    reasoning_start_str = "<think>"
+    reasoning_end_str = "</think>"
+
+    def extract_reasoning(self, text: str, request: object) -> tuple[str | None, str | None]:
+        before, tag, after = text.partition("<think>")
+        text = after if tag else before
+        if "</think>" not in text:
+            return text, None
+        reasoning, _, answer = text.partition("</think>")
+        return reasoning, answer or None
+
+
 class FakeEngine:
     """Deterministic engine; ``async with FakeEngine() as e``.
 
@@ -54,6 +71,11 @@ class FakeEngine:
       * ``aborted``: request ids whose generator was closed or cancelled before finishing.
       * ``requests``: (prompt_ids, options, stream) per generate call; ``request_ids`` in step.
       * ``completed``: request ids that ran to the end.
+      * ``think``: a reasoning model. The output starts with ``<think>``, then ``think``
+        reasoning words (``r0 r1 ...``), then ``</think>``, then the usual tokens; with
+        ``think_open`` the chat template is taken to have opened ``<think>`` already (as
+        DeepSeek-R1's does), so the output starts with the reasoning words. ``think_close``
+        False never closes the tag. The engine then reports the parser ``fake_r1``.
       * ``echo``: the answer repeats the last user message word by word (one word per token,
         joined by single spaces) and ends with finish_reason ``"stop"`` after its last word
         (or ``"length"`` at ``max_tokens``), instead of ``tok0 tok1 ...``.
@@ -70,6 +92,9 @@ class FakeEngine:
         start_gate: asyncio.Event | None = None,
         generate_gate: asyncio.Event | None = None,
         echo: bool = False,
+        think: int | None = None,
+        think_open: bool = False,
+        think_close: bool = True,
     ) -> None:
         self._model_name = model_name
         self._max_model_len = max_model_len
@@ -79,6 +104,9 @@ class FakeEngine:
         self.start_gate = start_gate
         self.generate_gate = generate_gate
         self.echo = echo
+        self.think = think
+        self.think_open = think_open
+        self.think_close = think_close
         self._echo_words: dict[tuple[int, ...], list[str]] = {}
         self._dead = False
         self.entered = False
@@ -141,6 +169,24 @@ class FakeEngine:
     async def remove_adapter(self, name: str) -> None:
         self.adapters.pop(name, None)
 
+    @property
+    def reasoning_parser(self) -> str | None:
+        return "fake_r1" if self.think is not None else None
+
+    def reasoning_splitter(self) -> ReasoningSplitter | None:
+        if self.think is None:
+            return None
+        return ReasoningSplitter(FakeR1Parser(), self._ids(["</think>"])[0],
+                                 lambda text: len(text.split()))
+
+    def _think_tokens(self) -> list[str]:
+        """The reasoning part of the output, token by token."""
+        if self.think is None:
+            return []
+        words = [f"r{k}" if k == 0 else f" r{k}" for k in range(self.think)]
+        return ([] if self.think_open else ["<think>"]) + words + (
+            ["</think>"] if self.think_close else [])
+
     def _ids(self, words: Sequence[str]) -> list[int]:
         return [self._vocab.setdefault(w, len(self._vocab)) for w in words]
 
@@ -190,6 +236,7 @@ class FakeEngine:
             produced = 0
             echo_words = (self._echo_words.get(tuple(prompt_ids), [""])
                           if self.echo else None)
+            thinking = self._think_tokens()
             while not all(done):
                 if self.fail_after is not None and produced >= self.fail_after:
                     self._dead = True
@@ -202,17 +249,19 @@ class FakeEngine:
                 for i in range(n):
                     if done[i]:
                         continue
-                    if echo_words is not None:
-                        word = echo_words[produced]
-                        tok = word if produced == 0 else " " + word
+                    if produced < len(thinking):
+                        tok = thinking[produced]
+                    elif echo_words is not None:
+                        word = echo_words[produced - len(thinking)]
+                        tok = word if produced == len(thinking) else " " + word
                     else:
-                        tok = token_text(produced, i, n)
+                        tok = token_text(produced - len(thinking), i, n)
                     texts[i] += tok
                     cut = [texts[i].find(s) for s in options.stop if s and s in texts[i]]
                     if cut:
                         texts[i] = texts[i][: min(cut)]
                         done[i] = "stop"
-                    elif echo_words is not None and produced + 1 >= len(echo_words):
+                    elif echo_words is not None and produced + 1 >= len(thinking) + len(echo_words):
                         done[i] = "stop"
                     elif produced + 1 >= options.max_tokens:
                         done[i] = "length"
@@ -225,12 +274,14 @@ class FakeEngine:
                         token_count=1,
                         finish_reason=done[i],
                         logprobs=self._logprobs(produced, tok, options.logprobs),
+                        token_ids=self._ids([tok.strip()]),
                     )
                     deltas.append(d)
                     f = finals[i]
                     f.text += d.text
                     f.token_count += 1
                     f.logprobs.extend(d.logprobs)
+                    f.token_ids = [*f.token_ids, *d.token_ids]
                     f.finish_reason = d.finish_reason
                 produced += 1
                 last = all(done)
@@ -251,4 +302,4 @@ class FakeEngine:
             self.in_flight -= 1
 
 
-__all__ = ["FakeEngine", "chosen_logprob", "expected_text", "token_text"]
+__all__ = ["FakeEngine", "FakeR1Parser", "chosen_logprob", "expected_text", "token_text"]

@@ -9,6 +9,7 @@ from typing import AsyncIterator, Sequence
 
 from deepseekd.api.errors import APIError, bad_request, unavailable
 from deepseekd.api.lora import LoraService, check_adapter
+from deepseekd.api.reasoning import ReasoningSplits
 from deepseekd.api.schemas import ChatCompletionRequest, CompletionRequest, _Sampling
 from deepseekd.config import ApiSettings
 from deepseekd.engine.types import (
@@ -28,6 +29,8 @@ class Prepared:
     model: str
     prompt_ids: list[int]
     options: GenerationOptions
+    reasoning_parser: str | None = None
+    """Set for chat requests to a reasoning model: the output is split into reasoning and answer."""
 
 
 class InferenceService:
@@ -100,7 +103,7 @@ class InferenceService:
         param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
         model, options = self._for_model(req.model, engine, self._options(
             req, engine, prompt_ids, max_tokens, param, logprobs, "top_logprobs"))
-        return Prepared(model, prompt_ids, options)
+        return Prepared(model, prompt_ids, options, engine.reasoning_parser)
 
     async def prepare_completion(self, req: CompletionRequest) -> Prepared:
         engine = self.check_model(req.model)
@@ -119,6 +122,7 @@ class InferenceService:
             engine.model_name,
             prompt_ids,
             self._options(req, engine, prompt_ids, max_tokens, "max_tokens", None, "logprobs"),
+            engine.reasoning_parser,
         )
 
     def _options(
@@ -177,12 +181,16 @@ class InferenceService:
     async def run(
         self, prepared: Prepared, request_id: str, *, stream: bool
     ) -> AsyncIterator[GenerationStep]:
-        """Engine steps; engine failures become 503/400. Closing the iterator aborts the request."""
+        """Engine steps; engine failures become 503/400. Closing the iterator aborts the request.
+        A reasoning model's chat output comes split: ``text`` the answer, ``reasoning`` the rest."""
         engine = self.engine()
+        split = ReasoningSplits(engine) if prepared.reasoning_parser else None
         gen = engine.generate(prepared.prompt_ids, prepared.options, request_id, stream=stream)
         async with contextlib.aclosing(gen):
             try:
                 async for step in gen:
+                    if split is not None:
+                        split(step)
                     yield step
             except EngineUnavailable as exc:
                 raise unavailable(str(exc)) from exc

@@ -19,6 +19,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from deepseekd.api import reasoning
 from deepseekd.api.errors import APIError, unavailable
 from deepseekd.api.inference import Prepared
 from deepseekd.api.middlewares import IDENTITY, QUOTA_STATE, REQUEST_ID, REQUEST_START, read_json
@@ -92,14 +93,16 @@ class Recorder:
             return
         self.charged = True
         completion_tokens = sum(a.tokens for a in acc)
+        thinking = sum(a.reasoning_tokens for a in acc)
         self.request.app[METRICS].observe_generation(
             arrival=self.request[REQUEST_START], first_token=self.first_token_at,
             last_token=time.monotonic(), prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens)
+            completion_tokens=completion_tokens, reasoning_tokens=thinking)
         who, state = self.request[IDENTITY], self.request.get(QUOTA_STATE)
         quota = self.request.app[QUOTA]
         if state is not None and quota.limits(who)[1] > 0:
-            await asyncio.shield(quota.add_tokens(who, state.day, prompt_tokens + completion_tokens))
+            await asyncio.shield(quota.add_tokens(who, state.day, prompt_tokens + completion_tokens,
+                                                  reasoning_tokens=thinking))
 
     async def complete(self, acc: list[Accumulated], prompt_tokens: int) -> None:
         """Make the request durable and audited; raises a 503 APIError when it cannot."""
@@ -110,7 +113,8 @@ class Recorder:
                 await app[HISTORY].record_turn(
                     self.request[IDENTITY], self.conversation_id, self.new_conversation,
                     TurnRecord(self.messages, acc[0].text, self.prepared.model, prompt_tokens,
-                               completion_tokens, self.request[REQUEST_ID], self.request.remote))
+                               completion_tokens, self.request[REQUEST_ID], self.request.remote,
+                               **reasoning.turn_fields(self.request, acc, self.prepared)))
             else:
                 audit = app[AUDIT]
                 await audit.append(self._event(
@@ -257,7 +261,8 @@ async def _write_events(
         await resp.write(held)
     if include_usage:
         final = envelope([])
-        final["usage"] = usage(prompt_tokens, sum(a.tokens for a in acc))
+        final["usage"] = usage(prompt_tokens, sum(a.tokens for a in acc),
+                               reasoning.reasoning_tokens(acc, rec.prepared.reasoning_parser))
         await resp.write(sse(final))
     await resp.write(SSE_DONE)
     await resp.write_eof()
@@ -278,14 +283,17 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return {"id": rid, "object": obj, "created": created, "model": prepared.model,
                 "choices": choices}
 
-    want_lp = prepared.options.logprobs is not None
+    parser, show = prepared.reasoning_parser, reasoning.shown(request)
+    want_lp = prepared.options.logprobs is not None and (show or parser is None)
     if req.stream:
         def head(i: int) -> dict[str, Any]:
             return {"index": i, "delta": {"role": "assistant", "content": ""},
                     "logprobs": None, "finish_reason": None}
 
         def chunk(d: ChoiceDelta, _: Accumulated) -> dict[str, Any]:
-            return {"index": d.index, "delta": {"content": d.text} if d.text else {},
+            return {"index": d.index,
+                    "delta": {**({"content": d.text} if d.text else {}),
+                              **reasoning.delta_fields(d, show)},
                     "logprobs": chat_logprobs(d.logprobs) if want_lp else None,
                     "finish_reason": d.finish_reason}
 
@@ -294,14 +302,16 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     acc, prompt_tokens = await _collect(request, rec, rid)
     body = envelope(
         [
-            {"index": i, "message": {"role": "assistant", "content": a.text},
+            {"index": i, "message": {"role": "assistant", "content": a.text,
+                                     **reasoning.message_fields(a, parser, show)},
              "logprobs": chat_logprobs(a.logprobs) if want_lp else None,
              "finish_reason": a.finish_reason}
             for i, a in enumerate(acc)
         ],
         obj="chat.completion",
     )
-    body["usage"] = usage(prompt_tokens, sum(a.tokens for a in acc))
+    body["usage"] = usage(prompt_tokens, sum(a.tokens for a in acc),
+                          reasoning.reasoning_tokens(acc, parser))
     return web.json_response(body, headers=rec.headers)
 
 

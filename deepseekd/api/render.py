@@ -16,12 +16,17 @@ def sse(obj: Any) -> bytes:
 SSE_DONE = b"data: [DONE]\n\n"
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
+def usage(prompt_tokens: int, completion_tokens: int,
+          reasoning_tokens: int | None = None) -> dict[str, Any]:
+    """OpenAI's usage object; a reasoning model's adds completion_tokens_details."""
+    out: dict[str, Any] = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+    if reasoning_tokens is not None:
+        out["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
+    return out
 
 
 def _bytes(token: str) -> list[int]:
@@ -65,10 +70,15 @@ class Accumulated:
     tokens: int = 0
     finish_reason: str | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    reasoning: str = ""
+    reasoning_tokens: int = 0
 
     def add(self, d: ChoiceDelta) -> None:
         self.text += d.text
         self.tokens += d.token_count
         self.logprobs.extend(d.logprobs)
+        if d.reasoning_tokens is not None:
+            self.reasoning += d.reasoning
+            self.reasoning_tokens = d.reasoning_tokens
         if d.finish_reason is not None:
             self.finish_reason = d.finish_reason

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Protocol, Sequence
+from typing import TYPE_CHECKING, AsyncIterator, Protocol, Sequence
+
+if TYPE_CHECKING:
+    from deepseekd.engine.reasoning import ReasoningSplitter
 
 
 @dataclass(frozen=True)
@@ -38,9 +41,15 @@ class ChoiceDelta:
 
     index: int
     text: str
+    """The answer's new text (after a reasoning split: the answer part only)."""
     token_count: int
     finish_reason: str | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    token_ids: Sequence[int] = ()
+    reasoning: str = ""
+    """New reasoning text, filled in by a ReasoningSplitter (see engine/reasoning.py)."""
+    reasoning_tokens: int | None = None
+    """Reasoning tokens of this choice so far (cumulative); None without a reasoning split."""
 
 
 @dataclass
@@ -87,6 +96,13 @@ class Engine(Protocol):
     @property
     def dead(self) -> bool:
         """True once the engine cannot serve any more."""
+
+    @property
+    def reasoning_parser(self) -> str | None:
+        """The reasoning parser in use (e.g. 'deepseek_r1'), or None for a plain model."""
+
+    def reasoning_splitter(self) -> "ReasoningSplitter | None":
+        """A fresh splitter for one choice's output, or None for a plain model."""
 
     async def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
         """Apply the model's chat template and tokenize."""

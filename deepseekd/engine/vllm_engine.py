@@ -20,6 +20,7 @@ from vllm.v1.engine.exceptions import EngineDeadError
 from vllm.v1.metrics.loggers import StatLoggerBase
 
 from deepseekd.config import EngineSettings, LoraSettings
+from deepseekd.engine.reasoning import Reasoning, ReasoningSplitter, load_reasoning
 from deepseekd.engine.sampling import to_sampling_params
 from deepseekd.engine.types import (
     ChoiceDelta,
@@ -106,6 +107,7 @@ class VllmEngine:
         self._stats = EngineStats()
         self._loras: dict[str, LoRARequest] = {}
         self._lora_ids = itertools.count(1)
+        self._reasoning: Reasoning | None = None
 
     async def __aenter__(self) -> "VllmEngine":
         # Building AsyncLLM spawns the engine core and loads the weights: keep the loop free.
@@ -123,6 +125,14 @@ class VllmEngine:
             raise
         self._tokenizer = self._llm.get_tokenizer()
         self._max_model_len = int(self._llm.model_config.max_model_len)
+        try:
+            self._reasoning = load_reasoning(
+                self._spec.settings.reasoning_parser, self._tokenizer,
+                getattr(self._llm.model_config.hf_config, "architectures", None) or ())
+        except BaseException:
+            self._llm.shutdown()
+            self._llm = None
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -146,6 +156,13 @@ class VllmEngine:
 
     def stats(self) -> EngineStats:
         return self._stats
+
+    @property
+    def reasoning_parser(self) -> str | None:
+        return self._reasoning.name if self._reasoning else None
+
+    def reasoning_splitter(self) -> ReasoningSplitter | None:
+        return self._reasoning.splitter() if self._reasoning else None
 
     @property
     def dead(self) -> bool:
@@ -236,6 +253,7 @@ class VllmEngine:
                             text=o.text,
                             token_count=len(o.token_ids),
                             finish_reason=o.finish_reason,
+                            token_ids=o.token_ids,
                             logprobs=_logprobs(o.token_ids, o.logprobs, options.logprobs or 0)
                             if want_logprobs
                             else [],

@@ -90,10 +90,13 @@ class Metrics:
         self.http_duration.labels("deepseek", route, method, str(status)).observe(seconds)
 
     def observe_generation(self, *, arrival: float, first_token: float | None, last_token: float,
-                           prompt_tokens: int, completion_tokens: int) -> None:
-        """One finished (or abandoned) inference request; times are time.monotonic()."""
+                           prompt_tokens: int, completion_tokens: int,
+                           reasoning_tokens: int = 0) -> None:
+        """One finished (or abandoned) inference request; times are time.monotonic().
+        ``reasoning_tokens`` are part of ``completion_tokens`` and counted apart as well."""
         self.prompt_tokens.inc(prompt_tokens)
         self.completion_tokens.inc(completion_tokens)
+        self.reasoning_tokens.inc(reasoning_tokens)
         if first_token is None:
             return
         self.ttft.observe(first_token - arrival)

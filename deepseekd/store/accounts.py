@@ -12,6 +12,7 @@ from typing import Callable
 
 from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from deepseekd.config import AuthSettings, QuotaSettings
 from deepseekd.security import passwords, totp
@@ -525,7 +526,10 @@ class AccountService:
     async def prune(self) -> None:
         """Forget failures older than the lockout window and sessions long ended."""
         now = self._now()
-        async with self._db.write() as s:
-            await s.execute(delete(AuthFailure).where(
+
+        def prune(s: Session) -> None:  # a background write: through the writer
+            s.execute(delete(AuthFailure).where(
                 AuthFailure.at < now - self._auth.lockout_window_minutes * 60))
-            await s.execute(delete(AdminSession).where(AdminSession.last_seen_at < now - 86400))
+            s.execute(delete(AdminSession).where(AdminSession.last_seen_at < now - 86400))
+
+        await self._db.run_write(prune)

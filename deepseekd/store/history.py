@@ -64,6 +64,11 @@ class TurnRecord:
     completion_tokens: int
     request_id: str
     client: str | None
+    reasoning: str = ""
+    reasoning_tokens: int | None = None
+    """None: not a reasoning model."""
+    reasoning_history: str = "drop"
+    """What to keep of ``reasoning``: 'store' (sealed), 'hash' (its HMAC only) or 'drop'."""
 
 
 class HistoryService:
@@ -128,7 +133,14 @@ class HistoryService:
                "request_ct": seal(key, request_json, aad("request")),
                "answer_ct": seal(key, turn.answer.encode(), aad("answer")),
                "model": turn.model, "prompt_tokens": turn.prompt_tokens,
-               "completion_tokens": turn.completion_tokens, "created_at": now}
+               "completion_tokens": turn.completion_tokens, "created_at": now,
+               "reasoning_tokens": turn.reasoning_tokens, "reasoning_ct": None,
+               "reasoning_hmac": None}
+        keep = turn.reasoning_history if turn.reasoning else "drop"
+        if keep == "store":
+            row["reasoning_ct"] = seal(key, turn.reasoning.encode(), aad("reasoning"))
+        elif keep == "hash":
+            row["reasoning_hmac"] = self._audit.content_hmac(turn.reasoning)
         if new:
             c.execute(_INSERT_FIRST_TURN, {**row, "seq": 1})
         else:
@@ -140,7 +152,9 @@ class HistoryService:
             client=turn.client, model=turn.model, prompt_tokens=turn.prompt_tokens,
             completion_tokens=turn.completion_tokens,
             prompt_hmac=self._audit.content_hmac(prompt_text),
-            answer_hmac=self._audit.content_hmac(turn.answer)))
+            answer_hmac=self._audit.content_hmac(turn.answer),
+            detail=f"reasoning_tokens={turn.reasoning_tokens}"
+            if turn.reasoning_tokens is not None else None))
 
     # -- reading ---------------------------------------------------------------------
 
@@ -179,7 +193,9 @@ class HistoryService:
             key = await self._keys.user_key(s, who.user_id, create=False)
             turns = (await s.execute(select(Turn).where(Turn.conversation_id == conversation_id)
                                      .order_by(Turn.seq))).scalars().all()
-        rendered, flat = [], []
+        rendered: list[dict[str, Any]] = []
+        flat: list[dict[str, Any]] = []
+        sent: list[dict[str, Any]] = []  # flat as clients resend it
         for t in turns:
             aad = lambda part: _turn_aad(who.user_id, conversation_id, t.id, part)  # noqa: E731
             try:
@@ -187,19 +203,33 @@ class HistoryService:
                     raise Unreadable("no data key")
                 msgs = json.loads(open_sealed(key, t.request_ct, aad("request")))
                 answer = open_sealed(key, t.answer_ct, aad("answer")).decode()
+                reasoning = (open_sealed(key, t.reasoning_ct, aad("reasoning")).decode()
+                             if t.reasoning_ct is not None else None)
             except Unreadable:
                 unreadable.append(t.id)
                 rendered.append({"id": t.id, "seq": t.seq, "unreadable": True,
                                  "created_at": t.created_at})
                 continue
-            rendered.append({"id": t.id, "seq": t.seq, "messages": msgs, "answer": answer,
-                             "model": t.model, "created_at": t.created_at,
-                             "usage": {"prompt_tokens": t.prompt_tokens,
-                                       "completion_tokens": t.completion_tokens}})
-            # Clients resend the history: add only what the conversation does not hold yet.
-            new = msgs[len(flat):] if msgs[: len(flat)] == flat else msgs
+            item: dict[str, Any] = {
+                "id": t.id, "seq": t.seq, "messages": msgs, "answer": answer, "model": t.model,
+                "created_at": t.created_at, "usage": {"prompt_tokens": t.prompt_tokens,
+                                                      "completion_tokens": t.completion_tokens}}
+            reply: dict[str, Any] = {"role": "assistant", "content": answer}
+            if t.reasoning_tokens is not None:
+                item["usage"]["completion_tokens_details"] = {
+                    "reasoning_tokens": t.reasoning_tokens}
+            if reasoning is not None:
+                item["reasoning_content"] = reply["reasoning_content"] = reasoning
+            if t.reasoning_hmac is not None:
+                item["reasoning_hmac"] = t.reasoning_hmac
+            rendered.append(item)
+            # Clients resend the history: add only what the conversation does not hold yet
+            # (they resend answers without their reasoning).
+            new = msgs[len(sent):] if msgs[: len(sent)] == sent else msgs
             flat.extend(new)
-            flat.append({"role": "assistant", "content": answer})
+            flat.append(reply)
+            sent.extend(new)
+            sent.append({"role": "assistant", "content": answer})
         for turn_id in unreadable:
             log.error("turn failed authentication", extra={"turn_id": turn_id})
             await self._audit.append(Event(
@@ -241,16 +271,19 @@ class HistoryService:
         if retention_days <= 0:
             return 0
         cutoff = self._now() - retention_days * 86400
-        async with self._db.write() as s:
-            ids = (await s.execute(select(Conversation.id).where(
-                Conversation.updated_at < cutoff))).scalars().all()
+
+        def purge(s: Session) -> int:  # a background write: through the writer, like turns
+            ids = s.execute(select(Conversation.id).where(
+                Conversation.updated_at < cutoff)).scalars().all()
             if ids:
-                await s.execute(delete(Turn).where(Turn.conversation_id.in_(ids)))
-                await s.execute(delete(Conversation).where(Conversation.id.in_(ids)))
-                await self._audit.append_in(s, Event(
+                s.execute(delete(Turn).where(Turn.conversation_id.in_(ids)))
+                s.execute(delete(Conversation).where(Conversation.id.in_(ids)))
+                self._audit.append_sync(s, Event(
                     action="history.retention_purge", detail=f"{len(ids)} conversations "
                     f"older than {retention_days} days"))
-        return len(ids)
+            return len(ids)
+
+        return await self._db.run_write(purge)
 
     # -- data-subject rights ---------------------------------------------------------
 
@@ -302,7 +335,7 @@ class HistoryService:
                      "daily_token_limit": user.daily_token_limit},
             "api_keys": [{"id": k.id, "prefix": k.prefix, "label": k.label,
                           "created_at": k.created_at, "revoked_at": k.revoked_at} for k in keys],
-            "daily_usage": [{"day": u.day, "requests": u.requests, "tokens": u.tokens}
-                            for u in usage],
+            "daily_usage": [{"day": u.day, "requests": u.requests, "tokens": u.tokens,
+                             "reasoning_tokens": u.reasoning_tokens} for u in usage],
             "conversations": conversations,
         }

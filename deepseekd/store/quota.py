@@ -94,11 +94,15 @@ class QuotaService:
                 QuotaUsage.user_id == who.user_id, QuotaUsage.day == day))).scalar_one_or_none()
         return QuotaState(True, req_limit, max(req_limit - (used or 0), 0), reset_at, day)
 
-    async def add_tokens(self, who: Identity, day: str, tokens: int) -> None:
-        """Charge a finished request's tokens to the day it was admitted on."""
+    async def add_tokens(self, who: Identity, day: str, tokens: int,
+                         reasoning_tokens: int = 0) -> None:
+        """Charge a finished request's tokens to the day it was admitted on. ``tokens`` is
+        everything (prompt + output); ``reasoning_tokens``, the reasoning part of the output,
+        is also kept apart: the limit counts all tokens, reports show the share."""
         if tokens <= 0:
             return
         stmt = update(QuotaUsage).where(
             QuotaUsage.user_id == who.user_id, QuotaUsage.day == day
-        ).values(tokens=QuotaUsage.tokens + tokens)
+        ).values(tokens=QuotaUsage.tokens + tokens,
+                 reasoning_tokens=QuotaUsage.reasoning_tokens + reasoning_tokens)
         await self._db.run_write(lambda s: s.execute(stmt) and None)

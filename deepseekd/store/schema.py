@@ -97,6 +97,8 @@ class QuotaUsage(Base):
     day: Mapped[str] = mapped_column(String(10), primary_key=True)
     requests: Mapped[int] = mapped_column(Integer, default=0)
     tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    """The reasoning part of ``tokens`` (a reasoning model's output counts in full there)."""
 
 
 class KeyCheck(Base):
@@ -160,6 +162,11 @@ class Turn(Base):
     prompt_tokens: Mapped[int] = mapped_column(Integer)
     completion_tokens: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[float] = mapped_column(Float)
+    reasoning_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
+    """A reasoning model's reasoning, sealed like the answer ([reasoning] history = "store")."""
+    reasoning_hmac: Mapped[str | None] = mapped_column(String(64))
+    """Only the reasoning's HMAC under the audit key ([reasoning] history = "hash")."""
+    reasoning_tokens: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (Index("ix_turns_conversation_seq", "conversation_id", "seq", unique=True),)
 

@@ -96,7 +96,8 @@ def test_shipped_config_lists_every_setting() -> None:
     commented = _commented_defaults(text)
     missing = []
     for path, default, doc in settings_doc():
-        expected = str(default) if isinstance(default, Path) else default
+        expected = (str(default) if isinstance(default, Path)
+                    else list(default) if isinstance(default, tuple) else default)
         if path in PROFILE_KEYS:
             # Written uncommented it would be explicit and beat every profile.
             assert path not in data.get("engine", {}), f"{path} must stay commented out"
@@ -341,3 +342,36 @@ def test_non_finite_float_rejected(tmp_path: Path, value: str) -> None:
     assert "server.drain_timeout_s" in msg and "finite" in msg
     msg = config_error(tmp_path, f"[engine]\ngpu_memory_utilization = {value}\n")
     assert "engine.gpu_memory_utilization" in msg
+
+
+# --------------------------------------------------------------------------- reasoning
+
+
+def test_reasoning_settings(tmp_path: Path) -> None:
+    s = load_toml(tmp_path, '[reasoning]\nreturn_to_roles = ["admin"]\nhistory = "hash"\n'
+                  '[engine]\nreasoning_parser = "deepseek_r1"\n')
+    assert s.reasoning.return_to_roles == ("admin",) and s.reasoning.history == "hash"
+    assert s.engine.reasoning_parser == "deepseek_r1"
+    assert load_toml(tmp_path, "[reasoning]\nreturn_to_roles = []\n").reasoning.return_to_roles == ()
+    env = {"DEEPSEEKD_REASONING__RETURN_TO_ROLES": "user, admin"}
+    assert load_toml(tmp_path, "", env).reasoning.return_to_roles == ("user", "admin")
+    assert load_toml(tmp_path, "", {"DEEPSEEKD_REASONING__RETURN_TO_ROLES": ""}
+                     ).reasoning.return_to_roles == ()
+
+
+@pytest.mark.parametrize("text,env,where,shows", [
+    ('[reasoning]\nreturn_to_roles = ["user", "auditor"]\n', {}, "reasoning.return_to_roles",
+     "'auditor'"),
+    ('[reasoning]\nreturn_to_roles = "user"\n', {}, "reasoning.return_to_roles",
+     "list of strings"),
+    ("", {"DEEPSEEKD_REASONING__RETURN_TO_ROLES": "user,root"}, "reasoning.return_to_roles",
+     "'root'"),
+    ('[reasoning]\nhistory = "keep"\n', {}, "reasoning.history", "'store', 'hash', 'drop'"),
+    ('[engine]\nreasoning_parser = "deepseek r1"\n', {}, "engine.reasoning_parser",
+     "'deepseek_r1'"),
+    ('[engine]\nreasoning_parser = ""\n', {}, "engine.reasoning_parser", "'auto', 'none'"),
+])
+def test_reasoning_setting_errors(tmp_path: Path, text: str, env: dict[str, str], where: str,
+                                  shows: str) -> None:
+    msg = config_error(tmp_path, text, env)
+    assert msg.startswith(where + ":") and shows in msg

@@ -392,7 +392,8 @@ async function openConversation(id) {
       state.messages.push({ role: m.role, content: m.content });
       if (m.role === "assistant") {
         const bubble = addAssistantBubble();
-        renderAnswer(bubble, m.content, "");
+        // A reasoning model's stored reasoning (history keeps it when [reasoning] history = "store").
+        renderAnswer(bubble, m.content, typeof m.reasoning_content === "string" ? m.reasoning_content : "");
       } else {
         addPlainBubble(m.role, m.content);
       }
@@ -658,8 +659,11 @@ async function sendMessage() {
         content += delta.content;
         bubble.classList.remove("msg-pending");
       }
-      if (typeof delta.reasoning_content === "string" && delta.reasoning_content) {
-        reasoning += delta.reasoning_content;
+      // DeepSeek's field; vLLM's server names the same text "reasoning" (the daemon sends both).
+      const thought = typeof delta.reasoning_content === "string" ? delta.reasoning_content
+        : typeof delta.reasoning === "string" ? delta.reasoning : "";
+      if (thought) {
+        reasoning += thought;
         bubble.classList.remove("msg-pending");
       }
       scheduleRender();

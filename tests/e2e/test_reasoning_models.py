@@ -1,0 +1,146 @@
+"""DeepSeek's architectures and R1 reasoning on the real daemon and the real vLLM CPU engine:
+tiny random-weight DeepseekV3ForCausalLM (MLA + MoE noaux_tc) and Qwen2ForCausalLM (the
+R1-Distill family) models with R1's chat template, imported with the real `deepseekd model
+import` into a data dir of their own, served one at a time.
+
+Random weights never close the think tag, so every answer is reasoning only: content empty,
+reasoning_content full, all output tokens reasoning tokens. The split on closed tags is
+tested on token sequences in tests/unit/test_reasoning_split.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import openai
+import pytest
+
+from tests.e2e.conftest import Daemon, cli, start_daemon
+from tests.support import tiny_models
+
+MODELS = {"tiny-r1-deepseek-v3": "deepseek_v3", "tiny-r1-distill-qwen2": "qwen2"}
+PROMPT = [{"role": "user", "content": "What is 2 + 2?"}]
+
+
+@pytest.fixture(scope="module")
+def r1_env(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], str]:
+    """A data dir holding the two tiny models, imported by the CLI; (env, admin key)."""
+    work = tmp_path_factory.mktemp("tiny-r1")
+    base = tiny_models.base_tokenizer(work / "smollm2-tokenizer")
+    data = work / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPSEEKD_")}
+    env.update({
+        "DEEPSEEKD_DATA_DIR": str(data),
+        "DEEPSEEKD_ENGINE__ENFORCE_EAGER": "true",
+        "DEEPSEEKD_ENGINE__KV_CACHE_GIB": "1",
+        "DEEPSEEKD_ENGINE__MAX_MODEL_LEN": "1024",
+        "DEEPSEEKD_ENGINE__MODEL": "tiny-r1-distill-qwen2",
+    })
+    for name, kind in MODELS.items():
+        src = tiny_models.build(kind, work / "src" / name, base)
+        res = cli("model", "import", str(src), "--name", name, env=env)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert json.loads(res.stdout)["format"] == "hf"
+    res = cli("init", env=env, timeout=600)  # the model is there: nothing else is imported
+    assert res.returncode == 0, res.stderr[-3000:]
+    return env, json.loads(res.stdout)["api_key"]
+
+
+def test_both_architectures_were_imported(r1_env: tuple[dict[str, str], str]) -> None:
+    env, _ = r1_env
+    res = cli("model", "list", "--json", env=env)
+    assert res.returncode == 0, res.stderr
+    assert sorted(m["name"] for m in json.loads(res.stdout)) == sorted(MODELS)
+    models = Path(env["DEEPSEEKD_DATA_DIR"]) / "models"
+    v3 = json.loads((models / "tiny-r1-deepseek-v3" / "config.json").read_text())
+    assert v3["architectures"] == ["DeepseekV3ForCausalLM"]
+    assert (v3["kv_lora_rank"], v3["qk_rope_head_dim"], v3["topk_method"]) == (512, 64, "noaux_tc")
+    qwen = json.loads((models / "tiny-r1-distill-qwen2" / "config.json").read_text())
+    assert qwen["architectures"] == ["Qwen2ForCausalLM"]
+
+
+def test_unknown_reasoning_parser_stops_before_the_model_loads(
+        r1_env: tuple[dict[str, str], str]) -> None:
+    env, _ = r1_env
+    res = subprocess.run([sys.executable, "-m", "deepseekd", "serve"],
+                         env={**env, "DEEPSEEKD_ENGINE__REASONING_PARSER": "deepseek_r9"},
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2
+    assert "engine.reasoning_parser" in res.stderr and "'deepseek_r9'" in res.stderr
+    assert "deepseek_r1" in res.stderr  # the choices are listed
+
+
+@pytest.fixture(params=sorted(MODELS), ids=lambda n: MODELS[n])
+def served(request: pytest.FixtureRequest, r1_env: tuple[dict[str, str], str],
+           tmp_path: Path) -> Iterator[tuple[str, Daemon, str]]:
+    """One model at a time. The DeepSeek-V3 one keeps only a hash of the reasoning in history."""
+    env, key = r1_env
+    name = request.param
+    history = "hash" if MODELS[name] == "deepseek_v3" else "store"
+    d = start_daemon(env, key, tmp_path / "daemon.log", DEEPSEEKD_ENGINE__MODEL=name,
+                     DEEPSEEKD_REASONING__HISTORY=history)
+    try:
+        yield name, d, history
+    finally:
+        assert d.stop() == 0
+
+
+def extra(obj: Any, field: str) -> Any:
+    return (obj.model_extra or {}).get(field)
+
+
+def test_reasoning_model_end_to_end(served: tuple[str, Daemon, str]) -> None:
+    name, d, history = served
+    lines = [json.loads(line) for line in d.log().splitlines() if line.startswith("{")]
+    picked = [rec for rec in lines if rec.get("msg") == "reasoning parser"
+              or rec.get("message") == "reasoning parser"]
+    assert picked and picked[0]["reasoning_parser"] == "deepseek_r1", d.log()[-3000:]
+
+    client = openai.OpenAI(base_url=d.url + "/v1", api_key=d.key, max_retries=0, timeout=120)
+    assert [m.id for m in client.models.list().data] == [name]
+    raw = client.chat.completions.with_raw_response.create(
+        model=name, messages=PROMPT, max_tokens=12, temperature=0)
+    resp = raw.parse()
+    message = resp.choices[0].message
+    reasoning = extra(message, "reasoning_content")
+    assert isinstance(reasoning, str) and reasoning.strip()
+    assert extra(message, "reasoning") == reasoning
+    assert message.content == ""  # the think tag was never closed
+    assert "</think>" not in reasoning
+    usage = resp.usage
+    assert usage.completion_tokens_details.reasoning_tokens == usage.completion_tokens > 0
+
+    stream = client.chat.completions.create(
+        model=name, messages=PROMPT, max_tokens=12, temperature=0, stream=True,
+        stream_options={"include_usage": True})
+    streamed, content, final = "", "", None
+    for chunk in stream:
+        if chunk.usage is not None:
+            final = chunk.usage
+        for ch in chunk.choices:
+            streamed += extra(ch.delta, "reasoning_content") or ""
+            content += ch.delta.content or ""
+    assert (streamed, content) == (reasoning, "")
+    assert final is not None and final.completion_tokens_details.reasoning_tokens == \
+        usage.completion_tokens_details.reasoning_tokens
+
+    cid = raw.headers["X-Conversation-Id"]
+    conv = httpx.get(f"{d.url}/v1/conversations/{cid}", headers=d.headers(), timeout=30).json()
+    turn = conv["turns"][0]
+    assert turn["usage"]["completion_tokens_details"]["reasoning_tokens"] == \
+        usage.completion_tokens
+    if history == "store":
+        assert turn["reasoning_content"] == reasoning
+        assert conv["messages"][-1] == {"role": "assistant", "content": "",
+                                        "reasoning_content": reasoning}
+    else:
+        assert "reasoning_content" not in turn and len(turn["reasoning_hmac"]) == 64
+
+    metrics = httpx.get(f"{d.url}/metrics", headers=d.headers(), timeout=30).text
+    (line,) = [x for x in metrics.splitlines() if x.startswith("deepseekd_reasoning_tokens_total")]
+    assert float(line.split()[-1]) >= 2 * usage.completion_tokens
