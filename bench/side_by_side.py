@@ -175,7 +175,13 @@ def vllm_flags(settings: Any, model_dir: Path, name: str) -> tuple[list[str], di
             flags += [flag, *map(str, value)]
         else:
             flags += [flag, str(value)]
-    return [args.model, *flags], engine_environment(settings)
+    env = engine_environment(settings)
+    if "VLLM_CPU_KVCACHE_SPACE" not in env and not shutil.which("nvidia-smi"):
+        from deepseekd.engine.preflight import resolve_kv_cache_gib
+
+        # deepseekd sizes its KV cache at start (kv_cache_gib = 0): give vLLM the same.
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(resolve_kv_cache_gib(settings.engine, model_dir))
+    return [args.model, *flags], env
 
 
 def build_targets(workdir: Path, names: list[str]) -> list[Target]:

@@ -330,7 +330,8 @@ AUTO_KV_RAM_SHARE = 0.25
 def auto_kv_cache_gib(p: MemoryPlan, max_num_seqs: int, available: int) -> int:
     """The CPU KV-cache size ``kv_cache_gib = 0`` picks, in whole GiB: room for
     ``min(max_num_seqs, 16)`` sequences at full context, capped at a quarter of the RAM
-    left after the weights, at least 1 GiB. vLLM's own CPU default is a fixed 4 GiB."""
+    left after the weights, at least 1 GiB. (Left unset, vLLM 0.32 on a CPU reserves
+    gpu_memory_utilization, 92%, of the machine's RAM.)"""
     want = p.kv_per_token * p.max_model_len * min(max_num_seqs, AUTO_KV_SEQS)
     cap = int((available - p.weights - p.reserve) * AUTO_KV_RAM_SHARE)
     return max(1, -(-min(want, cap) // GIB))
