@@ -54,6 +54,10 @@ class ServerSettings:
     drain_timeout_s: float = _f(
         30.0, "On SIGTERM, how long in-flight requests may run before the daemon stops.", min=0
     )
+    stream_stall_timeout_s: float = _f(
+        60.0, "A stream whose client reads nothing for this long is ended and its generation "
+        "aborted.", min=0.1
+    )
     tls: TlsSettings = field(default_factory=TlsSettings)
 
 

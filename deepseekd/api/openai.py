@@ -30,6 +30,7 @@ from deepseekd.api.render import (
     sse,
     usage,
 )
+from deepseekd.api.streaming import StallGuardedResponse
 from deepseekd.api.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -37,7 +38,7 @@ from deepseekd.api.schemas import (
     validate,
 )
 from deepseekd.engine.types import ChoiceDelta, GenerationStep
-from deepseekd.keys import AUDIT, HISTORY, INFERENCE, LIFECYCLE, METRICS, QUOTA
+from deepseekd.keys import AUDIT, HISTORY, INFERENCE, LIFECYCLE, METRICS, QUOTA, SETTINGS
 from deepseekd.store.audit import AuditUnavailable, Event
 from deepseekd.store.history import TurnRecord
 
@@ -191,9 +192,10 @@ async def _write_events(
     except APIError as exc:
         await rec.failed(exc)
         raise
-    resp = web.StreamResponse(headers={
-        "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-        "X-Accel-Buffering": "no", **rec.headers})
+    resp = StallGuardedResponse(request, request.app[SETTINGS].server.stream_stall_timeout_s,
+                                headers={"Content-Type": "text/event-stream",
+                                         "Cache-Control": "no-cache",
+                                         "X-Accel-Buffering": "no", **rec.headers})
     await resp.prepare(request)
     acc = [Accumulated() for _ in range(n)]
     prompt_tokens = len(rec.prepared.prompt_ids)
