@@ -16,7 +16,7 @@ from typing import AsyncContextManager, AsyncIterator, Callable
 from aiohttp import web
 
 from deepseekd import __version__
-from deepseekd.api import admin, health, history, metrics, openai
+from deepseekd.api import admin, health, history, metrics, openai, openapi
 from deepseekd.api import audit as audit_api
 from deepseekd.api import web as web_pages
 from deepseekd.api.runtime_settings import RuntimeSettings
@@ -183,7 +183,7 @@ def build_app(
     for group in (health.routes, openai.routes, history.routes, admin.routes, audit_api.routes,
                   metrics.routes, web_pages.routes):
         app.add_routes(group)
-    web_pages.add_static(app)
+    openapi.setup(app)
 
     async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         try:

@@ -141,6 +141,12 @@ class SimpleChatRequest(_Body):
     conversation_id: str | None = Field(None, max_length=64)
 
 
+class ConversationTitle(_Body):
+    """``PATCH /v1/conversations/{id}``: rename a conversation."""
+
+    title: str = Field(min_length=1, max_length=120)
+
+
 # --------------------------------------------------------------------------- parsing
 
 

@@ -142,8 +142,8 @@ def _body(method: str, path: str) -> Any:
 async def _call(w: World, clock: FakeClock, method: str, canonical: str, caller: str) -> Any:
     known = {"name": w.target, "key_id": str(w.target_key_id)}
     path = _PARAM.sub(lambda m: known.get(m.group(1), PLACEHOLDER), canonical)
-    if canonical == "/static":
-        path = "/static/markdown.js"  # a file: the folder itself is not listed
+    if canonical == "/static/{filename}":
+        path = "/static/markdown.js"
     headers: dict[str, str] = {}
     if caller == "bad_key":
         headers = bearer(BAD_KEY)
