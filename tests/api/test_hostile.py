@@ -20,6 +20,8 @@ from deepseekd.keys import ACCOUNTS, AUDIT
 from tests.api.helpers import CHAT, CHAT_BODY, code, ok_json, secret_of
 from tests.fakes import FakeEngine
 
+pytestmark = pytest.mark.reliability
+
 MakeDaemon = Any  # tests/api/conftest.py
 FakeClock = Any
 
