@@ -40,6 +40,7 @@ from deepseekd.api.schemas import (
 from deepseekd.engine.types import ChoiceDelta, GenerationStep
 from deepseekd.keys import AUDIT, HISTORY, INFERENCE, LIFECYCLE, METRICS, QUOTA, SETTINGS
 from deepseekd.store.audit import AuditUnavailable, Event
+from deepseekd.store.db import StoreUnavailable
 from deepseekd.store.history import TurnRecord
 
 log = logging.getLogger("deepseekd.http")
@@ -120,6 +121,8 @@ class Recorder:
                     answer_hmac=audit.content_hmac(acc[0].text)))
         except AuditUnavailable:
             raise unavailable(AUDIT_DOWN, code="audit_unavailable") from None
+        except StoreUnavailable as exc:  # rolled back: the answer is not given as saved
+            raise unavailable(str(exc), code="database_unavailable") from None
 
     async def failed(self, exc: BaseException) -> None:
         """Best effort: a request that ended in an error is audited too."""

@@ -15,6 +15,7 @@ from alembic.util import CommandError
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 import deepseekd
@@ -25,6 +26,40 @@ MIGRATION_LOCK_ID = 0x64656570  # "deep": the advisory lock migrators queue on
 
 class SchemaError(Exception):
     """The database schema does not match this deepseekd (newer, unknown or not migrated)."""
+
+
+class StoreUnavailable(Exception):
+    """The database cannot take the work now (locked, disk full, I/O error); the transaction
+    was rolled back, so nothing is half-written. The API answers 503."""
+
+
+_UNAVAILABLE = (
+    (("locked", "busy"), "the database is locked by another writer for longer than the busy "
+                         "timeout; retry shortly"),
+    (("full",), "the database's disk is full; nothing was written. An operator must free "
+                "space"),
+    (("disk i/o", "readonly", "read-only", "unable to open"),
+     "the database cannot be written (I/O error); nothing was written"),
+)
+
+
+def _unavailable(exc: OperationalError) -> StoreUnavailable | None:
+    text = str(exc.orig if exc.orig is not None else exc).lower()
+    for words, message in _UNAVAILABLE:
+        if any(w in text for w in words):
+            return StoreUnavailable(message)
+    return None
+
+
+@contextlib.asynccontextmanager
+async def _translated() -> AsyncIterator[None]:
+    try:
+        yield
+    except OperationalError as exc:
+        mapped = _unavailable(exc)
+        if mapped is None:
+            raise
+        raise mapped from exc
 
 
 def alembic_config(url: str) -> AlembicConfig:
@@ -66,12 +101,12 @@ class Database:
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
         """One write transaction: committed when the block ends, rolled back on error."""
-        async with self._writes() as session, session.begin():
+        async with _translated(), self._writes() as session, session.begin():
             yield session
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
-        async with self._reads() as session, session.begin():
+        async with _translated(), self._reads() as session, session.begin():
             yield session
 
     # -- schema ----------------------------------------------------------------------

@@ -15,7 +15,7 @@ from sqlalchemy import delete, func, select, update
 from deepseekd.security.keyring import Unreadable, open_sealed, seal
 from deepseekd.store.accounts import AccountError, Identity
 from deepseekd.store.audit import AuditLog, AuditUnavailable, Event
-from deepseekd.store.db import Database
+from deepseekd.store.db import Database, StoreUnavailable
 from deepseekd.store.keys import KeyService
 from deepseekd.store.schema import ApiKey, Conversation, QuotaUsage, Turn, User
 
@@ -115,6 +115,9 @@ class HistoryService:
                     prompt_hmac=self._audit.content_hmac(prompt_text),
                     answer_hmac=self._audit.content_hmac(turn.answer)))
         except AccountError:
+            raise
+        except StoreUnavailable as exc:  # locked or full: say so (the audit event is lost too)
+            self._audit.record_failure(exc, "inference")
             raise
         except Exception as exc:
             self._audit.record_failure(exc, "inference")
