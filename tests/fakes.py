@@ -69,6 +69,7 @@ class FakeEngine:
         start_gate: asyncio.Event | None = None,
         generate_gate: asyncio.Event | None = None,
         echo: bool = False,
+        keep_history: bool = True,
     ) -> None:
         self._model_name = model_name
         self._max_model_len = max_model_len
@@ -78,6 +79,7 @@ class FakeEngine:
         self.start_gate = start_gate
         self.generate_gate = generate_gate
         self.echo = echo
+        self.keep_history = keep_history  # False in long-running processes (soak): no growth
         self._echo_words: dict[tuple[int, ...], list[str]] = {}
         self._dead = False
         self.entered = False
@@ -140,6 +142,8 @@ class FakeEngine:
         ids = self._ids(words)
         if self.echo:
             last = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+            if len(self._echo_words) > 10_000:  # a long-running process: stay bounded
+                self._echo_words.clear()
             self._echo_words[tuple(ids)] = str(last).split() or [""]
         return ids
 
@@ -157,8 +161,9 @@ class FakeEngine:
     async def generate(
         self, prompt_ids: list[int], options: GenerationOptions, request_id: str, *, stream: bool
     ) -> AsyncIterator[GenerationStep]:
-        self.requests.append((list(prompt_ids), options, stream))
-        self.request_ids.append(request_id)
+        if self.keep_history:
+            self.requests.append((list(prompt_ids), options, stream))
+            self.request_ids.append(request_id)
         if self._dead:
             raise EngineUnavailable("the fake engine is not running")
         finished = False
@@ -228,9 +233,10 @@ class FakeEngine:
             if not stream:
                 finished = True
                 yield GenerationStep(choices=finals, prompt_tokens=len(prompt_ids), finished=True)
-            self.completed.append(request_id)
+            if self.keep_history:
+                self.completed.append(request_id)
         except (GeneratorExit, asyncio.CancelledError):
-            if not finished:
+            if not finished and self.keep_history:
                 self.aborted.add(request_id)
             raise
         finally:

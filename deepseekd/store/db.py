@@ -3,6 +3,7 @@ named by their caller, and schema checks against the Alembic revisions."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -91,6 +92,12 @@ class Database:
         self._writes = async_sessionmaker(
             self.engine.execution_options(sqlite_immediate=True), expire_on_commit=False
         )
+        # SQLite's busy handler is not fair: under load a writer can sleep-and-retry past the
+        # busy timeout while later ones get the lock. In-process writers therefore queue
+        # first, in order, on this lock (the busy timeout still covers other processes, such
+        # as a CLI command), so a burst is served first come, first served.
+        self._write_turn = asyncio.Lock() if self.is_sqlite else None
+        self._busy_timeout_s = busy_timeout_ms / 1000
 
     async def __aenter__(self) -> "Database":
         return self
@@ -101,8 +108,23 @@ class Database:
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
         """One write transaction: committed when the block ends, rolled back on error."""
-        async with _translated(), self._writes() as session, session.begin():
+        async with _translated(), self._turn(), self._writes() as session, session.begin():
             yield session
+
+    @contextlib.asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        if self._write_turn is None:
+            yield
+            return
+        try:
+            async with asyncio.timeout(self._busy_timeout_s):
+                await self._write_turn.acquire()
+        except TimeoutError:
+            raise StoreUnavailable(_UNAVAILABLE[0][1]) from None
+        try:
+            yield
+        finally:
+            self._write_turn.release()
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
