@@ -3,6 +3,7 @@ nothing half-written, the daemon stays up and recovers when the fault clears."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -37,9 +38,11 @@ async def test_database_locked_beyond_busy_timeout(make_daemon: MakeDaemon, stre
     d = await make_daemon(env={"DEEPSEEKD_STORE__BUSY_TIMEOUT_MS": "300"})
     await d.post_json(CHAT, CHAT_BODY)
     before = await _counts(d)
-    holder = sqlite3.connect(_db_file(d), isolation_level=None)
+    # Another process's writer holds the lock (in a thread: a blocking call on the loop
+    # would stall the daemon's own writes).
+    holder = sqlite3.connect(_db_file(d), isolation_level=None, check_same_thread=False)
     try:
-        holder.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+        await asyncio.to_thread(holder.execute, "BEGIN IMMEDIATE")
         for _ in range(3):
             resp = await d.client.post(CHAT, json={**CHAT_BODY, "stream": stream},
                                        headers=d.auth)
@@ -71,7 +74,8 @@ async def test_disk_full(make_daemon: MakeDaemon) -> None:
             cur.close()
 
     event.listen(db.engine.sync_engine, "connect", cap)
-    page_count = sqlite3.connect(_db_file(d)).execute("PRAGMA page_count").fetchone()[0]
+    page_count = await asyncio.to_thread(
+        lambda: sqlite3.connect(_db_file(d)).execute("PRAGMA page_count").fetchone()[0])
     limit["pages"] = page_count
     await db.engine.dispose()  # new connections get the cap
     acknowledged: list[str] = []
