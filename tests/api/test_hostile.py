@@ -1,8 +1,8 @@
 """Hostile input, table-driven: every abusive request gets a 4xx (or a bounded answer), never
 a 5xx nor a hang, and the daemon serves an ordinary request right after it.
 
-The real app runs in-process over the FakeEngine; the cases that matter for the real
-tokenizer run against the real daemon in tests/e2e/test_hostile_engine.py.
+The real app runs in-process over the FakeEngine (validation, limits and the stores are the
+real ones; only the engine is fake).
 """
 
 from __future__ import annotations
