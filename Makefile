@@ -11,7 +11,7 @@ INSTALLED := $(VENV)/.installed-$(EXTRA)
 PIP := $(BIN)/pip
 TEST_INSTALLED := $(VENV)/.installed-test
 
-.PHONY: install run test test-unit test-e2e bench bench-llamacpp clean
+.PHONY: install run test test-unit test-e2e test-reliability bench bench-llamacpp clean
 
 install: $(INSTALLED)
 
@@ -47,12 +47,13 @@ run: install
 	else echo "deepseekd: $(DATA) was initialised elsewhere; use the key printed then"; fi
 	exec $(BIN)/deepseekd serve
 
+# The whole suite but the soak tests (minutes of load): those run in test-reliability.
 test: $(TEST_INSTALLED)
 	bash .ci/system-deps
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m 'not soak' tests
 
 test-unit: $(TEST_INSTALLED)
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m 'not e2e' tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m 'not e2e and not soak' tests
 
 test-e2e: $(TEST_INSTALLED)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m e2e tests
@@ -73,6 +74,11 @@ $(LLAMACPP_VENV)/.built:
 	CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" \
 	  $(LLAMACPP_VENV)/bin/pip install -q --no-cache-dir 'llama-cpp-python[server]==0.3.36'
 	touch $@
+
+# Faults, hostile input, load and the soak (about 20 minutes; see README "Reliability").
+test-reliability: $(TEST_INSTALLED)
+	bash .ci/system-deps
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m 'reliability or soak' tests
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -16,12 +16,18 @@ from typing import AsyncContextManager, AsyncIterator, Callable
 from aiohttp import web
 
 from deepseekd import __version__
-from deepseekd.api import admin, health, history, lora, metrics, openai
+from deepseekd.api import admin, backpressure, health, history, lora, metrics, openai, openapi
 from deepseekd.api import audit as audit_api
 from deepseekd.api import web as web_pages
 from deepseekd.api.runtime_settings import RuntimeSettings
 from deepseekd.api.inference import InferenceService
-from deepseekd.api.middlewares import MIDDLEWARES, add_request_id
+from deepseekd.api.middlewares import (
+    add_request_id,
+    auth_middleware,
+    error_middleware,
+    lifecycle_middleware,
+    request_id_middleware,
+)
 from deepseekd.config import Settings
 from deepseekd.engine.types import Engine, EngineUnavailable, GenerationOptions
 from deepseekd.keys import (
@@ -143,7 +149,10 @@ def build_app(
 ) -> web.Application:
     """Wire the rooms. Start-up order: master key, database (migrated, key checked), then
     the engine. A missing master key stops here, before anything else starts."""
-    app = web.Application(middlewares=MIDDLEWARES, client_max_size=settings.server.max_body_bytes)
+    # Backpressure sits after the drain gate and before authentication: refusing is cheap.
+    middlewares = [request_id_middleware, error_middleware, lifecycle_middleware,
+                   backpressure.backpressure_middleware, auth_middleware]
+    app = web.Application(middlewares=middlewares, client_max_size=settings.server.max_body_bytes)
     life = Lifecycle(model_name)
     db = Database(settings.database_url, busy_timeout_ms=settings.store.busy_timeout_ms,
                   pool_size=settings.store.pool_size)
@@ -169,6 +178,7 @@ def build_app(
         kv_usage=engine_stat("kv_cache_usage"))
     metrics_.build_info.labels(__version__, model_name, model_sha256 or "").set(1)
     app[SETTINGS] = settings
+    backpressure.setup(app)
     app[LIFECYCLE] = life
     app[CLOCK] = clock
     app[DATABASE] = db
@@ -187,7 +197,7 @@ def build_app(
     for group in (health.routes, openai.routes, history.routes, admin.routes, lora.routes,
                   audit_api.routes, metrics.routes, web_pages.routes):
         app.add_routes(group)
-    web_pages.add_static(app)
+    openapi.setup(app)
 
     async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         try:

@@ -57,6 +57,14 @@ class ServerSettings:
     drain_timeout_s: float = _f(
         30.0, "On SIGTERM, how long in-flight requests may run before the daemon stops.", min=0
     )
+    max_queued_requests: int = _f(
+        256, "Inference requests admitted at once (generating or waiting for the engine); "
+        "past it new ones get 503 with Retry-After. 0 = no limit.", min=0
+    )
+    stream_stall_timeout_s: float = _f(
+        60.0, "A stream whose client reads nothing for this long is ended and its generation "
+        "aborted.", min=0.1
+    )
     tls: TlsSettings = field(default_factory=TlsSettings)
 
 

@@ -95,6 +95,7 @@ class FakeEngine:
         think: int | None = None,
         think_open: bool = False,
         think_close: bool = True,
+        keep_history: bool = True,
     ) -> None:
         self._model_name = model_name
         self._max_model_len = max_model_len
@@ -107,6 +108,7 @@ class FakeEngine:
         self.think = think
         self.think_open = think_open
         self.think_close = think_close
+        self.keep_history = keep_history  # False in long-running processes (soak): no growth
         self._echo_words: dict[tuple[int, ...], list[str]] = {}
         self._dead = False
         self.entered = False
@@ -198,6 +200,8 @@ class FakeEngine:
         ids = self._ids(words)
         if self.echo:
             last = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+            if len(self._echo_words) > 10_000:  # a long-running process: stay bounded
+                self._echo_words.clear()
             self._echo_words[tuple(ids)] = str(last).split() or [""]
         return ids
 
@@ -215,8 +219,9 @@ class FakeEngine:
     async def generate(
         self, prompt_ids: list[int], options: GenerationOptions, request_id: str, *, stream: bool
     ) -> AsyncIterator[GenerationStep]:
-        self.requests.append((list(prompt_ids), options, stream))
-        self.request_ids.append(request_id)
+        if self.keep_history:
+            self.requests.append((list(prompt_ids), options, stream))
+            self.request_ids.append(request_id)
         if self._dead:
             raise EngineUnavailable("the fake engine is not running")
         if options.adapter is not None and options.adapter not in self.adapters:
@@ -293,9 +298,10 @@ class FakeEngine:
             if not stream:
                 finished = True
                 yield GenerationStep(choices=finals, prompt_tokens=len(prompt_ids), finished=True)
-            self.completed.append(request_id)
+            if self.keep_history:
+                self.completed.append(request_id)
         except (GeneratorExit, asyncio.CancelledError):
-            if not finished:
+            if not finished and self.keep_history:
                 self.aborted.add(request_id)
             raise
         finally:

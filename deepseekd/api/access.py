@@ -30,9 +30,10 @@ SIGNED_IN = Access(frozenset({"admin", "user", "auditor"}))
 ROUTES: dict[tuple[str, str], Access] = {
     ("GET", "/healthz"): OPEN,
     ("GET", "/readyz"): OPEN,
+    ("GET", "/openapi.json"): OPEN,  # the API's shape is no secret; its data is
     ("GET", "/"): OPEN,  # the pages are static; their data needs a session
     ("GET", "/admin"): OPEN,
-    ("GET", "/static"): OPEN,
+    ("GET", "/static/{filename}"): OPEN,
     ("POST", "/auth/login"): OPEN,  # the credentials are in the body
     ("GET", "/auth/session"): SIGNED_IN,
     ("POST", "/auth/logout"): SIGNED_IN,

@@ -10,6 +10,7 @@ from deepseekd.keys import AUDIT
 routes = web.RouteTableDef()
 
 MAX_PAGE = 1000
+MAX_NUMBER = 2**53  # past any id or epoch second, and inside every database's integer type
 
 
 def _num(request: web.Request, name: str, kind: type, default: object = None) -> object:
@@ -20,8 +21,8 @@ def _num(request: web.Request, name: str, kind: type, default: object = None) ->
         value = kind(raw)
     except ValueError:
         raise bad_request(f"{name}: must be a number", param=name) from None
-    if value != value or value < 0:  # NaN or negative
-        raise bad_request(f"{name}: must be a non-negative number", param=name)
+    if value != value or not 0 <= value <= MAX_NUMBER:  # NaN, negative, infinite or huge
+        raise bad_request(f"{name}: must be a number from 0 to {MAX_NUMBER}", param=name)
     return value
 
 

@@ -20,6 +20,10 @@ _TYPES = {
 }
 
 
+MAX_MESSAGE_CHARS = 1000
+"""Messages may quote the client's input (a model name, an id): never echo a huge one back."""
+
+
 class APIError(Exception):
     """An error the client should see; rendered by the error middleware."""
 
@@ -32,6 +36,8 @@ class APIError(Exception):
         param: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = message[:MAX_MESSAGE_CHARS - 1] + "…"
         super().__init__(message)
         self.status = status
         self.message = message

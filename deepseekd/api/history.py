@@ -6,6 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from deepseekd.api.middlewares import IDENTITY, read_json
+from deepseekd.api.schemas import ConversationTitle, validate
 from deepseekd.keys import HISTORY
 
 routes = web.RouteTableDef()
@@ -34,9 +35,9 @@ async def delete_conversation(request: web.Request) -> web.Response:
 @routes.patch("/v1/conversations/{conversation_id}")
 async def rename_conversation(request: web.Request) -> web.Response:
     cid = request.match_info["conversation_id"]
-    body = await read_json(request)
-    await request.app[HISTORY].rename_conversation(request[IDENTITY], cid, body.get("title"))
-    return web.json_response({"id": cid, "title": body["title"].strip()})
+    body = validate(ConversationTitle, await read_json(request))
+    await request.app[HISTORY].rename_conversation(request[IDENTITY], cid, body.title)
+    return web.json_response({"id": cid, "title": body.title.strip()})
 
 
 @routes.get("/v1/me/export")

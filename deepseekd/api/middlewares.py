@@ -26,6 +26,7 @@ from deepseekd.keys import (
 from deepseekd.security.apikeys import csrf_matches
 from deepseekd.security.tls import peer_common_name
 from deepseekd.store.accounts import SESSION_PREFIX, AccountError, AuthFailed, Identity
+from deepseekd.store.db import StoreUnavailable
 from deepseekd.store.quota import QuotaState
 
 log = logging.getLogger("deepseekd.http")
@@ -99,6 +100,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             request.app[METRICS].quota_rejections.inc()
         if exc.status == 401 and "WWW-Authenticate" not in resp.headers:
             resp.headers["WWW-Authenticate"] = "Bearer"  # RFC 7235: every 401 names a scheme
+    except StoreUnavailable as exc:
+        log.error("database unavailable", extra={"request_id": request.get(REQUEST_ID),
+                                                 "error": str(exc)})
+        resp = unavailable(str(exc), code="database_unavailable", retry_after=5).response()
     except AccountError as exc:
         resp = APIError(exc.status, str(exc), param=exc.field,
                         code="invalid_value" if exc.status == 400 else None).response()

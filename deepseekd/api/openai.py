@@ -31,6 +31,7 @@ from deepseekd.api.render import (
     sse,
     usage,
 )
+from deepseekd.api.streaming import StallGuardedResponse
 from deepseekd.api.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -38,8 +39,9 @@ from deepseekd.api.schemas import (
     validate,
 )
 from deepseekd.engine.types import ChoiceDelta, GenerationStep
-from deepseekd.keys import AUDIT, HISTORY, INFERENCE, LIFECYCLE, LORA, METRICS, QUOTA
+from deepseekd.keys import AUDIT, HISTORY, INFERENCE, LIFECYCLE, LORA, METRICS, QUOTA, SETTINGS
 from deepseekd.store.audit import AuditUnavailable, Event
+from deepseekd.store.db import StoreUnavailable
 from deepseekd.store.history import TurnRecord
 
 log = logging.getLogger("deepseekd.http")
@@ -123,6 +125,8 @@ class Recorder:
                     answer_hmac=audit.content_hmac(acc[0].text)))
         except AuditUnavailable:
             raise unavailable(AUDIT_DOWN, code="audit_unavailable") from None
+        except StoreUnavailable as exc:  # rolled back: the answer is not given as saved
+            raise unavailable(str(exc), code="database_unavailable") from None
 
     async def failed(self, exc: BaseException) -> None:
         """Best effort: a request that ended in an error is audited too."""
@@ -205,9 +209,10 @@ async def _write_events(
         await rec.failed(exc)
         raise
     await started  # the stream's audit record is committed, or a 503 before any byte
-    resp = web.StreamResponse(headers={
-        "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-        "X-Accel-Buffering": "no", **rec.headers})
+    resp = StallGuardedResponse(request, request.app[SETTINGS].server.stream_stall_timeout_s,
+                                headers={"Content-Type": "text/event-stream",
+                                         "Cache-Control": "no-cache",
+                                         "X-Accel-Buffering": "no", **rec.headers})
     await resp.prepare(request)
     acc = [Accumulated() for _ in range(n)]
     prompt_tokens = len(rec.prepared.prompt_ids)

@@ -7,6 +7,7 @@ for type and range, and the first problem is reported with its dotted path.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -143,11 +144,35 @@ class SimpleChatRequest(_Body):
     conversation_id: str | None = Field(None, max_length=64)
 
 
+class ConversationTitle(_Body):
+    """``PATCH /v1/conversations/{id}``: rename a conversation."""
+
+    title: str = Field(min_length=1, max_length=120)
+
+
 # --------------------------------------------------------------------------- parsing
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+_ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _lone_surrogate(value: Any) -> bool:
+    """A string holding half of a UTF-16 pair, which no store, tokenizer or log can encode."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_lone_surrogate(k) or _lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_lone_surrogate(v) for v in value)
+    return False
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:
@@ -164,6 +189,10 @@ def parse_json(raw: bytes) -> dict[str, Any]:
         raise bad_request(f"request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise bad_request("request body must be a JSON object", code="invalid_json")
+    # JSON may escape half a surrogate pair ("\\ud800"); only then is the walk needed.
+    if _ESCAPED_SURROGATE.search(raw) and _lone_surrogate(data):
+        raise bad_request("request body holds an unpaired UTF-16 surrogate escape",
+                          code="invalid_json")
     return data
 
 

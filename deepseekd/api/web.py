@@ -79,6 +79,16 @@ async def logout(request: web.Request) -> web.Response:
     return resp
 
 
-def add_static(app: web.Application) -> None:
-    app.router.add_static("/static", WEB_DIR / "static", follow_symlinks=False,
-                          append_version=False)
+STATIC_FILES = {p.name: p for p in (WEB_DIR / "static").iterdir() if p.is_file()}
+"""The shipped files, fixed when the package loads: nothing else under /static is served."""
+
+
+@routes.get("/static/{filename}")
+async def static_file(request: web.Request) -> web.FileResponse:
+    """The pages' scripts and styles."""
+    path = STATIC_FILES.get(request.match_info["filename"])
+    if path is None:
+        # Raised here (not by FileResponse, which answers a bare 404 after the middlewares)
+        # so a missing file gets the same JSON error as any other route.
+        raise web.HTTPNotFound()
+    return web.FileResponse(path)

@@ -67,6 +67,10 @@ class Metrics:
                                 registry=r)
         self.quota_rejections = Counter("deepseekd_quota_rejections",
                                         "Requests refused by a daily quota.", registry=r)
+        self.overload_rejections = Counter(
+            "deepseekd_overload_rejections",
+            "Inference requests refused with 503 because server.max_queued_requests were "
+            "already admitted.", registry=r)
         self.audit_write_failures = Counter(
             "deepseekd_audit_write_failures",
             "Audit events that could not be written (the request failed closed).", registry=r)

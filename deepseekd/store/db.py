@@ -16,6 +16,7 @@ from alembic.util import CommandError
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session
 
@@ -30,6 +31,40 @@ MIGRATION_LOCK_ID = 0x64656570  # "deep": the advisory lock migrators queue on
 
 class SchemaError(Exception):
     """The database schema does not match this deepseekd (newer, unknown or not migrated)."""
+
+
+class StoreUnavailable(Exception):
+    """The database cannot take the work now (locked, disk full, I/O error); the transaction
+    was rolled back, so nothing is half-written. The API answers 503."""
+
+
+_UNAVAILABLE = (
+    (("locked", "busy"), "the database is locked by another writer for longer than the busy "
+                         "timeout; retry shortly"),
+    (("full",), "the database's disk is full; nothing was written. An operator must free "
+                "space"),
+    (("disk i/o", "readonly", "read-only", "unable to open"),
+     "the database cannot be written (I/O error); nothing was written"),
+)
+
+
+def _unavailable(exc: OperationalError) -> StoreUnavailable | None:
+    text = str(exc.orig if exc.orig is not None else exc).lower()
+    for words, message in _UNAVAILABLE:
+        if any(w in text for w in words):
+            return StoreUnavailable(message)
+    return None
+
+
+@contextlib.asynccontextmanager
+async def _translated() -> AsyncIterator[None]:
+    try:
+        yield
+    except OperationalError as exc:
+        mapped = _unavailable(exc)
+        if mapped is None:
+            raise
+        raise mapped from exc
 
 
 def alembic_config(url: str) -> AlembicConfig:
@@ -65,10 +100,11 @@ class Database:
             self.engine.execution_options(sqlite_immediate=True), expire_on_commit=False
         )
         # SQLite has one writer at a time. Writers of this process queue here, in order and
-        # without delay; left to SQLite they would sleep in its busy handler's back-off (1, 2,
-        # 5 … 100 ms) and concurrent turns wrote no faster than one at a time. Other processes
-        # (the CLI beside the daemon) still wait on busy_timeout.
-        self._write_lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
+        # without delay; left to SQLite's busy handler they would sleep in its back-off (1, 2,
+        # 5 … 100 ms), unfairly: under load a writer could retry past the busy timeout while
+        # later ones got the lock. Other processes (the CLI) still wait on busy_timeout.
+        self._write_turn = asyncio.Lock() if self.is_sqlite else None
+        self._busy_timeout_s = busy_timeout_ms / 1000
 
     async def __aenter__(self) -> "Database":
         return self
@@ -80,6 +116,14 @@ class Database:
         if self._sync_reads is not None:
             self._sync_reads.dispose()
         await self.engine.dispose()
+
+    async def reconnect(self) -> None:
+        """Close every pooled connection (async, writer, reader); the next use opens new ones
+        with the connect-time settings applied again."""
+        await self.engine.dispose()
+        for engine in (self._group.engine if self._group else None, self._sync_reads):
+            if engine is not None:
+                await asyncio.to_thread(engine.dispose)
 
     async def run_write(self, fn: Callable[[Session], T]) -> T:
         """Run ``fn(session)`` — synchronous ORM code — in a write transaction; returns its
@@ -94,7 +138,8 @@ class Database:
                 return await s.run_sync(fn)
         if self._group is None:
             self._group = GroupWriter(self._sync_engine())
-        return await self._group.submit(fn)
+        async with _translated():
+            return await self._group.submit(fn)
 
     async def run_read(self, fn: Callable[[Session], T]) -> T:
         """Run ``fn(session)`` — synchronous code — in a read transaction. On SQLite it runs
@@ -110,7 +155,8 @@ class Database:
             with Session(self._sync_reads) as s, s.begin():
                 return fn(s)
 
-        return await asyncio.to_thread(read)
+        async with _translated():
+            return await asyncio.to_thread(read)
 
     def _sync_engine(self) -> Engine:
         engine = create_engine(make_url(self.url).set(drivername="sqlite"))
@@ -120,17 +166,29 @@ class Database:
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
         """One write transaction: committed when the block ends, rolled back on error."""
-        async with contextlib.AsyncExitStack() as stack:
-            if self._write_lock is not None:
-                await stack.enter_async_context(self._write_lock)
-            session = await stack.enter_async_context(self._writes())
+        async with _translated(), self._turn(), self._writes() as session:
             async with session.begin():
                 yield session
             run_after_commit(session.sync_session)
 
     @contextlib.asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        if self._write_turn is None:
+            yield
+            return
+        try:
+            async with asyncio.timeout(self._busy_timeout_s):
+                await self._write_turn.acquire()
+        except TimeoutError:
+            raise StoreUnavailable(_UNAVAILABLE[0][1]) from None
+        try:
+            yield
+        finally:
+            self._write_turn.release()
+
+    @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
-        async with self._reads() as session, session.begin():
+        async with _translated(), self._reads() as session, session.begin():
             yield session
 
     # -- schema ----------------------------------------------------------------------

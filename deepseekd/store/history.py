@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from deepseekd.security.keyring import Unreadable, open_sealed, seal
 from deepseekd.store.accounts import AccountError, Identity
 from deepseekd.store.audit import AuditLog, AuditUnavailable, Event
-from deepseekd.store.db import Database
+from deepseekd.store.db import Database, StoreUnavailable
 from deepseekd.store.keys import KeyService
 from deepseekd.store.schema import ApiKey, Conversation, QuotaUsage, Turn, User
 
@@ -102,6 +102,9 @@ class HistoryService:
             await self._db.run_write(
                 lambda s: self._record_turn(s, who, conversation_id, new, turn))
         except AccountError:
+            raise
+        except StoreUnavailable as exc:  # locked or full: say so (the audit event is lost too)
+            self._audit.record_failure(exc, "inference")
             raise
         except Exception as exc:
             self._audit.record_failure(exc, "inference")

@@ -63,6 +63,7 @@ class GroupWriter:
     """Runs write jobs on one SQLite connection in a thread of its own."""
 
     def __init__(self, engine: Engine) -> None:
+        self.engine = engine
         self._engine = engine.execution_options(sqlite_immediate=True)
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="deepseekd-sqlite-writer",
@@ -79,7 +80,7 @@ class GroupWriter:
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join()
-        self._engine.dispose()
+        self.engine.dispose()
 
     def _run(self) -> None:
         while True:

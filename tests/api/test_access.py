@@ -142,8 +142,8 @@ def _body(method: str, path: str) -> Any:
 async def _call(w: World, clock: FakeClock, method: str, canonical: str, caller: str) -> Any:
     known = {"name": w.target, "key_id": str(w.target_key_id)}
     path = _PARAM.sub(lambda m: known.get(m.group(1), PLACEHOLDER), canonical)
-    if canonical == "/static":
-        path = "/static/markdown.js"  # a file: the folder itself is not listed
+    if canonical == "/static/{filename}":
+        path = "/static/markdown.js"
     headers: dict[str, str] = {}
     if caller == "bad_key":
         headers = bearer(BAD_KEY)
@@ -344,7 +344,8 @@ async def test_abandoned_stream_still_costs_tokens(make_daemon: MakeDaemon,
 
 
 async def test_quota_holds_under_concurrency(make_daemon: MakeDaemon, clock: FakeClock) -> None:
-    d = await make_daemon(clock=clock)
+    # No backpressure limit: all 600 must reach the quota check.
+    d = await make_daemon(clock=clock, env={"DEEPSEEKD_SERVER__MAX_QUEUED_REQUESTS": "0"})
     q = await d.app[ACCOUNTS].create_user("racer", "user", daily_request_limit=500)
     auth = bearer(q.api_key)
 

@@ -4,6 +4,8 @@ trigger makes every audit insert fail, and no answer leaves without an audit rec
 
 from __future__ import annotations
 
+import asyncio
+
 import json
 import re
 import sqlite3
@@ -42,8 +44,13 @@ def db_path(d: Daemon) -> Path:
     return Path(d.settings.data_dir) / "deepseekd.db"
 
 
-def raw_sql(d: Daemon, statement: str) -> list[tuple[Any, ...]]:
-    """Straight on the daemon's SQLite file, behind its back."""
+async def raw_sql(d: Daemon, statement: str) -> list[tuple[Any, ...]]:
+    """Straight on the daemon's SQLite file, behind its back; in a thread, so a daemon write
+    in flight can finish instead of waiting on a loop this call would block."""
+    return await asyncio.to_thread(_raw_sql, d, statement)
+
+
+def _raw_sql(d: Daemon, statement: str) -> list[tuple[Any, ...]]:
     conn = sqlite3.connect(db_path(d), timeout=10)
     try:
         rows = conn.execute(statement).fetchall()
@@ -53,8 +60,8 @@ def raw_sql(d: Daemon, statement: str) -> list[tuple[Any, ...]]:
         conn.close()
 
 
-def count(d: Daemon, table: str, where: str = "") -> int:
-    return int(raw_sql(d, f"SELECT count(*) FROM {table} {where}")[0][0])
+async def count(d: Daemon, table: str, where: str = "") -> int:
+    return int((await raw_sql(d, f"SELECT count(*) FROM {table} {where}"))[0][0])
 
 
 def sse_payloads(text: str) -> list[Any]:
@@ -129,7 +136,7 @@ async def test_conversation_lifecycle(daemon: Daemon) -> None:
     await error(await d.client.delete(f"{CONVS}/{cid}", headers=d.auth), 404)
     await error(await d.client.post(CHAT, json={"messages": [u1], "max_tokens": 1,
                                                 "conversation_id": cid}, headers=d.auth), 404)
-    assert count(d, "turns", f"WHERE conversation_id = '{cid}'") == 0
+    assert (await count(d, "turns", f"WHERE conversation_id = '{cid}'")) == 0
     listed = await ok_json(await d.client.get(CONVS, headers=d.auth))
     assert [c["id"] for c in listed["data"]] == [other]
 
@@ -190,7 +197,7 @@ async def test_streaming_chat_stores_the_streamed_answer(daemon: Daemon) -> None
     assert conv["turns"][0]["answer"] == streamed
     assert conv["messages"][-1] == msg("assistant", streamed)
     # The stream wrote its start event before the first byte, then the turn's event.
-    actions = [r[0] for r in raw_sql(d, "SELECT action FROM audit_events ORDER BY id")]
+    actions = [r[0] for r in (await raw_sql(d, "SELECT action FROM audit_events ORDER BY id"))]
     assert actions[-2:] == ["inference.start", "inference"]
 
 
@@ -207,7 +214,7 @@ async def test_export_me(daemon: Daemon) -> None:
     assert data["conversations"][0]["messages"][0] == msg("user", "export this please")
     assert len(data["api_keys"]) == 1 and data["daily_usage"][0]["requests"] >= 1
     assert "eve" not in json.dumps(data["conversations"])
-    events = raw_sql(d, "SELECT actor, target FROM audit_events WHERE action = 'user.export'")
+    events = await raw_sql(d, "SELECT actor, target FROM audit_events WHERE action = 'user.export'")
     assert events == [("tester", "user:tester")]
 
 
@@ -218,8 +225,8 @@ async def test_audit_down_fails_closed_then_recovers(daemon: Daemon) -> None:
     d = daemon
     admin = await new_user(d, "root", "admin")
     auditor = await new_user(d, "aud", "auditor")
-    events_before = count(d, "audit_events")
-    raw_sql(d, AUDIT_TRIGGER)
+    events_before = await count(d, "audit_events")
+    await raw_sql(d, AUDIT_TRIGGER)
 
     # Non-streaming: the model ran, but its output does not leave.
     resp = await d.client.post(CHAT, json={"messages": [msg("user", "secret question")],
@@ -253,8 +260,8 @@ async def test_audit_down_fails_closed_then_recovers(daemon: Daemon) -> None:
     await error(resp, 503, "audit_unavailable")
 
     # Nothing half-written: no conversation, no turn, no audit event.
-    assert count(d, "conversations") == 0 and count(d, "turns") == 0
-    assert count(d, "audit_events") == events_before
+    assert (await count(d, "conversations")) == 0 and (await count(d, "turns")) == 0
+    assert (await count(d, "audit_events")) == events_before
 
     resp = await d.client.get("/metrics", headers=bearer(admin.api_key))
     metrics = await resp.text()
@@ -264,10 +271,10 @@ async def test_audit_down_fails_closed_then_recovers(daemon: Daemon) -> None:
     assert float(m.group(1)) >= 5  # one per refused request
 
     # The disk has room again: the next chat goes through, and the chain is whole.
-    raw_sql(d, "DROP TRIGGER audit_down")
+    await raw_sql(d, "DROP TRIGGER audit_down")
     body, cid = await chat(d, [msg("user", "are you back?")])
     assert body["choices"][0]["message"]["content"] == expected_text(3) and is_uuid(cid)
-    assert count(d, "turns") == 1
+    assert (await count(d, "turns")) == 1
     verify = await ok_json(await d.client.get("/audit/api/verify",
                                               headers=bearer(auditor.api_key)))
     assert verify["ok"] is True and verify["first_bad_id"] is None
@@ -278,11 +285,11 @@ async def test_audit_down_stream_with_history_request(daemon: Daemon) -> None:
     """Appending to an existing conversation while the audit log is down stores nothing."""
     d = daemon
     _, cid = await chat(d, [msg("user", "first")])
-    raw_sql(d, AUDIT_TRIGGER)
+    await raw_sql(d, AUDIT_TRIGGER)
     resp = await d.client.post(CHAT, headers=d.auth, json={
         "messages": [msg("user", "second")], "max_tokens": 2, "conversation_id": cid})
     await error(resp, 503, "audit_unavailable")
-    raw_sql(d, "DROP TRIGGER audit_down")
+    await raw_sql(d, "DROP TRIGGER audit_down")
     conv = await ok_json(await d.client.get(f"{CONVS}/{cid}", headers=d.auth))
     assert len(conv["turns"]) == 1
 
@@ -292,19 +299,19 @@ async def test_first_chat_during_audit_outage_keeps_the_data_key(daemon: Daemon)
     readable by a process that starts afresh (nothing cached). Regression: the data key
     made in the rolled-back transaction was once cached and used, but never stored."""
     d = daemon
-    raw_sql(d, AUDIT_TRIGGER)
+    await raw_sql(d, AUDIT_TRIGGER)
     await error(await d.client.post(CHAT, json={"messages": [msg("user", "first ever")],
                                                 "max_tokens": 2}, headers=d.auth), 503)
-    raw_sql(d, "DROP TRIGGER audit_down")
+    await raw_sql(d, "DROP TRIGGER audit_down")
     _, cid = await chat(d, [msg("user", "after the outage")])
-    uid = int(raw_sql(d, "SELECT id FROM users WHERE name = 'tester'")[0][0])
+    uid = int((await raw_sql(d, "SELECT id FROM users WHERE name = 'tester'"))[0][0])
     db = d.app[DATABASE]
     keys = KeyService(db, Keyring([Path(d.settings.data_dir) / "keys"]), time.time)
     await keys.check()
     history = HistoryService(db, keys, AuditLog(db, keys.cached_audit_key, time.time), time.time)
     conv = await history.get_conversation(Identity(uid, "tester", "user", "api_key"), cid)
     assert conv["turns"][0].get("answer") == expected_text(3), conv["turns"]
-    assert count(d, "user_keys", f"WHERE user_id = {uid}") == 1
+    assert (await count(d, "user_keys", f"WHERE user_id = {uid}")) == 1
 
 
 # --------------------------------------------------------------------------- audit coverage
@@ -429,9 +436,9 @@ async def test_automatic_rotation(make_daemon: MakeDaemon, clock: FakeClock) -> 
     clock.advance(2 * DAY)  # 91 days: past keys.rotation_days (90)
     await maintenance.tick(now=clock())
     assert sorted(p.name for p in keys_dir.iterdir()) == ["master-v2.key"]
-    assert raw_sql(d, "SELECT DISTINCT kek_version FROM user_keys") == [(2,)]
-    assert raw_sql(d, "SELECT DISTINCT kek_version FROM service_keys") == [(2,)]
-    events = raw_sql(d, "SELECT role, detail FROM audit_events WHERE action = 'keys.rotate'")
+    assert (await raw_sql(d, "SELECT DISTINCT kek_version FROM user_keys")) == [(2,)]
+    assert (await raw_sql(d, "SELECT DISTINCT kek_version FROM service_keys")) == [(2,)]
+    events = await raw_sql(d, "SELECT role, detail FROM audit_events WHERE action = 'keys.rotate'")
     assert len(events) == 1
     role, detail = events[0]
     assert role == "service" and "automatic" in detail and "v2" in detail
@@ -448,7 +455,7 @@ async def test_automatic_rotation(make_daemon: MakeDaemon, clock: FakeClock) -> 
     keys = KeyService(db, Keyring([keys_dir]), clock)
     await keys.check()
     audit = AuditLog(db, keys.cached_audit_key, clock)
-    who = Identity(int(raw_sql(d, "SELECT id FROM users WHERE name = 'tester'")[0][0]),
+    who = Identity(int((await raw_sql(d, "SELECT id FROM users WHERE name = 'tester'"))[0][0]),
                    "tester", "user", "api_key")
     fresh = await HistoryService(db, keys, audit, clock).get_conversation(who, cid)
     assert fresh["messages"][0]["content"] == "remember me across keys"

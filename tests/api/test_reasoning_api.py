@@ -112,7 +112,7 @@ async def test_role_without_reasoning_gets_the_answer_only(make_daemon: MakeDaem
                    c["logprobs"] for e in events for c in e["choices"])
     # Their history keeps a hash, never the text.
     conv = await ok_json(await d.client.get(
-        f"/v1/conversations/{body_conversation(d)}", headers=d.auth))
+        f"/v1/conversations/{await body_conversation(d)}", headers=d.auth))
     turn = conv["turns"][0]
     assert "reasoning_content" not in turn and turn["reasoning_hmac"]
     # An admin, on the list, sees it.
@@ -121,8 +121,8 @@ async def test_role_without_reasoning_gets_the_answer_only(make_daemon: MakeDaem
     assert body["choices"][0]["message"]["reasoning_content"] == REASONING
 
 
-def body_conversation(d: Daemon) -> str:
-    (cid,) = raw_sql(d, "SELECT id FROM conversations ORDER BY created_at LIMIT 1")[0]
+async def body_conversation(d: Daemon) -> str:
+    (cid,) = (await raw_sql(d, "SELECT id FROM conversations ORDER BY created_at LIMIT 1"))[0]
     return str(cid)
 
 
@@ -148,11 +148,11 @@ async def test_history_stores_the_reasoning_sealed(make_daemon: MakeDaemon) -> N
     export = await ok_json(await d.client.get("/v1/me/export", headers=d.auth))
     assert export["conversations"][0]["turns"][0]["reasoning_content"] == REASONING
     # Sealed at rest: the database holds ciphertext only.
-    rows = raw_sql(d, "SELECT reasoning_ct, reasoning_hmac, reasoning_tokens FROM turns")
+    rows = (await raw_sql(d, "SELECT reasoning_ct, reasoning_hmac, reasoning_tokens FROM turns"))
     assert all(ct and REASONING.encode() not in ct and h is None and n == REASONING_TOKENS
                for ct, h, n in rows)
     # The audit event says how much was reasoning, never what.
-    details = raw_sql(d, "SELECT detail FROM audit_events WHERE action = 'inference'")
+    details = (await raw_sql(d, "SELECT detail FROM audit_events WHERE action = 'inference'"))
     assert details == [(f"reasoning_tokens={REASONING_TOKENS}",)] * 2
 
 
@@ -168,8 +168,8 @@ async def test_history_hash_keeps_only_an_hmac(make_daemon: MakeDaemon) -> None:
     assert turn["reasoning_hmac"] == d.app[AUDIT].content_hmac(REASONING)
     # Keyed: a plain hash of the text is not it, so the HMAC cannot be checked by guessing.
     assert turn["reasoning_hmac"] != hashlib.sha256(REASONING.encode()).hexdigest()
-    assert raw_sql(d, "SELECT reasoning_ct FROM turns") == [(None,)]
-    assert hmac.compare_digest(raw_sql(d, "SELECT reasoning_hmac FROM turns")[0][0],
+    assert (await raw_sql(d, "SELECT reasoning_ct FROM turns")) == [(None,)]
+    assert hmac.compare_digest((await raw_sql(d, "SELECT reasoning_hmac FROM turns"))[0][0],
                                turn["reasoning_hmac"])
 
 
@@ -182,7 +182,7 @@ async def test_history_drop_keeps_nothing(make_daemon: MakeDaemon) -> None:
     turn = conv["turns"][0]
     assert "reasoning_content" not in turn and "reasoning_hmac" not in turn
     assert turn["usage"]["completion_tokens_details"] == {"reasoning_tokens": REASONING_TOKENS}
-    assert raw_sql(d, "SELECT reasoning_ct, reasoning_hmac FROM turns") == [(None, None)]
+    assert (await raw_sql(d, "SELECT reasoning_ct, reasoning_hmac FROM turns")) == [(None, None)]
 
 
 async def test_metrics_and_quota_count_reasoning_apart(make_daemon: MakeDaemon) -> None:

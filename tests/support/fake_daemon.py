@@ -26,6 +26,8 @@ if __name__ == "__main__":
     token_delay = float(os.environ.pop("DEEPSEEKD_TEST_FAKE_TOKEN_DELAY", "") or 0.0)
     setup_logging()
     settings = load_settings()
+    # keep_history=False: the test hooks would grow with every request of a soak.
     app = build_app(settings, lambda: FakeEngine(model_name="fake-model", echo=echo,
-                                                 token_delay=token_delay), "fake-model")
+                                                 token_delay=token_delay, keep_history=False),
+                    "fake-model")
     sys.exit(asyncio.run(run_daemon(app)))

@@ -36,6 +36,7 @@ COUNTERS = {
     "deepseekd_auth_failures_total",
     "deepseekd_lockouts_total",
     "deepseekd_quota_rejections_total",
+    "deepseekd_overload_rejections_total",
     "deepseekd_audit_write_failures_total",
 }
 GAUGES = {

@@ -1,0 +1,72 @@
+"""GET /openapi.json: an OpenAPI 3.1 document of every route, built from the route table and
+the handlers' own request models, so the document and the code cannot drift apart."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jsonschema_rs
+
+from deepseekd.api.access import ROUTES
+from deepseekd.api.openapi import BODIES, PATH_ALIASES
+
+from tests.api.helpers import ok_json
+
+Daemon = Any
+
+
+async def _document(daemon: Daemon) -> dict[str, Any]:
+    resp = await daemon.client.get("/openapi.json")  # public: no credentials
+    return await ok_json(resp)
+
+
+async def test_every_route_in_the_table_and_router_is_documented(daemon: Daemon) -> None:
+    doc = await _document(daemon)
+    assert doc["openapi"].startswith("3.1")
+    documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
+    table = {(m, PATH_ALIASES.get(p, p)) for m, p in ROUTES}
+    router = {(r.method, PATH_ALIASES.get(r.resource.canonical, r.resource.canonical))
+              for r in daemon.app.router.routes() if r.method != "HEAD"}
+    assert documented == table
+    assert router <= documented
+    for (method, path), rule in ROUTES.items():
+        op = doc["paths"][PATH_ALIASES.get(path, path)][method.lower()]
+        assert op["security"] == ([] if not rule.roles else [{"bearer": []}, {"session": []}])
+        assert "default" in op["responses"]
+
+
+async def test_request_bodies_are_the_handlers_models(daemon: Daemon) -> None:
+    """The schema of each body is what the handler validates with: a body the schema
+    accepts, pydantic accepts, and one it refuses, pydantic refuses."""
+    doc = await _document(daemon)
+    components = doc["components"]["schemas"]
+    for (method, path), model in BODIES.items():
+        body = doc["paths"][path][method.lower()]["requestBody"]["content"]["application/json"]
+        name = body["schema"]["$ref"].rsplit("/", 1)[1]
+        assert name == model.__name__
+        schema = {**components[name], "components": {"schemas": components}}
+        validator = jsonschema_rs.validator_for(schema)
+        assert not validator.is_valid({"max_tokens": "many", "messages": 5, "name": 1,
+                                       "username": 5, "title": 5, "label": 5,
+                                       "prompt": 5, "daily_request_limit": "x"})
+
+
+async def test_limits_that_are_settings_are_in_the_document(make_daemon: Any) -> None:
+    d = await make_daemon(env={"DEEPSEEKD_API__MAX_N": "3", "DEEPSEEKD_API__MAX_MESSAGES": "7"})
+    schemas = (await _document(d))["components"]["schemas"]
+    chat = schemas["ChatCompletionRequest"]["properties"]
+    assert chat["n"]["maximum"] == 3 and chat["messages"]["maxItems"] == 7
+
+
+async def test_rename_validates_the_title(daemon: Daemon) -> None:
+    await daemon.post_json("/v1/chat/completions",
+                           {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
+    listed = await ok_json(await daemon.client.get("/v1/conversations", headers=daemon.auth))
+    cid = listed["data"][0]["id"]
+    for bad in ({}, {"title": 5}, {"title": ""}, {"title": "x" * 121}):
+        r = await daemon.client.patch(f"/v1/conversations/{cid}", json=bad, headers=daemon.auth)
+        assert r.status == 400, (bad, await r.text())
+        assert (await r.json())["error"]["param"] == "title"
+    r = await daemon.client.patch(f"/v1/conversations/{cid}", json={"title": " Plans "},
+                                  headers=daemon.auth)
+    assert (await ok_json(r)) == {"id": cid, "title": "Plans"}
