@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from deepseekd.api.errors import bad_request
 from deepseekd.api.middlewares import IDENTITY, read_json
 from deepseekd.api.schemas import ConversationTitle, validate
 from deepseekd.keys import HISTORY
@@ -14,8 +15,29 @@ routes = web.RouteTableDef()
 
 @routes.get("/v1/conversations")
 async def list_conversations(request: web.Request) -> web.Response:
-    items = await request.app[HISTORY].list_conversations(request[IDENTITY])
-    return web.json_response({"object": "list", "data": items})
+    """Most recently updated first, ``limit`` (1-200, default 50) per page; the next page is
+    ``?after=<id of the last one>`` while ``has_more`` is true."""
+    limit = _int_param(request, "limit", default=PAGE_DEFAULT, low=1, high=PAGE_MAX)
+    after = request.query.get("after") or None
+    items = await request.app[HISTORY].list_conversations(request[IDENTITY], limit + 1, after)
+    return web.json_response({"object": "list", "data": items[:limit],
+                              "has_more": len(items) > limit})
+
+
+PAGE_DEFAULT, PAGE_MAX = 50, 200
+
+
+def _int_param(request: web.Request, name: str, *, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise bad_request(f"{name}: an integer from {low} to {high}", param=name)
+    return value
 
 
 @routes.get("/v1/conversations/{conversation_id}")

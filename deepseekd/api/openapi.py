@@ -145,6 +145,14 @@ def _operation(method: str, path: str, rule: access.Access, refs: dict[Any, Any]
                    {"name": n, "in": "query", "required": False, "description": d,
                     "schema": {"type": "string"}}
                    for n, t, d in AUDIT_QUERY]
+    if path == "/v1/conversations" and method == "GET":
+        params += [
+            {"name": "limit", "in": "query", "required": False,
+             "description": "Conversations per page, 1 to 200 (default 50).",
+             "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
+            {"name": "after", "in": "query", "required": False,
+             "description": "Paging: the id of the last conversation of the previous page.",
+             "schema": {"type": "string"}}]
     if rule.second_factor:
         params.append({"name": "X-TOTP", "in": "header", "required": False,
                        "description": "The admin's current TOTP code, when the call is not "

@@ -161,15 +161,28 @@ class HistoryService:
 
     # -- reading ---------------------------------------------------------------------
 
-    async def list_conversations(self, who: Identity) -> list[dict[str, Any]]:
+    async def list_conversations(self, who: Identity, limit: int | None = None,
+                                 after: str | None = None) -> list[dict[str, Any]]:
+        """The caller's conversations, most recently updated first; ``limit`` and ``after``
+        (the id of the last conversation of the previous page) page through them."""
+        query = (select(Conversation, func.count(Turn.id))
+                 .outerjoin(Turn, Turn.conversation_id == Conversation.id)
+                 .where(Conversation.user_id == who.user_id)
+                 .group_by(Conversation.id)
+                 .order_by(Conversation.updated_at.desc(), Conversation.id.desc()))
         async with self._db.read() as s:
             key = await self._keys.user_key(s, who.user_id, create=False)
-            rows = (await s.execute(
-                select(Conversation, func.count(Turn.id))
-                .outerjoin(Turn, Turn.conversation_id == Conversation.id)
-                .where(Conversation.user_id == who.user_id)
-                .group_by(Conversation.id).order_by(Conversation.updated_at.desc())
-            )).all()
+            if after is not None:
+                mark = (await s.execute(select(Conversation.updated_at).where(
+                    Conversation.id == after, Conversation.user_id == who.user_id
+                ))).scalar_one_or_none()
+                if mark is None:
+                    raise AccountError(f"after: no conversation '{after[:64]}'", field="after")
+                query = query.where((Conversation.updated_at < mark) | (
+                    (Conversation.updated_at == mark) & (Conversation.id < after)))
+            if limit is not None:
+                query = query.limit(limit)
+            rows = (await s.execute(query)).all()
         out = []
         for conv, turns in rows:
             out.append({"id": conv.id, "title": self._title(key, who.user_id, conv),

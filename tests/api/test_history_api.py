@@ -463,3 +463,34 @@ async def test_automatic_rotation(make_daemon: MakeDaemon, clock: FakeClock) -> 
     assert (await audit.verify()).ok
     # And new chats go on.
     await chat(d, [msg("user", "after rotation")], conversation_id=cid)
+
+
+async def test_conversation_list_pages(daemon: Daemon) -> None:
+    """Most recent first, `limit` per page, `after` = the last id seen, `has_more` until the
+    end; every conversation exactly once. Bad paging parameters are a 400 naming them."""
+    d = daemon
+    made = []
+    for i in range(7):
+        _, cid = await chat(d, [msg("user", f"topic {i}")])
+        made.append(cid)
+    seen: list[str] = []
+    after: str | None = None
+    pages = 0
+    while True:
+        query = "?limit=3" + (f"&after={after}" if after else "")
+        page = await ok_json(await d.client.get(CONVS + query, headers=d.auth))
+        seen += [c["id"] for c in page["data"]]
+        pages += 1
+        if not page["has_more"]:
+            break
+        after = page["data"][-1]["id"]
+    assert pages == 3 and seen == list(reversed(made))
+    everything = await ok_json(await d.client.get(CONVS, headers=d.auth))
+    assert [c["id"] for c in everything["data"]] == seen and everything["has_more"] is False
+    for bad in ("limit=0", "limit=201", "limit=x"):
+        err = await error(await d.client.get(f"{CONVS}?{bad}", headers=d.auth), 400)
+        assert err["param"] == "limit"
+    other = await new_user(d, "paula")
+    err = await error(await d.client.get(f"{CONVS}?after={made[0]}",
+                                         headers=bearer(other.api_key)), 400)
+    assert err["param"] == "after"  # another user's id is not a cursor

@@ -36,6 +36,10 @@ timeout (a disk that stalls on fsync on a shared machine): all say so and send R
 The store's share is held to at most 5% of the answers served."""
 STORE_503 = ("503 database_unavailable", "503 audit_unavailable")
 CHAT_BODY = {"messages": [{"role": "user", "content": "hello there"}], "max_tokens": 8}
+TURNS_PER_CONVERSATION = 20
+"""Clients start a new conversation after this many follow-ups, like people do. (With one
+endless conversation per client, every read returns an ever longer history: the daemon's
+memory then follows the size of the answers, not a leak.)"""
 
 
 class Tally:
@@ -77,6 +81,9 @@ async def _one(s: aiohttp.ClientSession, url: str, key: str, kind: str, t: Tally
         async with s.post(url + "/v1/chat/completions", headers=h,
                           json={**CHAT_BODY, "conversation_id": conversation[0]}) as r:
             body = await r.read()
+        conversation.append("turn")
+        if len(conversation) > TURNS_PER_CONVERSATION:
+            conversation.clear()  # the next chat starts a new conversation
     elif kind == "read" and conversation:
         async with s.get(url + f"/v1/conversations/{conversation[0]}", headers=h) as r:
             body = await r.read()
