@@ -237,7 +237,9 @@ def _add_target(targets: list[Target], name: str, env: dict[str, str], key: str,
             "llamacpp", "llama.cpp server (llama-cpp-python, Q4_1 GGUF)",
             [str(LLAMACPP_PY), "-m", "llama_cpp.server", "--model",
              str(embedded_model_source()), "--host", "127.0.0.1", "--port", "{port}",
-             "--n_ctx", "4096", "--n_threads", str(os.cpu_count() or 1)],
+             "--n_ctx", "4096", "--n_threads", str(os.cpu_count() or 1),
+             # By default a new request interrupts the running one (its stream just ends).
+             "--interrupt_requests", "False"],
             {}, "/v1/models", requests={1: 8, 16: 32},
             ignore_eos=False, bench_extra={"min_tokens": MAX_TOKENS}))
     else:
@@ -251,7 +253,7 @@ def measure(t: Target, concurrency: int) -> BenchResult:
                       extra_body=t.bench_extra)
     r = asyncio.run(run_bench(cfg))
     log(f"{t.name} c={concurrency}: {r.output_tokens_per_s} tok/s, ttft p50 {r.ttft_p50_ms} ms, "
-        f"{r.ok} ok / {r.failed} failed")
+        f"{r.ok} ok / {r.failed} failed / {r.short_answers} short")
     return r
 
 
@@ -274,6 +276,7 @@ def summarize(targets: list[Target], runs: dict[tuple[str, int], list[BenchResul
                 "latency_p50_ms": med([r.latency_p50_ms for r in rs]),
                 "latency_p95_ms": med([r.latency_p95_ms for r in rs]),
                 "failed": sum(r.failed for r in rs),
+                "short": sum(r.short_answers for r in rs),
                 "runs": len(rs),
             }
         rows[t.name] = row
@@ -336,6 +339,11 @@ def to_markdown(s: dict[str, Any]) -> str:
             f"| {row['label']} | {boots} | {f(c1['tokens_per_s'])} | {f(c1['ttft_p50_ms'])} "
             f"| {f(c1['latency_p50_ms'], 0)} | {f(c16['tokens_per_s'])} "
             f"| {f(c16['ttft_p50_ms'])} | {f(c16['latency_p95_ms'], 0)} | {f(row['pss_mb'], 0)} |")
+    flagged = [f"{row['label']}: {row[c]['failed']} failed, {row[c]['short']} cut short "
+               f"({c.replace('c', '')} clients)" for row in s["rows"].values() for c in ("c1", "c16")
+               if row[c]["failed"] or row[c]["short"]]
+    if flagged:
+        lines += ["", "Not every answer was whole: " + "; ".join(flagged) + "."]
     r = s["ratios"]
     lines += ["", "| target | measured | goal |", "|---|---|---|"]
     goals = [

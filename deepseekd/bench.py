@@ -61,6 +61,9 @@ class BenchResult:
     ttft_p95_ms: float | None
     latency_p50_ms: float | None
     latency_p95_ms: float | None
+    short_answers: int = 0
+    """Answers that ended before max_tokens (expected 0 with ignore_eos): a server that cut
+    answers short would otherwise look fast."""
     errors: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -99,7 +102,7 @@ def summarize(samples: list[Sample], *, url: str, concurrency: int, max_tokens: 
         requests_per_s=round(len(good) / duration, 3) if duration > 0 else 0.0,
         ttft_p50_ms=ms(percentile(ttfts, 50)), ttft_p95_ms=ms(percentile(ttfts, 95)),
         latency_p50_ms=ms(percentile(lat, 50)), latency_p95_ms=ms(percentile(lat, 95)),
-        errors=errors,
+        short_answers=sum(s.output_tokens < max_tokens for s in good), errors=errors,
     )
 
 
@@ -263,6 +266,8 @@ def format_result(r: BenchResult) -> str:
         f"first token     p50 {f(r.ttft_p50_ms)}, p95 {f(r.ttft_p95_ms)}",
         f"latency         p50 {f(r.latency_p50_ms)}, p95 {f(r.latency_p95_ms)}",
     ]
+    if r.short_answers:
+        lines.append(f"short answers   {r.short_answers} ended before {r.max_tokens} tokens")
     if r.errors:
         lines.append("errors          " + ", ".join(f"{k} × {v}" for k, v in sorted(r.errors.items())))
     return "\n".join(lines)

@@ -110,8 +110,8 @@ class EngineSettings:
     enable_prefix_caching: bool = _f(True, "Reuse KV blocks of shared prompt prefixes.")
     cpu_threads: int = _f(
         0, "Engine (OpenMP) threads on a CPU box, pinned to cores 0..N-1. 0: one per physical "
-        "core but one, which stays free for the scheduler and the API (vLLM's automatic "
-        "binding).", min=0)
+        "core; above 4 cores one core stays free for vLLM's scheduler and the API (its own "
+        "default), on smaller boxes every core computes (measured ~20% faster on 2).", min=0)
     reasoning_parser: str = _f(
         "auto", "Splits <think> reasoning from the answer: auto (from the model's chat template "
         "and architecture), none, or a vLLM reasoning parser name such as deepseek_r1.")

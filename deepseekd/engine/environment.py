@@ -29,7 +29,21 @@ def engine_environment(settings: Settings) -> dict[str, str]:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(settings.engine.kv_cache_gib)
     if settings.engine.cpu_threads:
         env["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{settings.engine.cpu_threads - 1}"
+    elif _physical_cores() <= SMALL_BOX_CORES:
+        # vLLM keeps one core free for its scheduler; on a small box that halves the engine.
+        # Measured on 2 cores (README, Benchmarks): every core computing is ~20% faster.
+        env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
     return env
+
+
+SMALL_BOX_CORES = 4
+"""Up to this many physical cores, the CPU engine computes on all of them."""
+
+
+def _physical_cores() -> int:
+    import psutil
+
+    return int(psutil.cpu_count(logical=False) or psutil.cpu_count() or 1)
 
 
 def embedded_model_source() -> Path:

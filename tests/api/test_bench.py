@@ -21,14 +21,15 @@ def test_percentile_interpolates() -> None:
 
 
 def test_summary_counts_failures_apart() -> None:
-    samples = [Sample(True, 1.0, 64, 0.1), Sample(True, 3.0, 64, 0.3),
+    samples = [Sample(True, 1.0, 64, 0.1), Sample(True, 3.0, 64, 0.3), Sample(True, 0.2, 1, 0.1),
                Sample(False, 0.01, error="HTTP 429"), Sample(False, 0.02, error="HTTP 429")]
     r = summarize(samples, url="u", concurrency=2, max_tokens=64, stream=True, duration=4.0)
-    assert (r.ok, r.failed, r.output_tokens) == (2, 2, 128)
-    assert r.output_tokens_per_s == 32.0
+    assert (r.ok, r.failed, r.output_tokens) == (3, 2, 129)
+    assert r.short_answers == 1  # an answer cut short is counted, not hidden in the rate
+    assert r.output_tokens_per_s == 32.25
     assert r.errors == {"HTTP 429": 2}
-    assert r.latency_p50_ms == 2000.0  # failures do not pull the latency down
-    assert r.ttft_p50_ms == 200.0
+    assert r.latency_p50_ms == 1000.0  # failures do not pull the latency down
+    assert r.ttft_p50_ms == 100.0
 
 
 @pytest.mark.parametrize("bad", [{"concurrency": 0}, {"requests": 0}, {"max_tokens": 0},
