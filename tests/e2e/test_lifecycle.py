@@ -93,6 +93,13 @@ def test_engine_death_is_reported_and_the_daemon_exits_non_zero(
         cores = [p for p in psutil.Process(d.proc.pid).children(recursive=True)
                  if "EngineCore" in " ".join(p.cmdline()) + p.name()]
         assert cores, "no EngineCore process found"
+        # An answer acknowledged before the engine dies must survive it.
+        done = httpx.post(d.url + "/v1/chat/completions", headers=d.headers(), timeout=120,
+                          json={"messages": [{"role": "user", "content": "Say hello."}],
+                                "max_tokens": 8, "temperature": 0})
+        assert done.status_code == 200, done.text
+        kept_id = done.headers["X-Conversation-Id"]
+        kept_answer = done.json()["choices"][0]["message"]["content"]
         events: list[str] = []
         with httpx.stream("POST", d.url + "/v1/chat/completions", headers=d.headers(),
                           json={"messages": [{"role": "user", "content": "Write an essay."}],
@@ -106,7 +113,18 @@ def test_engine_death_is_reported_and_the_daemon_exits_non_zero(
                     events.append(line)
         errors = [json.loads(e[6:]) for e in events if e.startswith("data: {\"error\"")]
         assert errors and errors[0]["error"]["code"] == "engine_unavailable"
+        try:  # never ready again: 503 while it shuts down, or already gone
+            assert httpx.get(d.url + "/readyz", timeout=5).status_code == 503
+        except httpx.TransportError:
+            pass
         assert d.proc.wait(90) != 0  # systemd's Restart=on-failure brings it back
         assert "engine died" in d.log()
+        # Nothing acknowledged was lost and the audit chain is whole.
+        verify = cli("audit", "verify", env=env)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        exported = cli("export", "admin", env=env)
+        assert exported.returncode == 0, exported.stderr
+        convs = {c["id"]: c for c in json.loads(exported.stdout)["conversations"]}
+        assert convs[kept_id]["turns"][-1]["answer"] == kept_answer
     finally:
         d.stop(signal.SIGKILL)
