@@ -52,7 +52,7 @@ class ReasoningFormat(Protocol):
     def reasoning_end_str(self) -> str | None: ...
 
     def extract_reasoning(self, model_output: str, request: Any) -> tuple[str | None, str | None]:
-        ...
+        """(reasoning, answer) of a whole output; either may be None."""
 
 
 def _partial_tag(text: str, tags: Sequence[str]) -> int:
