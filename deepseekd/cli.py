@@ -286,21 +286,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.engine.device == "cuda" and device == "cpu":
         raise CliError("engine.device: 'cuda' was asked for, but no GPU is visible to vLLM "
                        "(allowed: 'auto', 'cpu', 'cuda')")
-    _preflight(settings, model_path, "cpu" if device == "cpu" else "cuda")
-    if device == "cpu" and not settings.engine.kv_cache_gib:
-        from deepseekd.engine.preflight import resolve_kv_cache_gib
-
-        # Read by vLLM when the engine is built (below), and by its spawned engine process.
-        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(
-            resolve_kv_cache_gib(settings.engine, model_path))
+    kv_cache_gib = _preflight(settings, model_path, "cpu" if device == "cpu" else "cuda")
+    if kv_cache_gib is not None and not settings.engine.kv_cache_gib:
+        # The size preflight picked and checked. Read by vLLM when the engine is built
+        # (below), and by its spawned engine process.
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
     spec = EngineSpec(model_path, model_name, settings.engine, settings.api.max_logprobs,
                       settings.lora)
     app = build_app(settings, lambda: VllmEngine(spec), model_name, model_sha256=model_sha)
     return asyncio.run(run_daemon(app))
 
 
-def _preflight(settings: Settings, model_path: Path, device: str) -> None:
-    """Refuse, before loading, a model or quantization this box cannot run (exit 2)."""
+def _preflight(settings: Settings, model_path: Path, device: str) -> int | None:
+    """Refuse, before loading, a model or quantization this box cannot run (exit 2);
+    returns the CPU KV-cache size it checked (None on a GPU)."""
     import logging
 
     from deepseekd.engine.preflight import PreflightError, preflight
@@ -310,10 +309,12 @@ def _preflight(settings: Settings, model_path: Path, device: str) -> None:
         log.info("profile", extra={"profile": settings.engine.profile,
                                    "model": settings.engine.model})
     try:
-        for line in preflight(settings.engine, model_path, device):
-            log.info("preflight", extra={"check": line})
+        result = preflight(settings.engine, model_path, device)
     except PreflightError as exc:
         raise CliError(str(exc)) from None
+    for line in result.notes:
+        log.info("preflight", extra={"check": line})
+    return result.kv_cache_gib
 
 
 def cmd_model_import(args: argparse.Namespace) -> int:

@@ -345,10 +345,20 @@ def resolve_kv_cache_gib(engine: EngineSettings, model_path: Path) -> int:
     return auto_kv_cache_gib(p, engine.max_num_seqs, available_ram())
 
 
-def preflight(engine: EngineSettings, model_path: Path, device: str) -> list[str]:
-    """Check quantization support and memory before loading; lines to log on success."""
+@dataclass(frozen=True)
+class PreflightResult:
+    notes: list[str]
+    """Lines to log: the memory fit and the quantization mode."""
+    kv_cache_gib: int | None
+    """On a CPU, the KV-cache size checked (``kv_cache_gib``, or the one 0 picked): the
+    engine must be given exactly this. None on a GPU."""
+
+
+def preflight(engine: EngineSettings, model_path: Path, device: str) -> PreflightResult:
+    """Check quantization support and memory before loading (reads the model once)."""
     shape = read_model(model_path)
     notes: list[str] = []
+    kv_gib: int | None = None
     if device == "cpu":
         note = check_quantization(engine.quantization, device, None, shape)
         p = plan(shape, engine, reserve=CPU_RESERVE_BYTES)
@@ -366,4 +376,4 @@ def preflight(engine: EngineSettings, model_path: Path, device: str) -> list[str
             notes.append(check_gpu_fit(p, gpu, engine.gpu_memory_utilization))
     if note:
         notes.append(note)
-    return notes
+    return PreflightResult(notes, kv_gib)

@@ -225,8 +225,10 @@ def test_auto_kv_cache_is_sized_from_the_model_and_the_ram(tmp_path: Path) -> No
 
 def test_preflight_on_this_box(tmp_path: Path) -> None:
     folder = smollm2(tmp_path)
-    notes = pf.preflight(engine(max_model_len=2048, kv_cache_gib=1), folder, "cpu")
-    assert notes[0].startswith("fits in RAM")
+    result = pf.preflight(engine(max_model_len=2048, kv_cache_gib=1), folder, "cpu")
+    assert result.notes[0].startswith("fits in RAM") and result.kv_cache_gib == 1
+    auto = pf.preflight(engine(max_model_len=2048, kv_cache_gib=0), folder, "cpu")
+    assert auto.kv_cache_gib == pf.resolve_kv_cache_gib(engine(max_model_len=2048), folder)
     with pytest.raises(PreflightError, match="'fp8' needs an NVIDIA GPU"):
         pf.preflight(engine(quantization="fp8"), folder, "cpu")
 
