@@ -11,7 +11,7 @@ INSTALLED := $(VENV)/.installed-$(EXTRA)
 PIP := $(BIN)/pip
 TEST_INSTALLED := $(VENV)/.installed-test
 
-.PHONY: install run test test-unit test-e2e test-reliability bench bench-llamacpp clean
+.PHONY: install run test test-unit test-e2e test-reliability test-soak bench bench-llamacpp clean
 
 install: $(INSTALLED)
 
@@ -79,6 +79,10 @@ $(LLAMACPP_VENV)/.built:
 test-reliability: $(TEST_INSTALLED)
 	bash .ci/system-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m 'reliability or soak' tests
+
+# Only the soak: 10 minutes of mixed traffic, resident memory must grow less than 5%.
+test-soak: $(TEST_INSTALLED)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -s -m soak tests/reliability/test_load.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -168,9 +168,6 @@ def test_200_clients_for_60_seconds(tmp_path: Path) -> None:
 
 
 @pytest.mark.soak
-@pytest.mark.xfail(strict=False, reason="open finding: resident memory grew 27% over a 600 s "
-                   "soak (10.6% in 300 s with MALLOC_ARENA_MAX=2) while the Python heap grows "
-                   "~1.3 MB; not diagnosed yet (see README, Reliability)")
 def test_soak_mixed_traffic_memory_grows_under_5_percent(tmp_path: Path) -> None:
     d = start_fake_daemon(tmp_path, [f"soak{i}" for i in range(8)],
                           DEEPSEEKD_TEST_FAKE_TOKEN_DELAY="0.01")
