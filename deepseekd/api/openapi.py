@@ -81,6 +81,16 @@ ERROR_SCHEMA: dict[str, Any] = {
 }
 
 
+SSE_EVENT = {
+    "description": "One server-sent event (the schema describes each event, as OpenAPI 3.2's "
+                   "itemSchema does): `data` is a JSON chunk in the shape of the non-streamed "
+                   "answer, and the last event's `data` is `[DONE]`.",
+    "type": "object",
+    "required": ["data"],
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"},
+                   "id": {"type": "string"}, "retry": {"type": "integer"}},
+}
+
 def _settings_patch_schema() -> dict[str, Any]:
     props: dict[str, Any] = {}
     for s in SPECS:
@@ -180,7 +190,7 @@ def _operation(method: str, path: str, rule: access.Access, refs: dict[Any, Any]
     else:
         ok = {"application/json": {"schema": {"type": "object"}}}
         if key in STREAMS:
-            ok["text/event-stream"] = {"schema": {"type": "string"}}
+            ok["text/event-stream"] = {"schema": SSE_EVENT}
     status = "201" if key in CREATED else "200"
     op["responses"] = {
         status: {"description": "Success.", "content": ok},

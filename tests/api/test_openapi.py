@@ -3,6 +3,7 @@ the handlers' own request models, so the document and the code cannot drift apar
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import jsonschema_rs
@@ -70,3 +71,32 @@ async def test_rename_validates_the_title(daemon: Daemon) -> None:
     r = await daemon.client.patch(f"/v1/conversations/{cid}", json={"title": " Plans "},
                                   headers=daemon.auth)
     assert (await ok_json(r)) == {"id": cid, "title": "Plans"}
+
+
+def _sse_events(text: str) -> list[dict[str, str]]:
+    """Server-sent events as the spec parses them: fields per event, events split by a
+    blank line (what a client, and schemathesis, hand to the per-event schema)."""
+    events = []
+    for block in text.strip().split("\n\n"):
+        event: dict[str, str] = {}
+        for line in block.splitlines():
+            field, _, value = line.partition(":")
+            event[field] = value[1:] if value.startswith(" ") else value
+        events.append(event)
+    return events
+
+
+async def test_streamed_answers_match_the_documented_event_schema(daemon: Daemon) -> None:
+    doc = await _document(daemon)
+    for path, body in (("/v1/chat/completions",
+                        {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}),
+                       ("/v1/completions", {"prompt": "hi", "max_tokens": 3})):
+        content = doc["paths"][path]["post"]["responses"]["200"]["content"]
+        validator = jsonschema_rs.validator_for(content["text/event-stream"]["schema"])
+        resp = await daemon.client.post(path, json={**body, "stream": True}, headers=daemon.auth)
+        events = _sse_events(await resp.text())
+        assert resp.content_type == "text/event-stream" and len(events) >= 3
+        for event in events:
+            assert validator.is_valid(event), (path, event)
+        assert events[-1]["data"] == "[DONE]"
+        assert all(isinstance(json.loads(e["data"]), dict) for e in events[:-1])
