@@ -14,12 +14,13 @@ import glob
 import itertools
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Coroutine, TypeVar
+
+from tests.support.process import free_port
 
 T = TypeVar("T")
 
@@ -45,12 +46,6 @@ def find_bindir() -> Path:
         if (Path(c) / "initdb").exists() and (Path(c) / "pg_ctl").exists():
             return Path(c)
     raise RuntimeError(MISSING)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run_in_thread(coro: Coroutine[Any, Any, T]) -> T:

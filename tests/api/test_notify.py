@@ -14,12 +14,7 @@ from deepseekd.keys import LIFECYCLE
 from deepseekd.lifecycle import Phase
 from deepseekd.security.keyring import create_master_key
 from tests.fakes import FakeEngine
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support.process import free_port
 
 
 async def test_status_ready_watchdog_stopping(tmp_path: Path,
@@ -33,7 +28,7 @@ async def test_status_ready_watchdog_stopping(tmp_path: Path,
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
     create_master_key(tmp_path / "keys", 1)
     settings = load_settings(path=None, env={
-        "DEEPSEEKD_DATA_DIR": str(tmp_path), "DEEPSEEKD_SERVER__PORT": str(_free_port()),
+        "DEEPSEEKD_DATA_DIR": str(tmp_path), "DEEPSEEKD_SERVER__PORT": str(free_port()),
         "DEEPSEEKD_WARMUP__REQUESTS": "3", "DEEPSEEKD_WARMUP__MAX_TOKENS": "2"})
     app = build_app(settings, lambda: FakeEngine(), "fake-model")
     task = asyncio.create_task(run_daemon(app))

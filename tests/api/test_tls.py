@@ -7,7 +7,6 @@ import asyncio
 import datetime as dt
 import ipaddress
 import shutil
-import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from deepseekd.keys import ACCOUNTS, LIFECYCLE
 from deepseekd.lifecycle import Phase
 from deepseekd.security.keyring import create_master_key
 from tests.fakes import FakeEngine
+from tests.support.process import free_port
 
 NOW = dt.datetime.now(dt.timezone.utc)
 
@@ -106,18 +106,12 @@ class Running:
     engine: FakeEngine
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 async def tls_daemon(tmp_path: Path, pki: PKI, request: pytest.FixtureRequest
                      ) -> AsyncIterator[Running]:
     extra = getattr(request, "param", {})
     create_master_key(tmp_path / "keys", 1)
-    port = _free_port()
+    port = free_port()
     env = {"DEEPSEEKD_DATA_DIR": str(tmp_path), "DEEPSEEKD_SERVER__PORT": str(port),
            "DEEPSEEKD_WARMUP__REQUESTS": "0",
            "DEEPSEEKD_SERVER__TLS__CERT": str(pki.dir / "live-server.pem"),

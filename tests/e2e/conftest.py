@@ -8,26 +8,17 @@ and engine start once.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import httpx
 import pytest
 
+from tests.support.process import DaemonProcess, clean_env, free_port, spawn, wait_ready
+
 BOOT_TIMEOUT_S = 420  # compile-free (eager) start is ~30 s; the machine may be busy
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 SECRETS: set[str] = set()
@@ -59,41 +50,24 @@ def cli(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.Com
 
 
 @dataclass
-class Daemon:
-    url: str
+class Daemon(DaemonProcess):
     key: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
     env: dict[str, str]
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"}
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 90) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
-        return self.proc.returncode
 
 
 @pytest.fixture(scope="session")
 def data_env(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], str]:
     """A data dir initialised by the real `deepseekd init`; returns (env, admin key)."""
     data = tmp_path_factory.mktemp("deepseekd-data")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPSEEKD_")}
-    env.update({
-        "DEEPSEEKD_DATA_DIR": str(data),
-        "DEEPSEEKD_ENGINE__ENFORCE_EAGER": "true",  # tests start fast; production compiles
-        "DEEPSEEKD_ENGINE__KV_CACHE_GIB": "1",
-        "DEEPSEEKD_ENGINE__MAX_MODEL_LEN": "2048",
-    })
+    env = clean_env(
+        DEEPSEEKD_DATA_DIR=str(data),
+        DEEPSEEKD_ENGINE__ENFORCE_EAGER="true",  # tests start fast; production compiles
+        DEEPSEEKD_ENGINE__KV_CACHE_GIB="1",
+        DEEPSEEKD_ENGINE__MAX_MODEL_LEN="2048",
+    )
     res = cli("init", env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     creds = json.loads(res.stdout)
@@ -101,25 +75,13 @@ def data_env(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], 
 
 
 def start_daemon(env: dict[str, str], key: str, log_path: Path, **overrides: str) -> Daemon:
+    """The real `deepseekd serve` with ``env`` (and ``overrides``); ready when this returns."""
     port = free_port()
     env = {**env, "DEEPSEEKD_SERVER__PORT": str(port), **overrides}
-    log = open(log_path, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "deepseekd", "serve"], env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
-    log.close()
-    daemon = Daemon(f"http://127.0.0.1:{port}", key, proc, log_path, env)
-    deadline = time.monotonic() + BOOT_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"daemon exited with {proc.returncode}:\n{daemon.log()[-4000:]}")
-        try:
-            if httpx.get(daemon.url + "/readyz", timeout=2).status_code == 200:
-                return daemon
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    daemon.stop(signal.SIGKILL)
-    raise AssertionError(f"daemon not ready after {BOOT_TIMEOUT_S}s:\n{daemon.log()[-4000:]}")
+    proc = spawn([sys.executable, "-m", "deepseekd", "serve"], env, log_path)
+    daemon = Daemon(f"http://127.0.0.1:{port}", proc, log_path, key, env)
+    wait_ready(daemon, BOOT_TIMEOUT_S, poll=0.5)
+    return daemon
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,8 @@ from deepseekd.store.db import Database
 from deepseekd.store.keys import KeyService
 from deepseekd.store.quota import QuotaService
 from deepseekd.store.schema import QuotaUsage
-from tests.pg import PostgresServer, free_port
+from tests.pg import PostgresServer
+from tests.support.process import free_port
 from tests.store.conftest import FakeClock
 
 SUPPORT = Path(__file__).resolve().parents[1] / "support"

@@ -7,7 +7,6 @@ own thread, and ``call(coro)`` runs a coroutine there (e.g. to create users).
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from concurrent.futures import Future
@@ -23,12 +22,7 @@ from deepseekd.keys import ACCOUNTS, LIFECYCLE
 from deepseekd.lifecycle import Phase
 from deepseekd.security.keyring import create_master_key
 from tests.fakes import FakeEngine
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support.process import free_port
 
 
 @dataclass

@@ -1,0 +1,36 @@
+"""A data dir's store made ready outside the daemon, for the tests that start one as a
+process: the master key, the schema at head, the data keys, and users."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from deepseekd.config import AuthSettings, QuotaSettings
+from deepseekd.security.keyring import Keyring, SecretBox, create_master_key
+from deepseekd.store.accounts import AccountService, NewUser
+from deepseekd.store.audit import AuditLog
+from deepseekd.store.db import Database
+from deepseekd.store.keys import KeyService
+
+
+async def init_store(data: Path) -> str:
+    """A new data dir at ``data`` with its SQLite store at head; returns the store's URL."""
+    create_master_key(data / "keys", 1)
+    db_url = f"sqlite+aiosqlite:///{(data / 'deepseekd.db').resolve()}"
+    async with Database(db_url) as db:
+        await db.upgrade()
+        await KeyService(db, Keyring.for_data_dir(data), time.time).check()
+    return db_url
+
+
+async def add_users(db_url: str, data: Path, names: list[str], role: str = "user",
+                    **limits: int) -> list[NewUser]:
+    """Create users through the real AccountService (audited); their one-time credentials."""
+    async with Database(db_url) as db:
+        keys = KeyService(db, Keyring.for_data_dir(data), time.time)
+        await keys.check()
+        audit = AuditLog(db, keys.cached_audit_key, time.time)
+        accounts = AccountService(db, AuthSettings(), QuotaSettings(), time.time, audit,
+                                  SecretBox(keys.cached_totp_key))
+        return [await accounts.create_user(name, role, **limits) for name in names]
