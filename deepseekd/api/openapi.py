@@ -91,6 +91,7 @@ SSE_EVENT = {
                    "id": {"type": "string"}, "retry": {"type": "integer"}},
 }
 
+
 def _settings_patch_schema() -> dict[str, Any]:
     props: dict[str, Any] = {}
     for s in SPECS:
