@@ -386,6 +386,49 @@ def test_settings_change_persists_after_reload(admin: Page) -> None:
         assert res.ok, res.text()
 
 
+def test_a_settings_load_in_flight_does_not_undo_a_save(admin: Page) -> None:
+    """Opening the tab reloads the settings. If that load is slow and the admin saves before
+    it returns, its answer (read before the save) must not redraw the form: the field would
+    show the old value and the "Saved." would vanish (seen on a busy machine)."""
+    admin.click("#tab-settings")
+    form = admin.locator('form[data-key="quota.daily_requests"]')
+    field = form.locator("input")
+    expect(field).to_be_visible()
+    original = field.input_value()
+    new = "4323" if original != "4323" else "4324"
+    held: list[Any] = []
+
+    def hold_loads(route: Any) -> None:
+        if route.request.method == "GET":
+            held.append(route)
+        else:
+            route.continue_()
+
+    admin.route("**/admin/api/settings", hold_loads)
+    try:
+        admin.click("#tab-users")
+        admin.click("#tab-settings")  # a reload of the settings, held back here
+        deadline = time.monotonic() + 10
+        while not held and time.monotonic() < deadline:
+            admin.wait_for_timeout(50)
+        assert held, "opening the tab did not reload the settings"
+        field.fill(new)
+        form.locator("button").click()
+        expect(form).to_contain_text("Saved.")
+        with admin.expect_response(lambda r: r.request.method == "GET"
+                                   and r.url.endswith("/admin/api/settings")):
+            for route in held:
+                route.continue_()
+        admin.wait_for_timeout(500)  # room for the page to (wrongly) redraw from that answer
+        expect(form).to_contain_text("Saved.")
+        expect(field).to_have_value(new)
+    finally:
+        admin.unroute("**/admin/api/settings")
+        res = admin.request.patch("/admin/api/settings", data={"quota.daily_requests": int(original)},
+                                  headers={"X-CSRF-Token": _csrf(admin)})
+        assert res.ok, res.text()
+
+
 def test_csrf_is_required_for_cookie_posts(admin: Page) -> None:
     res = admin.request.post("/admin/api/users", data={"name": "ui.csrf", "role": "user"})
     assert res.status == 403

@@ -11,6 +11,7 @@ const state = {
   idleTimeoutS: 0,
   lastActivity: Date.now(),
   statusTimer: null,
+  settingsGen: 0,      // bumped when a setting is saved: a settings load begun before is stale
   idleTimer: null,
   selectedUser: null,
   users: [],
@@ -658,10 +659,13 @@ async function rotate() {
 // ---------------------------------------------------------------- settings
 
 async function loadSettings() {
+  const gen = state.settingsGen;
   try {
     const r = await api("GET", "/admin/api/settings");
     setMsg($("settings-error"), "");
-    renderSettings(r.settings || []);
+    // A save began or ended while this load was in flight: its values may predate the save,
+    // and redrawing would also drop the form's "Saved." (the save shows the fresh value).
+    if (gen === state.settingsGen) renderSettings(r.settings || []);
   } catch (e) {
     if (e.status !== 401) setMsg($("settings-error"), `Could not load settings: ${e.message}`);
   }
@@ -718,6 +722,7 @@ function settingForm(s) {
       }
     }
     btn.disabled = true;
+    state.settingsGen += 1;
     try {
       const r = await api("PATCH", "/admin/api/settings", { [s.key]: value });
       const fresh = (r.settings || []).find((x) => x.key === s.key);
@@ -726,6 +731,7 @@ function settingForm(s) {
     } catch (e) {
       if (e.status !== 401) { err.textContent = e.message; err.hidden = false; }
     } finally {
+      state.settingsGen += 1;
       btn.disabled = false;
     }
   });
