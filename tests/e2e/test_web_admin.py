@@ -3,6 +3,7 @@ daemon (real engine, real model). Screenshots of every view go to test-artifacts
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -12,7 +13,7 @@ from typing import Any, Iterator
 import httpx
 import pyotp
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
 
 from tests.e2e.conftest import Daemon, cli
 
@@ -359,14 +360,25 @@ def test_master_key_rotation_then_chat_still_works(admin: Page, daemon: Daemon,
     assert chat.status_code == 200, chat.text
 
 
-def test_settings_change_persists_after_reload(admin: Page) -> None:
+@contextlib.contextmanager
+def _daily_requests_setting(admin: Page, new: str) -> Iterator[tuple[Locator, Locator, str]]:
+    """The Settings tab's quota.daily_requests form and its input; yields (form, field, the
+    value to save: ``new``, or one more if that is the current one). Restored afterwards."""
     admin.click("#tab-settings")
     form = admin.locator('form[data-key="quota.daily_requests"]')
     field = form.locator("input")
     expect(field).to_be_visible()
     original = field.input_value()
-    new = "4321" if original != "4321" else "4322"
     try:
+        yield form, field, new if original != new else str(int(new) + 1)
+    finally:
+        res = admin.request.patch("/admin/api/settings", data={"quota.daily_requests": int(original)},
+                                  headers={"X-CSRF-Token": _csrf(admin)})
+        assert res.ok, res.text()
+
+
+def test_settings_change_persists_after_reload(admin: Page) -> None:
+    with _daily_requests_setting(admin, "4321") as (form, field, new):
         field.fill(new)
         form.locator("button").click()
         expect(form).to_contain_text("Saved.")
@@ -380,22 +392,12 @@ def test_settings_change_persists_after_reload(admin: Page) -> None:
         expect(admin.locator("#admin-view")).to_be_visible()  # the session resumed
         admin.click("#tab-settings")
         expect(admin.locator('form[data-key="quota.daily_requests"] input')).to_have_value(new)
-    finally:
-        res = admin.request.patch("/admin/api/settings", data={"quota.daily_requests": int(original)},
-                                  headers={"X-CSRF-Token": _csrf(admin)})
-        assert res.ok, res.text()
 
 
 def test_a_settings_load_in_flight_does_not_undo_a_save(admin: Page) -> None:
     """Opening the tab reloads the settings. If that load is slow and the admin saves before
     it returns, its answer (read before the save) must not redraw the form: the field would
     show the old value and the "Saved." would vanish (seen on a busy machine)."""
-    admin.click("#tab-settings")
-    form = admin.locator('form[data-key="quota.daily_requests"]')
-    field = form.locator("input")
-    expect(field).to_be_visible()
-    original = field.input_value()
-    new = "4323" if original != "4323" else "4324"
     held: list[Any] = []
 
     def hold_loads(route: Any) -> None:
@@ -404,29 +406,27 @@ def test_a_settings_load_in_flight_does_not_undo_a_save(admin: Page) -> None:
         else:
             route.continue_()
 
-    admin.route("**/admin/api/settings", hold_loads)
-    try:
-        admin.click("#tab-users")
-        admin.click("#tab-settings")  # a reload of the settings, held back here
-        deadline = time.monotonic() + 10
-        while not held and time.monotonic() < deadline:
-            admin.wait_for_timeout(50)
-        assert held, "opening the tab did not reload the settings"
-        field.fill(new)
-        form.locator("button").click()
-        expect(form).to_contain_text("Saved.")
-        with admin.expect_response(lambda r: r.request.method == "GET"
-                                   and r.url.endswith("/admin/api/settings")):
-            for route in held:
-                route.continue_()
-        admin.wait_for_timeout(500)  # room for the page to (wrongly) redraw from that answer
-        expect(form).to_contain_text("Saved.")
-        expect(field).to_have_value(new)
-    finally:
-        admin.unroute("**/admin/api/settings")
-        res = admin.request.patch("/admin/api/settings", data={"quota.daily_requests": int(original)},
-                                  headers={"X-CSRF-Token": _csrf(admin)})
-        assert res.ok, res.text()
+    with _daily_requests_setting(admin, "4323") as (form, field, new):
+        admin.route("**/admin/api/settings", hold_loads)
+        try:
+            admin.click("#tab-users")
+            admin.click("#tab-settings")  # a reload of the settings, held back here
+            deadline = time.monotonic() + 10
+            while not held and time.monotonic() < deadline:
+                admin.wait_for_timeout(50)
+            assert held, "opening the tab did not reload the settings"
+            field.fill(new)
+            form.locator("button").click()
+            expect(form).to_contain_text("Saved.")
+            with admin.expect_response(lambda r: r.request.method == "GET"
+                                       and r.url.endswith("/admin/api/settings")):
+                for route in held:
+                    route.continue_()
+            admin.wait_for_timeout(500)  # room for the page to (wrongly) redraw from that answer
+            expect(form).to_contain_text("Saved.")
+            expect(field).to_have_value(new)
+        finally:
+            admin.unroute("**/admin/api/settings")
 
 
 def test_csrf_is_required_for_cookie_posts(admin: Page) -> None:
