@@ -20,12 +20,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deepseekd.config import load_settings  # noqa: E402
-from deepseekd.security.keyring import Keyring, SecretBox, create_master_key  # noqa: E402
-from deepseekd.store.accounts import AccountService  # noqa: E402
-from deepseekd.store.audit import AuditLog  # noqa: E402
-from deepseekd.store.db import Database  # noqa: E402
-from deepseekd.store.history import HistoryService, TurnRecord  # noqa: E402
-from deepseekd.store.keys import KeyService  # noqa: E402
+from deepseekd.security.keyring import create_master_key  # noqa: E402
+from deepseekd.services.container import open_services  # noqa: E402
+from deepseekd.services.history import TurnRecord  # noqa: E402
 
 QUESTION = ("A patient reports chest pain after exercise that eases with rest. Which questions "
             "should the triage nurse ask first, and which findings call for an immediate ECG? ")
@@ -38,19 +35,12 @@ async def measure(turns: int, concurrency: int, data_dir: Path) -> float:
     """Turns per second for ``turns`` turns written by ``concurrency`` users at once."""
     create_master_key(data_dir / "keys", 1)
     settings = load_settings(path=None, env={"DEEPSEEKD_DATA_DIR": str(data_dir)})
-    async with Database(settings.database_url, busy_timeout_ms=settings.store.busy_timeout_ms,
-                        pool_size=settings.store.pool_size) as db:
-        await db.upgrade()
-        keys = KeyService(db, Keyring.for_data_dir(data_dir), time.time)
-        await keys.check()
-        audit = AuditLog(db, keys.cached_audit_key, time.time)
-        accounts = AccountService(db, settings.auth, settings.quota, time.time, audit,
-                                  SecretBox(keys.cached_totp_key))
-        history = HistoryService(db, keys, audit, time.time)
+    async with open_services(settings, migrate=True) as svc:
+        accounts, auth, history, audit = svc.accounts, svc.auth, svc.history, svc.audit
         who = []
         for i in range(concurrency):
             new = await accounts.create_user(f"bench{i}", "user")
-            ident = await accounts.authenticate_key(new.api_key)
+            ident = await auth.authenticate_key(new.api_key)
             assert ident is not None
             who.append(ident)
         per_user = turns // concurrency

@@ -80,8 +80,15 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
-def summarize(samples: list[Sample], *, url: str, concurrency: int, max_tokens: int,
-              stream: bool, duration: float) -> BenchResult:
+def summarize(
+    samples: list[Sample],
+    *,
+    url: str,
+    concurrency: int,
+    max_tokens: int,
+    stream: bool,
+    duration: float,
+) -> BenchResult:
     good = [s for s in samples if s.ok]
     tokens = sum(s.output_tokens for s in good)
     errors: dict[str, int] = {}
@@ -95,14 +102,23 @@ def summarize(samples: list[Sample], *, url: str, concurrency: int, max_tokens: 
     ttfts = [s.ttft for s in good if s.ttft is not None]
     lat = [s.latency for s in good]
     return BenchResult(
-        url=url, concurrency=concurrency, requests=len(samples), max_tokens=max_tokens,
-        stream=stream, ok=len(good), failed=len(samples) - len(good),
-        duration_s=round(duration, 3), output_tokens=tokens,
+        url=url,
+        concurrency=concurrency,
+        requests=len(samples),
+        max_tokens=max_tokens,
+        stream=stream,
+        ok=len(good),
+        failed=len(samples) - len(good),
+        duration_s=round(duration, 3),
+        output_tokens=tokens,
         output_tokens_per_s=round(tokens / duration, 2) if duration > 0 else 0.0,
         requests_per_s=round(len(good) / duration, 3) if duration > 0 else 0.0,
-        ttft_p50_ms=ms(percentile(ttfts, 50)), ttft_p95_ms=ms(percentile(ttfts, 95)),
-        latency_p50_ms=ms(percentile(lat, 50)), latency_p95_ms=ms(percentile(lat, 95)),
-        short_answers=sum(s.output_tokens < max_tokens for s in good), errors=errors,
+        ttft_p50_ms=ms(percentile(ttfts, 50)),
+        ttft_p95_ms=ms(percentile(ttfts, 95)),
+        latency_p50_ms=ms(percentile(lat, 50)),
+        latency_p95_ms=ms(percentile(lat, 95)),
+        short_answers=sum(s.output_tokens < max_tokens for s in good),
+        errors=errors,
     )
 
 
@@ -161,8 +177,9 @@ class _Client:
     async def one(self, i: int) -> Sample:
         start = time.perf_counter()
         try:
-            async with self.session.post(self.endpoint, json=self.body(i),
-                                         headers=self.headers) as resp:
+            async with self.session.post(
+                self.endpoint, json=self.body(i), headers=self.headers
+            ) as resp:
                 if resp.status != 200:
                     await resp.read()
                     return Sample(False, time.perf_counter() - start, error=f"HTTP {resp.status}")
@@ -171,7 +188,7 @@ class _Client:
                     tokens = int((data.get("usage") or {}).get("completion_tokens", 0))
                     return Sample(True, time.perf_counter() - start, tokens)
                 return await self._read_stream(resp, start)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             return Sample(False, time.perf_counter() - start, error=type(exc).__name__)
 
     async def _read_stream(self, resp: aiohttp.ClientResponse, start: float) -> Sample:
@@ -187,8 +204,11 @@ class _Client:
                 break
             event = json.loads(payload)
             if "error" in event:
-                return Sample(False, time.perf_counter() - start,
-                              error=f"stream error: {event['error'].get('code') or 'error'}")
+                return Sample(
+                    False,
+                    time.perf_counter() - start,
+                    error=f"stream error: {event['error'].get('code') or 'error'}",
+                )
             for choice in event.get("choices") or ():
                 delta = choice.get("delta") or {}
                 if delta.get("content") or delta.get("reasoning_content"):
@@ -240,8 +260,14 @@ async def run_bench(cfg: BenchConfig) -> BenchResult:
             if bar is not None:
                 bar.close()
         duration = time.perf_counter() - start
-    return summarize(samples, url=cfg.url, concurrency=cfg.concurrency,
-                     max_tokens=cfg.max_tokens, stream=cfg.stream, duration=duration)
+    return summarize(
+        samples,
+        url=cfg.url,
+        concurrency=cfg.concurrency,
+        max_tokens=cfg.max_tokens,
+        stream=cfg.stream,
+        duration=duration,
+    )
 
 
 def _progress(cfg: BenchConfig) -> Any:
@@ -249,8 +275,13 @@ def _progress(cfg: BenchConfig) -> Any:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=cfg.requests, unit="req", file=sys.stderr, dynamic_ncols=True,
-                desc=f"c={cfg.concurrency}")
+    return tqdm(
+        total=cfg.requests,
+        unit="req",
+        file=sys.stderr,
+        dynamic_ncols=True,
+        desc=f"c={cfg.concurrency}",
+    )
 
 
 def format_result(r: BenchResult) -> str:
@@ -269,5 +300,7 @@ def format_result(r: BenchResult) -> str:
     if r.short_answers:
         lines.append(f"short answers   {r.short_answers} ended before {r.max_tokens} tokens")
     if r.errors:
-        lines.append("errors          " + ", ".join(f"{k} × {v}" for k, v in sorted(r.errors.items())))
+        lines.append(
+            "errors          " + ", ".join(f"{k} × {v}" for k, v in sorted(r.errors.items()))
+        )
     return "\n".join(lines)

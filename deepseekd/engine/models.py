@@ -11,18 +11,25 @@ because vLLM's GGUF support is partial and a plain folder loads the same everywh
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-import struct
 import tempfile
 from dataclasses import asdict, dataclass, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from deepseekd.engine.files import (
+    PICKLE_SUFFIXES,
+    FileCheckError,
+    check_safetensors,
+    copy_hashed,
+    digest,
+    sha256_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +39,8 @@ NAME_RULE = "use 1-64 lowercase letters, digits, '.', '_' or '-', starting with 
 
 GGUF_MAGIC = b"GGUF"
 DTYPES = ("bfloat16", "float16", "float32")
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 SAFETENSORS_INDEX = "model.safetensors.index.json"
-# safetensors itself refuses headers above 100 MB; a bigger length means a corrupt file,
-# and reading it would allocate whatever the first 8 bytes claim.
-MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
-_CHUNK = 1024 * 1024
 _TMP_PREFIX = ".import-"
 
 
@@ -94,23 +96,6 @@ def default_name(src: Path) -> str:
 # --------------------------------------------------------------------------- hashing
 
 
-def _sha256_file(path: Path) -> str:
-    """sha256 of a file, streamed so multi-GB weights never sit in memory."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _digest(files: dict[str, dict[str, Any]]) -> str:
-    """One digest for a set of files: sha256 over sorted ``"relpath  sha256\\n"`` lines."""
-    h = hashlib.sha256()
-    for rel in sorted(files):
-        h.update(f"{rel}  {files[rel]['sha256']}\n".encode())
-    return h.hexdigest()
-
-
 def _hash_tree(root: Path) -> dict[str, dict[str, Any]]:
     """relpath -> sha256 and size for every regular file under ``root`` (manifest excluded)."""
     out: dict[str, dict[str, Any]] = {}
@@ -118,7 +103,7 @@ def _hash_tree(root: Path) -> dict[str, dict[str, Any]]:
         if path.is_file() and not path.is_symlink():
             rel = path.relative_to(root).as_posix()
             if rel != MANIFEST_NAME:
-                out[rel] = {"sha256": _sha256_file(path), "size": path.stat().st_size}
+                out[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
     return out
 
 
@@ -219,49 +204,6 @@ def resolve_model(value: str, models_dir: Path) -> tuple[Path, str, str | None]:
 # --------------------------------------------------------------------------- validation
 
 
-def _check_safetensors(path: Path, label: str) -> None:
-    """Check a safetensors file's header against its size without loading any tensor."""
-    size = path.stat().st_size
-    try:
-        with path.open("rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise ModelError(f"{label} is truncated: no safetensors header")
-            (n,) = struct.unpack("<Q", head)
-            if n > min(size - 8, MAX_SAFETENSORS_HEADER):
-                raise ModelError(
-                    f"{label} is corrupt or truncated: header length {n} is impossible"
-                )
-            header = json.loads(f.read(n))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelError(f"{label} is corrupt: header is not JSON: {e}") from None
-    if not isinstance(header, dict):
-        raise ModelError(f"{label} is corrupt: header is not a JSON object")
-    end = 0
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        offsets = info.get("data_offsets") if isinstance(info, dict) else None
-        if (
-            not isinstance(offsets, list)
-            or len(offsets) != 2
-            or not all(isinstance(o, int) and o >= 0 for o in offsets)
-            or offsets[0] > offsets[1]
-        ):
-            raise ModelError(f"{label} is corrupt: tensor {key!r} has bad data_offsets")
-        end = max(end, offsets[1])
-    found = size - 8 - n
-    if found < end:
-        raise ModelError(
-            f"{label} is truncated: expected {end} bytes of tensor data, found {found}"
-        )
-    if found > end:
-        raise ModelError(
-            f"{label} is corrupt: expected {end} bytes of tensor data, "
-            f"found {found} (trailing bytes)"
-        )
-
-
 def _check_hf_files(files: dict[str, Path], label: str) -> None:
     """Check a Hugging Face folder given as posix relpath -> real file path."""
     rels = sorted(files)
@@ -296,7 +238,10 @@ def _check_hf_files(files: dict[str, Path], label: str) -> None:
             )
     for rel in rels:
         if rel.endswith(".safetensors"):
-            _check_safetensors(files[rel], f"{label}/{rel}")
+            try:
+                check_safetensors(files[rel], f"{label}/{rel}")
+            except FileCheckError as e:
+                raise ModelError(str(e)) from None
     if not top & set(TOKENIZER_FILES):
         raise ModelError(f"{label} has no tokenizer ({', '.join(TOKENIZER_FILES)})")
 
@@ -327,7 +272,7 @@ def _scan_source(src: Path) -> list[tuple[str, Path]]:
             if path.is_dir():
                 if path in stack:
                     raise ModelError(f"{src}/{rel} is a symlink loop")
-                walk(path, f"{rel}/", stack + (path,))
+                walk(path, f"{rel}/", (*stack, path))
             elif path.is_file():
                 out.append((rel, path))
             # Sockets, FIFOs and devices are not model files; reading a FIFO would hang.
@@ -348,22 +293,7 @@ def import_model(
     """
     src = Path(src).expanduser()
     name = validate_name(name) if name is not None else default_name(src)
-    if dtype not in DTYPES:
-        raise ModelError(f"dtype {dtype!r}: use one of {', '.join(DTYPES)}")
-    if os.path.lexists(models_dir / name):
-        raise ModelError(f"model {name!r} already exists; pick another --name")
-    if not src.exists():
-        raise ModelError(f"{src} does not exist")
-    if src.is_file() and src.suffix.lower() == ".gguf":
-        fmt = "gguf"
-    elif src.is_dir():
-        fmt = "hf"
-        if models_dir.resolve().is_relative_to(src.resolve()):
-            # Copying a folder that contains the store would copy the store into itself.
-            raise ModelError(f"{src} contains the model store {models_dir}; pick the model folder")
-    else:
-        raise ModelError(f"{src} is neither a .gguf file nor a Hugging Face model folder")
-
+    fmt = _source_format(src, models_dir, name, dtype)
     try:
         models_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{name}-", dir=models_dir))
@@ -376,7 +306,7 @@ def import_model(
             files = _hash_tree(tmp)
         else:
             files = _copy_hf(src, tmp)
-            source_sha256 = _digest(files)
+            source_sha256 = digest(files)
         # The written folder must pass the same checks vLLM's loader relies on.
         _check_hf_files({rel: tmp / rel for rel in files}, f"imported model {name!r}")
         record = ModelRecord(
@@ -385,9 +315,9 @@ def import_model(
             format=fmt,
             source=str(src),
             source_sha256=source_sha256,
-            sha256=_digest(files),
+            sha256=digest(files),
             files=files,
-            imported_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            imported_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
         manifest = {k: v for k, v in asdict(record).items() if k != "path"}
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -409,6 +339,24 @@ def import_model(
     return record
 
 
+def _source_format(src: Path, models_dir: Path, name: str, dtype: str) -> str:
+    """'gguf' or 'hf' for an importable ``src``; ModelError naming what is wrong."""
+    if dtype not in DTYPES:
+        raise ModelError(f"dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    if os.path.lexists(models_dir / name):
+        raise ModelError(f"model {name!r} already exists; pick another --name")
+    if not src.exists():
+        raise ModelError(f"{src} does not exist")
+    if src.is_file() and src.suffix.lower() == ".gguf":
+        return "gguf"
+    if not src.is_dir():
+        raise ModelError(f"{src} is neither a .gguf file nor a Hugging Face model folder")
+    if models_dir.resolve().is_relative_to(src.resolve()):
+        # Copying a folder that contains the store would copy the store into itself.
+        raise ModelError(f"{src} contains the model store {models_dir}; pick the model folder")
+    return "hf"
+
+
 def _copy_hf(src: Path, dst: Path) -> dict[str, dict[str, Any]]:
     """Validate the folder ``src``, copy its files into ``dst`` and return their hashes."""
     entries = _scan_source(src)
@@ -418,20 +366,8 @@ def _copy_hf(src: Path, dst: Path) -> dict[str, dict[str, Any]]:
     for rel, path in entries:
         target = dst / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        files[rel] = _copy_hashed(path, target)
+        files[rel] = copy_hashed(path, target)
     return files
-
-
-def _copy_hashed(src: Path, dst: Path) -> dict[str, Any]:
-    """Copy one file and hash what was written, in a single pass."""
-    h = hashlib.sha256()
-    size = 0
-    with src.open("rb") as fin, dst.open("xb") as fout:
-        while chunk := fin.read(_CHUNK):
-            h.update(chunk)
-            fout.write(chunk)
-            size += len(chunk)
-    return {"sha256": h.hexdigest(), "size": size}
 
 
 def _check_gguf(src: Path) -> None:
@@ -459,7 +395,7 @@ def _check_gguf(src: Path) -> None:
 def _import_gguf(src: Path, dst: Path, dtype: str) -> str:
     """Dequantise the GGUF file ``src`` into a Hugging Face folder ``dst``; return its sha256."""
     _check_gguf(src)
-    source_sha256 = _sha256_file(src)
+    source_sha256 = sha256_file(src)
     # torch and transformers take seconds to import: only GGUF imports pay for them.
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -36,7 +36,7 @@ from deepseekd.config import EngineSettings
 
 log = logging.getLogger(__name__)
 
-GIB = 1024 ** 3
+GIB = 1024**3
 FULL_CONTEXT_REQUESTS = 4
 GPU_RESERVE_BYTES = int(1.5 * GIB)
 """Activations of vLLM's profiling batch, CUDA graphs, the CUDA context's own memory."""
@@ -45,8 +45,20 @@ CPU_RESERVE_BYTES = int(0.5 * GIB)
 MLA_MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "deepseek_v32", "kimi_k2")
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-_ST_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
-             "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+_ST_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+}
 _FLOAT16_32 = ("F32", "F16", "BF16")
 
 # vLLM 0.32's minimum CUDA compute capability per method (QuantizationConfig
@@ -119,10 +131,11 @@ def read_model(folder: Path) -> ModelShape:
     if text.get("kv_lora_rank") and (model_type in MLA_MODEL_TYPES or "qk_rope_head_dim" in text):
         mla_dim = int(text["kv_lora_rank"]) + int(text.get("qk_rope_head_dim") or 0)
     if not layers or not (mla_dim or (kv_heads and head_dim)):
-        raise PreflightError(f"{folder}/config.json lacks num_hidden_layers or the attention "
-                             "shape (num_key_value_heads, head_dim or hidden_size)")
-    dtype = str(text.get("torch_dtype") or cfg.get("torch_dtype") or cfg.get("dtype")
-                or "bfloat16")
+        raise PreflightError(
+            f"{folder}/config.json lacks num_hidden_layers or the attention "
+            "shape (num_key_value_heads, head_dim or hidden_size)"
+        )
+    dtype = str(text.get("torch_dtype") or cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16")
     quant = cfg.get("quantization_config")
     tensor_bytes = linear_bytes = 0
     for path in sorted(folder.glob("*.safetensors")):
@@ -132,15 +145,25 @@ def read_model(folder: Path) -> ModelShape:
             start, end = info["data_offsets"]
             size = int(end) - int(start)
             tensor_bytes += size
-            if (len(info.get("shape", ())) == 2 and info.get("dtype") in _FLOAT16_32
-                    and "embed" not in name and "lm_head" not in name):
+            if (
+                len(info.get("shape", ())) == 2
+                and info.get("dtype") in _FLOAT16_32
+                and "embed" not in name
+                and "lm_head" not in name
+            ):
                 linear_bytes += size
     return ModelShape(
-        model_type=model_type, layers=layers, kv_heads=kv_heads, head_dim=head_dim,
-        mla_dim=mla_dim, max_position=int(text.get("max_position_embeddings") or 0),
+        model_type=model_type,
+        layers=layers,
+        kv_heads=kv_heads,
+        head_dim=head_dim,
+        mla_dim=mla_dim,
+        max_position=int(text.get("max_position_embeddings") or 0),
         checkpoint_dtype_bytes=DTYPE_BYTES.get(dtype, 2),
         prequantized=str(quant.get("quant_method")) if isinstance(quant, dict) else None,
-        tensor_bytes=tensor_bytes, linear_bytes=linear_bytes)
+        tensor_bytes=tensor_bytes,
+        linear_bytes=linear_bytes,
+    )
 
 
 # --------------------------------------------------------------------------- the plan
@@ -164,10 +187,12 @@ class MemoryPlan:
         return self.weights + self.kv_required + self.reserve
 
     def describe(self) -> str:
-        return (f"weights {gib(self.weights)} + KV cache {gib(self.kv_required)} "
-                f"({self.requests} × {self.max_model_len} tokens × "
-                f"{self.kv_per_token / 1024:.1f} KiB/token) + reserve {gib(self.reserve)} "
-                f"= {gib(self.required)}")
+        return (
+            f"weights {gib(self.weights)} + KV cache {gib(self.kv_required)} "
+            f"({self.requests} × {self.max_model_len} tokens × "
+            f"{self.kv_per_token / 1024:.1f} KiB/token) + reserve {gib(self.reserve)} "
+            f"= {gib(self.required)}"
+        )
 
 
 def serving_dtype_bytes(shape: ModelShape, dtype: str) -> int:
@@ -193,8 +218,13 @@ def plan(shape: ModelShape, engine: EngineSettings, *, reserve: int) -> MemoryPl
     else:
         kv_per_token = shape.layers * shape.kv_heads * shape.head_dim * 2 * dbytes
     max_len = engine.max_model_len or shape.max_position or 4096
-    return MemoryPlan(weights=weights, kv_per_token=kv_per_token, max_model_len=max_len,
-                      requests=min(engine.max_num_seqs, FULL_CONTEXT_REQUESTS), reserve=reserve)
+    return MemoryPlan(
+        weights=weights,
+        kv_per_token=kv_per_token,
+        max_model_len=max_len,
+        requests=min(engine.max_num_seqs, FULL_CONTEXT_REQUESTS),
+        reserve=reserve,
+    )
 
 
 # --------------------------------------------------------------------------- the checks
@@ -216,7 +246,8 @@ def check_gpu_fit(p: MemoryPlan, gpu: GpuInfo, utilization: float) -> str:
         raise PreflightError(
             f"engine.gpu_memory_utilization: {utilization} of {where} is {gib(budget)}, but "
             f"only {gib(gpu.free)} is free (another process holds "
-            f"{gib(gpu.total - gpu.free)}); stop it or lower gpu_memory_utilization")
+            f"{gib(gpu.total - gpu.free)}); stop it or lower gpu_memory_utilization"
+        )
     if p.required > budget:
         kv_room = budget - p.weights - p.reserve
         tokens = max(kv_room, 0) // p.kv_per_token if p.kv_per_token else 0
@@ -224,7 +255,8 @@ def check_gpu_fit(p: MemoryPlan, gpu: GpuInfo, utilization: float) -> str:
             f"engine.model does not fit: needs {p.describe()}, but the engine may use "
             f"{gib(budget)} ({utilization} of {where}); the KV cache would hold "
             f"{tokens} tokens. Lower engine.max_model_len or max_num_seqs, use "
-            "quantization (fp8, or an AWQ checkpoint), or pick a smaller model")
+            "quantization (fp8, or an AWQ checkpoint), or pick a smaller model"
+        )
     return f"fits {where}: {p.describe()} within {gib(budget)}"
 
 
@@ -237,20 +269,25 @@ def check_cpu_fit(p: MemoryPlan, kv_cache_gib: int, available: int) -> str:
             f"{kv_space // p.kv_per_token} tokens, but {p.requests} requests at full "
             f"context need {gib(p.kv_required)} ({p.requests} × {p.max_model_len} tokens × "
             f"{p.kv_per_token / 1024:.1f} KiB/token); raise kv_cache_gib or lower "
-            "max_model_len or max_num_seqs")
+            "max_model_len or max_num_seqs"
+        )
     needed = p.weights + kv_space + p.reserve
     if needed > available:
         raise PreflightError(
             f"engine.model does not fit in RAM: weights {gib(p.weights)} + kv_cache_gib "
             f"{kv_cache_gib} GiB + reserve {gib(p.reserve)} = {gib(needed)}, but "
-            f"{gib(available)} is available; lower kv_cache_gib or pick a smaller model")
-    return (f"fits in RAM: weights {gib(p.weights)} + KV cache {kv_cache_gib} GiB "
-            f"(needs {gib(p.kv_required)}) + reserve {gib(p.reserve)} of {gib(available)} "
-            "available")
+            f"{gib(available)} is available; lower kv_cache_gib or pick a smaller model"
+        )
+    return (
+        f"fits in RAM: weights {gib(p.weights)} + KV cache {kv_cache_gib} GiB "
+        f"(needs {gib(p.kv_required)}) + reserve {gib(p.reserve)} of {gib(available)} "
+        "available"
+    )
 
 
-def check_quantization(quant: str, device: str, capability: tuple[int, int] | None,
-                       shape: ModelShape) -> str | None:
+def check_quantization(
+    quant: str, device: str, capability: tuple[int, int] | None, shape: ModelShape
+) -> str | None:
     """Raise PreflightError when this device cannot run ``quant``; maybe return a note."""
     if quant == "none":
         return None
@@ -258,23 +295,28 @@ def check_quantization(quant: str, device: str, capability: tuple[int, int] | No
         raise PreflightError(
             f"engine.quantization: {quant!r} needs an NVIDIA GPU (FP8: compute capability "
             "7.5 or newer, native from 8.9); this box runs the engine on the CPU, where vLLM "
-            "0.32 cannot run it. Set quantization = \"none\", or import an AWQ checkpoint "
-            "and set quantization = \"awq\"")
+            '0.32 cannot run it. Set quantization = "none", or import an AWQ checkpoint '
+            'and set quantization = "awq"'
+        )
     if quant in CHECKPOINT_QUANT and shape.prequantized is None:
         raise PreflightError(
             f"engine.quantization: {quant!r} needs a checkpoint quantized with {quant} "
             "(config.json with a quantization_config); this model has none. Import the "
-            f"{quant.upper()} version of the model, or use \"fp8\" on a GPU")
+            f'{quant.upper()} version of the model, or use "fp8" on a GPU'
+        )
     if device != "cpu" and capability is not None and quant in QUANT_MIN_CAPABILITY:
         need = QUANT_MIN_CAPABILITY[quant]
         if capability < need:
             raise PreflightError(
                 f"engine.quantization: {quant!r} needs a GPU of compute capability "
                 f"{need[0]}.{need[1]} or newer in vLLM 0.32; this GPU has "
-                f"{capability[0]}.{capability[1]}")
+                f"{capability[0]}.{capability[1]}"
+            )
         if quant == "fp8" and capability < NATIVE_FP8_CAPABILITY:
-            return (f"fp8 on compute capability {capability[0]}.{capability[1]} is weight-only "
-                    "(Marlin): half the weight memory, 16-bit maths")
+            return (
+                f"fp8 on compute capability {capability[0]}.{capability[1]} is weight-only "
+                "(Marlin): half the weight memory, 16-bit maths"
+            )
     return None
 
 
@@ -296,12 +338,15 @@ def nvml_gpu(index: int = 0) -> GpuInfo | None:
         mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
         name = pynvml.nvmlDeviceGetName(handle)
         try:
-            cap: tuple[int, int] | None = tuple(  # type: ignore[assignment]
-                pynvml.nvmlDeviceGetCudaComputeCapability(handle))
+            cap: tuple[int, int] | None = tuple(pynvml.nvmlDeviceGetCudaComputeCapability(handle))
         except pynvml.NVMLError:
             cap = None
-        return GpuInfo(name=name.decode() if isinstance(name, bytes) else str(name),
-                       total=int(mem.total), free=int(mem.free), capability=cap)
+        return GpuInfo(
+            name=name.decode() if isinstance(name, bytes) else str(name),
+            total=int(mem.total),
+            free=int(mem.free),
+            capability=cap,
+        )
     except pynvml.NVMLError as exc:
         log.warning("NVML cannot read GPU %d: %s", index, exc)
         return None
@@ -367,8 +412,9 @@ def preflight(engine: EngineSettings, model_path: Path, device: str) -> Prefligh
         notes.append(check_cpu_fit(p, kv_gib, available))
     else:
         gpu = nvml_gpu(engine_gpu_index())
-        note = check_quantization(engine.quantization, device,
-                                  gpu.capability if gpu else None, shape)
+        note = check_quantization(
+            engine.quantization, device, gpu.capability if gpu else None, shape
+        )
         p = plan(shape, engine, reserve=GPU_RESERVE_BYTES)
         if gpu is None:
             notes.append(f"NVML unavailable: memory not checked ({p.describe()})")

@@ -13,14 +13,16 @@ non-streaming answers agree on every delta boundary:
 
 Reasoning tokens are counted from token ids where the end tag is a token of its own (exact),
 else by tokenizing the reasoning text. vLLM is imported lazily, inside functions: the
-splitter works with any object that has the three members it uses.
+splitter works with any object that has the three members it uses; the parsers themselves
+come from vLLM in ``vllm_reasoning.py``.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 from deepseekd.engine.types import ChoiceDelta
 
@@ -73,8 +75,9 @@ class ReasoningSplitter:
     back; feeding the whole output at once gives the same result as feeding it in pieces.
     """
 
-    def __init__(self, parser: ReasoningFormat, end_token_id: int | None,
-                 count_tokens: Callable[[str], int]) -> None:
+    def __init__(
+        self, parser: ReasoningFormat, end_token_id: int | None, count_tokens: Callable[[str], int]
+    ) -> None:
         self._parser = parser
         self._start = parser.reasoning_start_str or ""
         self._end = parser.reasoning_end_str or ""
@@ -136,7 +139,7 @@ class ReasoningSplitter:
         d.text, d.reasoning, d.reasoning_tokens = answer, reasoning, self.reasoning_tokens
 
     def _hand_out(self, reasoning: str) -> str:
-        new = reasoning[len(self._reasoning):] if reasoning.startswith(self._reasoning) else ""
+        new = reasoning[len(self._reasoning) :] if reasoning.startswith(self._reasoning) else ""
         if new:
             self._reasoning = reasoning
         return new
@@ -154,8 +157,13 @@ class ReasoningSplitter:
 class Reasoning:
     """The reasoning parser picked for the served model; makes one splitter per choice."""
 
-    def __init__(self, name: str, parser: ReasoningFormat, end_token_id: int | None,
-                 count_tokens: Callable[[str], int]) -> None:
+    def __init__(
+        self,
+        name: str,
+        parser: ReasoningFormat,
+        end_token_id: int | None,
+        count_tokens: Callable[[str], int],
+    ) -> None:
         self.name = name
         self._parser = parser
         self._end_id = end_token_id
@@ -172,13 +180,15 @@ def _template_text(chat_template: object) -> str:
     if isinstance(chat_template, dict):
         return "\n".join(str(v) for v in chat_template.values())
     if isinstance(chat_template, (list, tuple)):  # [{"name": ..., "template": ...}, ...]
-        return "\n".join(str(t.get("template", "")) if isinstance(t, dict) else str(t)
-                         for t in chat_template)
+        return "\n".join(
+            str(t.get("template", "")) if isinstance(t, dict) else str(t) for t in chat_template
+        )
     return ""
 
 
-def pick_parser(setting: str, architectures: Sequence[str], chat_template: object,
-                vocab: Mapping[str, int]) -> str | None:
+def pick_parser(
+    setting: str, architectures: Sequence[str], chat_template: object, vocab: Mapping[str, int]
+) -> str | None:
     """The parser name for ``[engine] reasoning_parser``: an explicit name as given, None
     for "none", and for "auto" one read off the model: R1-style models (their chat template
     and tokenizer know ``<think>``/``</think>``: DeepSeek-R1 on the V3 architecture, its
@@ -196,45 +206,3 @@ def pick_parser(setting: str, architectures: Sequence[str], chat_template: objec
     if any(a in _V3_ARCHITECTURES for a in architectures) and _THINKING_FLAG.search(template):
         return V3
     return R1
-
-
-def available_parsers() -> list[str]:
-    from vllm.reasoning import ReasoningParserManager
-
-    return ReasoningParserManager.list_registered()
-
-
-def check_parser_name(setting: str) -> None:
-    """Refuse, before any model loads, a parser name this vLLM does not have."""
-    if setting in (AUTO, NONE):
-        return
-    names = available_parsers()
-    if setting not in names:
-        raise ReasoningError(
-            f"engine.reasoning_parser: vLLM has no reasoning parser {setting!r}; use 'auto', "
-            f"'none' or one of: {', '.join(names)}")
-
-
-def load_reasoning(setting: str, tokenizer: Any, architectures: Sequence[str]) -> Reasoning | None:
-    """Pick and build the parser for a loaded model (None: the model does not reason)."""
-    name = pick_parser(setting, architectures, getattr(tokenizer, "chat_template", None) or "",
-                       tokenizer.get_vocab())
-    if name is None:
-        return None
-    check_parser_name(name)
-    from vllm.reasoning import ReasoningParserManager
-
-    try:
-        parser = ReasoningParserManager.get_reasoning_parser(name)(tokenizer)
-    except Exception as exc:  # vLLM raises RuntimeError/ValueError when the tags are missing
-        raise ReasoningError(
-            f"engine.reasoning_parser: {name!r} does not fit this model: {exc}") from None
-    end = parser.reasoning_end_str
-    end_id = parser.vocab.get(end) if end else None
-
-    def count_tokens(text: str) -> int:
-        return len(tokenizer.encode(text, add_special_tokens=False))
-
-    log.info("reasoning parser", extra={"reasoning_parser": name,
-                                        "picked": "auto" if setting == AUTO else "setting"})
-    return Reasoning(name, parser, end_id, count_tokens)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, AsyncIterator, Protocol, Sequence
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from deepseekd.engine.reasoning import ReasoningSplitter
+from deepseekd.domain.errors import Invalid, Unavailable
 
 
 @dataclass(frozen=True)
@@ -70,12 +70,19 @@ class EngineStats:
     kv_cache_usage: float = 0.0
 
 
-class EngineUnavailable(Exception):
+class EngineUnavailable(Unavailable):
     """The engine is loading, dead or shutting down: the request may be retried later."""
 
 
-class EngineRejected(ValueError):
+class EngineRejected(Invalid):
     """The engine refused the request as invalid (a 400 for the client)."""
+
+
+class Splitter(Protocol):
+    """Separates one choice's reasoning from its answer, delta by delta (engine/reasoning)."""
+
+    def split(self, d: ChoiceDelta) -> None:
+        """Split ``d`` in place: ``text`` keeps the answer, ``reasoning`` gets the rest."""
 
 
 class Engine(Protocol):
@@ -101,7 +108,7 @@ class Engine(Protocol):
     def reasoning_parser(self) -> str | None:
         """The reasoning parser in use (e.g. 'deepseek_r1'), or None for a plain model."""
 
-    def reasoning_splitter(self) -> "ReasoningSplitter | None":
+    def reasoning_splitter(self) -> Splitter | None:
         """A fresh splitter for one choice's output, or None for a plain model."""
 
     async def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
@@ -112,7 +119,7 @@ class Engine(Protocol):
 
     def generate(
         self, prompt_ids: list[int], options: GenerationOptions, request_id: str, *, stream: bool
-    ) -> AsyncIterator[GenerationStep]:
+    ) -> AsyncGenerator[GenerationStep, None]:
         """Run one request; closing the iterator early aborts it in the engine."""
 
     async def check_health(self) -> None:

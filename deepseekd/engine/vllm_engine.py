@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import itertools
 import logging
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Sequence
+from typing import Any
 
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import GracefulHTTPError, VLLMClientError
@@ -20,17 +21,18 @@ from vllm.v1.engine.exceptions import EngineDeadError
 from vllm.v1.metrics.loggers import StatLoggerBase
 
 from deepseekd.config import EngineSettings, LoraSettings
-from deepseekd.engine.reasoning import Reasoning, ReasoningSplitter, load_reasoning
+from deepseekd.engine.reasoning import Reasoning, ReasoningSplitter
 from deepseekd.engine.sampling import to_sampling_params
 from deepseekd.engine.types import (
     ChoiceDelta,
-    EngineStats,
     EngineRejected,
+    EngineStats,
     EngineUnavailable,
     GenerationOptions,
     GenerationStep,
     TokenLogprob,
 )
+from deepseekd.engine.vllm_reasoning import load_reasoning
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +59,19 @@ class _StatsSink(StatLoggerBase):
     def __init__(self, vllm_config: object, engine_index: int, target: EngineStats) -> None:
         self._target = target
 
-    def record(self, scheduler_stats: object, iteration_stats: object,
-               mm_cache_stats: object = None, engine_idx: int = 0) -> None:
+    def record(
+        self,
+        scheduler_stats: Any,
+        iteration_stats: Any,
+        mm_cache_stats: Any = None,
+        engine_idx: int = 0,
+    ) -> None:
         if scheduler_stats is not None:
-            self._target.running = scheduler_stats.num_running_reqs  # type: ignore[attr-defined]
-            self._target.waiting = (scheduler_stats.num_waiting_reqs  # type: ignore[attr-defined]
-                                    + scheduler_stats.num_skipped_waiting_reqs)  # type: ignore[attr-defined]
-            self._target.kv_cache_usage = scheduler_stats.kv_cache_usage  # type: ignore[attr-defined]
+            self._target.running = scheduler_stats.num_running_reqs
+            self._target.waiting = (
+                scheduler_stats.num_waiting_reqs + scheduler_stats.num_skipped_waiting_reqs
+            )
+            self._target.kv_cache_usage = scheduler_stats.kv_cache_usage
 
     def log_engine_initialized(self) -> None:
         """Nothing to log: the daemon reports readiness itself."""
@@ -90,8 +98,12 @@ def engine_args(spec: EngineSpec) -> AsyncEngineArgs:
     if spec.lora.enabled:
         # vLLM reserves max_loras slots of max_lora_rank per layer; max_cpu_loras adapters
         # stay loaded in host memory (more would be evicted and re-read from disk).
-        kwargs.update(enable_lora=True, max_loras=spec.lora.max_loras,
-                      max_lora_rank=spec.lora.max_rank, max_cpu_loras=spec.lora.max_adapters)
+        kwargs.update(
+            enable_lora=True,
+            max_loras=spec.lora.max_loras,
+            max_lora_rank=spec.lora.max_rank,
+            max_cpu_loras=spec.lora.max_adapters,
+        )
     return AsyncEngineArgs(**kwargs)  # type: ignore[arg-type]
 
 
@@ -101,7 +113,7 @@ class VllmEngine:
     def __init__(self, spec: EngineSpec) -> None:
         self._spec = spec
         self._llm: AsyncLLM | None = None
-        self._tokenizer: object | None = None
+        self._tokenizer: Any = None
         self._max_model_len = 0
         self._dead = False
         self._stats = EngineStats()
@@ -109,14 +121,18 @@ class VllmEngine:
         self._lora_ids = itertools.count(1)
         self._reasoning: Reasoning | None = None
 
-    async def __aenter__(self) -> "VllmEngine":
+    async def __aenter__(self) -> VllmEngine:
         # Building AsyncLLM spawns the engine core and loads the weights: keep the loop free.
         # If we are cancelled meanwhile, wait for the thread and shut the engine down, so no
         # engine process outlives the daemon.
         sink = lambda vllm_config, engine_index=0: _StatsSink(  # noqa: E731
-            vllm_config, engine_index, self._stats)
-        building = asyncio.ensure_future(asyncio.to_thread(
-            AsyncLLM.from_engine_args, engine_args(self._spec), stat_loggers=[sink]))
+            vllm_config, engine_index, self._stats
+        )
+        building = asyncio.ensure_future(
+            asyncio.to_thread(
+                AsyncLLM.from_engine_args, engine_args(self._spec), stat_loggers=[sink]
+            )
+        )
         try:
             self._llm = await asyncio.shield(building)
         except asyncio.CancelledError:
@@ -127,8 +143,10 @@ class VllmEngine:
         self._max_model_len = int(self._llm.model_config.max_model_len)
         try:
             self._reasoning = load_reasoning(
-                self._spec.settings.reasoning_parser, self._tokenizer,
-                getattr(self._llm.model_config.hf_config, "architectures", None) or ())
+                self._spec.settings.reasoning_parser,
+                self._tokenizer,
+                getattr(self._llm.model_config.hf_config, "architectures", None) or (),
+            )
         except BaseException:
             self._llm.shutdown()
             self._llm = None
@@ -212,22 +230,20 @@ class VllmEngine:
         tok = self._tokenizer
 
         def render() -> list[int]:
-            text = tok.apply_chat_template(  # type: ignore[attr-defined]
+            text = tok.apply_chat_template(
                 list(messages), add_generation_prompt=True, tokenize=False
             )
-            return list(tok.encode(text, add_special_tokens=False))  # type: ignore[attr-defined]
+            return list(tok.encode(text, add_special_tokens=False))
 
         return await asyncio.to_thread(render)
 
     async def encode_text(self, prompt: str) -> list[int]:
         tok = self._tokenizer
-        return await asyncio.to_thread(
-            lambda: list(tok.encode(prompt, add_special_tokens=True))  # type: ignore[attr-defined]
-        )
+        return await asyncio.to_thread(lambda: list(tok.encode(prompt, add_special_tokens=True)))
 
     async def generate(
         self, prompt_ids: list[int], options: GenerationOptions, request_id: str, *, stream: bool
-    ) -> AsyncIterator[GenerationStep]:
+    ) -> AsyncGenerator[GenerationStep, None]:
         llm = self._llm
         if llm is None or self.dead:
             raise EngineUnavailable("the inference engine is not running")
@@ -237,9 +253,7 @@ class VllmEngine:
             lora = self._loras.get(options.adapter)
             if lora is None:
                 raise EngineRejected(f"model: no LoRA adapter named {options.adapter!r} is loaded")
-        (engine_input,) = llm.renderer.render_cmpl(
-            [TokensPrompt(prompt_token_ids=prompt_ids)]
-        )
+        (engine_input,) = llm.renderer.render_cmpl([TokensPrompt(prompt_token_ids=prompt_ids)])
         want_logprobs = options.logprobs is not None
         gen = llm.generate(engine_input, params, request_id, lora_request=lora)
         finished = False
@@ -282,7 +296,7 @@ def _logprobs(token_ids: Sequence[int], entries: object, top_k: int) -> list[Tok
     if not entries:
         return []
     out: list[TokenLogprob] = []
-    for tid, entry in zip(token_ids, entries):  # type: ignore[call-overload]
+    for tid, entry in zip(token_ids, entries, strict=False):  # type: ignore[call-overload]
         chosen = entry.get(tid)
         ranked = sorted(
             (lp for lp in entry.values() if lp.rank is not None and lp.rank <= top_k),

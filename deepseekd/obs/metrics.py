@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -24,61 +24,99 @@ from prometheus_client.registry import Collector
 log = logging.getLogger("deepseekd.metrics")
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+DB_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 TOKEN_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self) -> None:  # long: one declaration per metric, nothing else
         r = self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         # The original design's alert reads http_request_duration_seconds{service="deepseek"}.
         self.http_duration = Histogram(
-            "http_request_duration_seconds", "HTTP request latency (to the last byte).",
-            ["service", "route", "method", "status"], buckets=LATENCY_BUCKETS, registry=r)
-        self.ttft = Histogram("deepseekd_time_to_first_token_seconds",
-                              "Request arrival to first generated token.",
-                              buckets=LATENCY_BUCKETS, registry=r)
-        self.tpot = Histogram("deepseekd_time_per_output_token_seconds",
-                              "Mean time between output tokens of a request.",
-                              buckets=TOKEN_BUCKETS, registry=r)
-        self.e2e = Histogram("deepseekd_e2e_request_latency_seconds",
-                             "Request arrival to the last token, for inference requests.",
-                             buckets=LATENCY_BUCKETS, registry=r)
-        self.prompt_tokens = Counter("deepseekd_prompt_tokens", "Prompt tokens processed.",
-                                     registry=r)
-        self.completion_tokens = Counter("deepseekd_completion_tokens",
-                                         "Output tokens generated.", registry=r)
-        self.reasoning_tokens = Counter("deepseekd_reasoning_tokens",
-                                        "Output tokens that were reasoning.", registry=r)
-        self.requests_running = Gauge("deepseekd_requests_running",
-                                      "Requests the engine is generating for.", registry=r)
-        self.requests_waiting = Gauge("deepseekd_requests_waiting",
-                                      "Requests queued in the engine.", registry=r)
-        self.kv_cache_usage = Gauge("deepseekd_kv_cache_usage_ratio",
-                                    "Share of the KV cache in use (0-1).", registry=r)
-        self.engine_up = Gauge("deepseekd_engine_up", "1 while the engine is loaded and alive.",
-                               registry=r)
+            "http_request_duration_seconds",
+            "HTTP request latency (to the last byte).",
+            ["service", "route", "method", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "deepseekd_time_to_first_token_seconds",
+            "Request arrival to first generated token.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tpot = Histogram(
+            "deepseekd_time_per_output_token_seconds",
+            "Mean time between output tokens of a request.",
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            "deepseekd_e2e_request_latency_seconds",
+            "Request arrival to the last token, for inference requests.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "deepseekd_prompt_tokens", "Prompt tokens processed.", registry=r
+        )
+        self.completion_tokens = Counter(
+            "deepseekd_completion_tokens", "Output tokens generated.", registry=r
+        )
+        self.reasoning_tokens = Counter(
+            "deepseekd_reasoning_tokens", "Output tokens that were reasoning.", registry=r
+        )
+        self.requests_running = Gauge(
+            "deepseekd_requests_running", "Requests the engine is generating for.", registry=r
+        )
+        self.requests_waiting = Gauge(
+            "deepseekd_requests_waiting", "Requests queued in the engine.", registry=r
+        )
+        self.kv_cache_usage = Gauge(
+            "deepseekd_kv_cache_usage_ratio", "Share of the KV cache in use (0-1).", registry=r
+        )
+        self.engine_up = Gauge(
+            "deepseekd_engine_up", "1 while the engine is loaded and alive.", registry=r
+        )
         self.ready = Gauge("deepseekd_ready", "1 while the daemon takes requests.", registry=r)
-        self.auth_failures = Counter("deepseekd_auth_failures",
-                                     "Refused credentials, logins and second factors.",
-                                     registry=r)
-        self.lockouts = Counter("deepseekd_lockouts", "Accounts locked after failures.",
-                                registry=r)
-        self.quota_rejections = Counter("deepseekd_quota_rejections",
-                                        "Requests refused by a daily quota.", registry=r)
+        self.auth_failures = Counter(
+            "deepseekd_auth_failures", "Refused credentials, logins and second factors.", registry=r
+        )
+        self.lockouts = Counter("deepseekd_lockouts", "Accounts locked after failures.", registry=r)
+        self.quota_rejections = Counter(
+            "deepseekd_quota_rejections", "Requests refused by a daily quota.", registry=r
+        )
         self.overload_rejections = Counter(
             "deepseekd_overload_rejections",
             "Inference requests refused with 503 because server.max_queued_requests were "
-            "already admitted.", registry=r)
+            "already admitted.",
+            registry=r,
+        )
         self.audit_write_failures = Counter(
             "deepseekd_audit_write_failures",
-            "Audit events that could not be written (the request failed closed).", registry=r)
-        self.tls_expiry = Gauge("deepseekd_tls_certificate_expiry_timestamp_seconds",
-                                "When the served TLS certificate expires (unix time).",
-                                registry=r)
-        self.build_info = Gauge("deepseekd_build_info", "Version and model being served.",
-                                ["version", "model", "model_sha256"], registry=r)
+            "Audit events that could not be written (the request failed closed).",
+            registry=r,
+        )
+        self.db_transaction = Histogram(
+            "deepseekd_db_transaction_seconds",
+            "Database transactions by name, from the call to the commit (queueing included).",
+            ["name"],
+            buckets=DB_BUCKETS,
+            registry=r,
+        )
+        self.tls_expiry = Gauge(
+            "deepseekd_tls_certificate_expiry_timestamp_seconds",
+            "When the served TLS certificate expires (unix time).",
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "deepseekd_build_info",
+            "Version and model being served.",
+            ["version", "model", "model_sha256"],
+            registry=r,
+        )
         self.gpu = GpuCollector()
         r.register(self.gpu)
         self._rate_mark = (time.monotonic(), 0.0)
@@ -90,12 +128,22 @@ class Metrics:
         self._rate_mark = (now, total)
         return (total - last_total) / (now - last_t) if now > last_t else 0.0
 
+    def observe_transaction(self, name: str, seconds: float) -> None:
+        self.db_transaction.labels(name).observe(seconds)
+
     def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
         self.http_duration.labels("deepseek", route, method, str(status)).observe(seconds)
 
-    def observe_generation(self, *, arrival: float, first_token: float | None, last_token: float,
-                           prompt_tokens: int, completion_tokens: int,
-                           reasoning_tokens: int = 0) -> None:
+    def observe_generation(
+        self,
+        *,
+        arrival: float,
+        first_token: float | None,
+        last_token: float,
+        prompt_tokens: int,
+        completion_tokens: int,
+        reasoning_tokens: int = 0,
+    ) -> None:
         """One finished (or abandoned) inference request; times are time.monotonic().
         ``reasoning_tokens`` are part of ``completion_tokens`` and counted apart as well."""
         self.prompt_tokens.inc(prompt_tokens)
@@ -132,23 +180,28 @@ class GpuCollector(Collector):
             return []
         used = {s.labels["gpu"]: s.value for s in fams["deepseekd_gpu_memory_used_bytes"].samples}
         total = {s.labels["gpu"]: s.value for s in fams["deepseekd_gpu_memory_total_bytes"].samples}
-        return [{"index": int(i), "memory_used_bytes": used[i], "memory_total_bytes": total[i]}
-                for i in sorted(used, key=int)]
+        return [
+            {"index": int(i), "memory_used_bytes": used[i], "memory_total_bytes": total[i]}
+            for i in sorted(used, key=int)
+        ]
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         nv = self._nvml
         if nv is None:
             return []
-        used = GaugeMetricFamily("deepseekd_gpu_memory_used_bytes", "GPU memory in use.",
-                                 labels=["gpu"])
-        total = GaugeMetricFamily("deepseekd_gpu_memory_total_bytes", "GPU memory.",
-                                  labels=["gpu"])
-        util = GaugeMetricFamily("deepseekd_gpu_utilization_ratio",
-                                 "Share of time the GPU was busy (0-1).", labels=["gpu"])
-        temp = GaugeMetricFamily("deepseekd_gpu_temperature_celsius", "GPU temperature.",
-                                 labels=["gpu"])
-        power = GaugeMetricFamily("deepseekd_gpu_power_watts", "GPU power draw.",
-                                  labels=["gpu"])
+        used = GaugeMetricFamily(
+            "deepseekd_gpu_memory_used_bytes", "GPU memory in use.", labels=["gpu"]
+        )
+        total = GaugeMetricFamily("deepseekd_gpu_memory_total_bytes", "GPU memory.", labels=["gpu"])
+        util = GaugeMetricFamily(
+            "deepseekd_gpu_utilization_ratio",
+            "Share of time the GPU was busy (0-1).",
+            labels=["gpu"],
+        )
+        temp = GaugeMetricFamily(
+            "deepseekd_gpu_temperature_celsius", "GPU temperature.", labels=["gpu"]
+        )
+        power = GaugeMetricFamily("deepseekd_gpu_power_watts", "GPU power draw.", labels=["gpu"])
         for i in range(self._count):
             try:
                 h = nv.nvmlDeviceGetHandleByIndex(i)
@@ -156,17 +209,23 @@ class GpuCollector(Collector):
                 used.add_metric([str(i)], float(mem.used))
                 total.add_metric([str(i)], float(mem.total))
                 util.add_metric([str(i)], nv.nvmlDeviceGetUtilizationRates(h).gpu / 100.0)
-                temp.add_metric([str(i)], float(
-                    nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU)))
+                temp.add_metric(
+                    [str(i)], float(nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU))
+                )
                 power.add_metric([str(i)], nv.nvmlDeviceGetPowerUsage(h) / 1000.0)
             except Exception as exc:  # one bad GPU must not break the scrape
                 log.warning("NVML read failed", extra={"gpu": i, "error": type(exc).__name__})
         return [used, total, util, temp, power]
 
 
-def bind_gauges(metrics: Metrics, engine_up: Callable[[], float], ready: Callable[[], float],
-                running: Callable[[], float], waiting: Callable[[], float],
-                kv_usage: Callable[[], float]) -> None:
+def bind_gauges(
+    metrics: Metrics,
+    engine_up: Callable[[], float],
+    ready: Callable[[], float],
+    running: Callable[[], float],
+    waiting: Callable[[], float],
+    kv_usage: Callable[[], float],
+) -> None:
     """Gauges read live state at scrape time instead of being pushed on every change."""
     metrics.engine_up.set_function(engine_up)
     metrics.ready.set_function(ready)

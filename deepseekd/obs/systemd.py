@@ -23,8 +23,13 @@ log = logging.getLogger("deepseekd.systemd")
 class Notifier:
     """Sends sd_notify datagrams; never raises into the caller."""
 
-    def __init__(self, address: str | None, *, watchdog_usec: str | None = None,
-                 watchdog_pid: str | None = None) -> None:
+    def __init__(
+        self,
+        address: str | None,
+        *,
+        watchdog_usec: str | None = None,
+        watchdog_pid: str | None = None,
+    ) -> None:
         """``address`` is ``NOTIFY_SOCKET`` as systemd sets it (``/path`` or ``@abstract``)."""
         self._address = _parse_address(address)
         self._watchdog_usec = watchdog_usec
@@ -37,9 +42,11 @@ class Notifier:
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Notifier:
         """Build from ``NOTIFY_SOCKET``, ``WATCHDOG_USEC`` and ``WATCHDOG_PID``."""
-        return cls(env.get("NOTIFY_SOCKET") or None,
-                   watchdog_usec=env.get("WATCHDOG_USEC"),
-                   watchdog_pid=env.get("WATCHDOG_PID"))
+        return cls(
+            env.get("NOTIFY_SOCKET") or None,
+            watchdog_usec=env.get("WATCHDOG_USEC"),
+            watchdog_pid=env.get("WATCHDOG_PID"),
+        )
 
     @property
     def enabled(self) -> bool:
@@ -132,14 +139,15 @@ class Notifier:
             if self._sock is None:
                 # Non-blocking: a full queue at systemd's end must never stall the event
                 # loop; CLOEXEC: engine workers must not inherit the descriptor.
-                self._sock = socket.socket(socket.AF_UNIX,
-                                           socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
                 self._sock.setblocking(False)
             self._sock.sendto(payload, address)
         except OSError as exc:
             if not self._failing:
-                log.warning("sd_notify failed; systemd may not see our state or pings",
-                            extra={"notify_socket": _show(address), "error": str(exc)})
+                log.warning(
+                    "sd_notify failed; systemd may not see our state or pings",
+                    extra={"notify_socket": _show(address), "error": str(exc)},
+                )
                 self._failing = True
             else:
                 log.debug("sd_notify failed again", extra={"error": str(exc)})

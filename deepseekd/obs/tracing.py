@@ -24,8 +24,9 @@ class Tracing:
 
         # Our own provider, not the global one: vLLM and libraries keep theirs.
         self._provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
-        self._provider.add_span_processor(BatchSpanProcessor(
-            OTLPSpanExporter(endpoint=endpoint.rstrip("/") + "/v1/traces")))
+        self._provider.add_span_processor(
+            BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint.rstrip("/") + "/v1/traces"))
+        )
         self.tracer = self._provider.get_tracer("deepseekd")
         log.info("tracing on", extra={"endpoint": endpoint})
 

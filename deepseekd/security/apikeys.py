@@ -11,10 +11,15 @@ import hmac
 import secrets
 
 KEY_PREFIX = "dsk-"
+SESSION_PREFIX = "dss-"
 
 
 def generate_api_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def new_session_token() -> str:
+    return SESSION_PREFIX + secrets.token_urlsafe(32)
 
 
 def hash_api_key(key: str) -> str:

@@ -13,9 +13,9 @@ import base64
 import os
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -39,7 +39,9 @@ def new_data_key() -> bytes:
 
 
 def seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
-    nonce = secrets.token_bytes(NONCE_BYTES)  # 96-bit random nonces: safe far beyond 2^32 seals per key
+    nonce = secrets.token_bytes(
+        NONCE_BYTES
+    )  # 96-bit random nonces: safe far beyond 2^32 seals per key
     return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
 
 
@@ -80,11 +82,13 @@ class Keyring:
         self.reload()
         if not self._versions:
             where = " or ".join(str(d) for d in dirs)
-            raise KeyringError(f"no master key found in {where}: run `deepseekd init`, or "
-                               "restore the key file (master-v<N>.key) from your key backup")
+            raise KeyringError(
+                f"no master key found in {where}: run `deepseekd init`, or "
+                "restore the key file (master-v<N>.key) from your key backup"
+            )
 
     @classmethod
-    def for_data_dir(cls, data_dir: Path) -> "Keyring":
+    def for_data_dir(cls, data_dir: Path) -> Keyring:
         return cls(key_dirs(data_dir))
 
     def _scan(self) -> list[tuple[int, Path, float]]:
@@ -109,8 +113,10 @@ class Keyring:
                 continue  # the credentials directory wins over data_dir/keys
             mode = path.stat().st_mode & 0o077
             if mode and not os.environ.get("CREDENTIALS_DIRECTORY"):
-                raise KeyringError(f"{path} is readable by others (mode {oct(path.stat().st_mode & 0o777)}); "
-                                   "chmod 600 it")
+                raise KeyringError(
+                    f"{path} is readable by others (mode {oct(path.stat().st_mode & 0o777)}); "
+                    "chmod 600 it"
+                )
             try:
                 raw = base64.b64decode(path.read_text().strip(), validate=True)
             except (ValueError, OSError) as exc:
@@ -139,13 +145,16 @@ class Keyring:
             self.reload()
         v = self._versions.get(version)
         if v is None:
-            raise KeyringError(f"master key version {version} is not available (retired or "
-                               f"missing); restore master-v{version}.key from your key backup")
+            raise KeyringError(
+                f"master key version {version} is not available (retired or "
+                f"missing); restore master-v{version}.key from your key backup"
+            )
         try:
             return open_sealed(v.key, blob, aad)
         except Unreadable:
-            raise KeyringError(f"master key version {version} does not match the database: "
-                               "wrong key file?") from None
+            raise KeyringError(
+                f"master key version {version} does not match the database: wrong key file?"
+            ) from None
 
     def check_value(self, version: int) -> bytes:
         """A sealed constant that proves, at start-up, that a key is the one in use."""
@@ -201,4 +210,4 @@ class SecretBox:
     def open(self, stored: str, aad: bytes) -> str:
         if not stored.startswith(self.PREFIX):
             return stored
-        return open_sealed(self._key(), base64.b64decode(stored[len(self.PREFIX):]), aad).decode()
+        return open_sealed(self._key(), base64.b64decode(stored[len(self.PREFIX) :]), aad).decode()

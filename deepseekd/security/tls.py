@@ -55,7 +55,9 @@ def build_context(cfg: TlsSettings) -> LoadedContext:
     try:
         ctx.load_cert_chain(cfg.cert, cfg.key)
     except (OSError, ssl.SSLError) as exc:
-        raise TlsError(f"server.tls.cert/key: cannot load {cfg.cert} with {cfg.key}: {exc}") from None
+        raise TlsError(
+            f"server.tls.cert/key: cannot load {cfg.cert} with {cfg.key}: {exc}"
+        ) from None
     try:
         cert = x509.load_pem_x509_certificate(Path(cfg.cert).read_bytes())
     except (OSError, ValueError) as exc:
@@ -84,10 +86,13 @@ class TlsReloader:
             loaded = build_context(self.cfg)
         except TlsError as exc:
             # Keep serving with the old certificate; say so once per change.
-            log.error("new TLS files refused; the previous certificate stays in use",
-                      extra={"error": str(exc)})
-            self.current = LoadedContext(self.current.context, self.current.not_after,
-                                         _signature(self.cfg))
+            log.error(
+                "new TLS files refused; the previous certificate stays in use",
+                extra={"error": str(exc)},
+            )
+            self.current = LoadedContext(
+                self.current.context, self.current.not_after, _signature(self.cfg)
+            )
             return None
         self.current = loaded
         log.info("TLS files reloaded", extra={"not_after": loaded.not_after})

@@ -1,12 +1,12 @@
-"""Group commit for SQLite: one thread, one connection, many turns per fsync.
+"""Group commit for SQLite: one thread, one connection, many transactions per fsync.
 
-Each request writes a few small transactions (quota, audit, the sealed turn). Through the
-async driver every statement is several hops between the event loop and a driver thread, and
-every commit is an fsync (``synchronous=FULL``: an acknowledged turn survives power loss).
-Here a job is plain synchronous SQLAlchemy code, run in the writer's own thread; jobs that
-arrive together share one ``BEGIN IMMEDIATE`` … ``COMMIT``. When any job of a batch fails, the
-whole batch rolls back and each job runs again alone, so one job's error is that job's only.
-A job's caller hears back only after its commit.
+Every write of the process comes here (``Database.write``), so writes are ordered on one
+connection. A job is plain synchronous SQLAlchemy code, run in the writer's own thread; jobs
+that arrive together share one ``BEGIN IMMEDIATE`` … ``COMMIT`` (``synchronous=FULL``: one
+fsync for all of them). When a job of a batch fails, the whole batch rolls back and each job
+runs again alone, so one job's error is that job's only; a fault of the database itself (the
+lock held elsewhere past the busy timeout, a full disk) fails the whole batch at once instead
+of making each job wait for it again. A job's caller hears back only after its commit.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import asyncio
 import logging
 import queue
 import threading
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
@@ -40,7 +41,7 @@ def run_after_commit(session: Session) -> None:
 
 
 class _Job:
-    __slots__ = ("fn", "future", "loop", "result", "error")
+    __slots__ = ("error", "fn", "future", "loop", "result")
 
     def __init__(self, fn: Callable[[Session], Any], loop: asyncio.AbstractEventLoop) -> None:
         self.fn = fn
@@ -62,12 +63,16 @@ def _settle(job: _Job) -> None:
 class GroupWriter:
     """Runs write jobs on one SQLite connection in a thread of its own."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self, engine: Engine, transient: Callable[[BaseException], bool] = lambda exc: False
+    ) -> None:
         self.engine = engine
         self._engine = engine.execution_options(sqlite_immediate=True)
+        self._transient = transient
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="deepseekd-sqlite-writer",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="deepseekd-sqlite-writer", daemon=True
+        )
         self._thread.start()
         self.batches = 0
         self.jobs = 0
@@ -75,9 +80,10 @@ class GroupWriter:
     async def submit(self, fn: Callable[[Session], T]) -> T:
         job = _Job(fn, asyncio.get_running_loop())
         self._queue.put(job)
-        return await job.future  # type: ignore[no-any-return]
+        return await job.future
 
     def close(self) -> None:
+        """Commit what is queued, then stop the thread and close the connection."""
         self._queue.put(None)
         self._thread.join()
         self.engine.dispose()
@@ -106,11 +112,18 @@ class GroupWriter:
         self.batches += 1
         self.jobs += len(batch)
         if not self._transaction(batch) and len(batch) > 1:
-            # Something failed: nothing of the batch is stored. Run each job alone, so one
-            # job's error (or a full disk) is that job's answer only.
-            for job in batch:
-                job.error = None
-                self._transaction([job])
+            fault = next(
+                (j.error for j in batch if j.error is not None and self._transient(j.error)), None
+            )
+            if fault is not None:
+                for job in batch:  # the database itself failed: every job gets that answer
+                    job.error = fault
+            else:
+                # One job failed: nothing of the batch is stored. Run each job alone, so one
+                # job's error is that job's answer only.
+                for job in batch:
+                    job.error = None
+                    self._transaction([job])
         for job in batch:
             try:
                 job.loop.call_soon_threadsafe(_settle, job)

@@ -15,10 +15,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from deepseekd.app import build_app
+from deepseekd.daemon import build_app
 from deepseekd.config import Settings, load_settings
-from deepseekd.keys import ACCOUNTS, LIFECYCLE
-from deepseekd.lifecycle import Lifecycle
+from deepseekd.http.state import ACCOUNTS, LIFECYCLE
+from deepseekd.services.lifecycle import Lifecycle
 from deepseekd.security.keyring import create_master_key
 
 try:

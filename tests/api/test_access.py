@@ -1,4 +1,4 @@
-"""Who may call what: every registered route × every kind of caller against access.ROUTES,
+"""Who may call what: every registered route × every kind of caller against access.ACCESS,
 then the daily quota as a client sees it (headers, 429, warmup, tokens, concurrency) and
 who reads /metrics."""
 
@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from deepseekd.api import access
-from deepseekd.app import build_app
+from deepseekd.http import routes as access
+from deepseekd.daemon import build_app
 from deepseekd.config import load_settings
 from deepseekd.security.keyring import create_master_key
-from deepseekd.keys import ACCOUNTS
+from deepseekd.http.state import ACCOUNTS
 
 from tests.api.helpers import CHAT, CHAT_BODY, bearer, error, login, ok_json, secret_of
 from tests.fakes import FakeEngine
@@ -49,14 +49,14 @@ def _unstarted_app() -> web.Application:
 
 REGISTERED = _registered(_unstarted_app())
 # The union, so a route missing on either side still gets its own failing case.
-ALL_ROUTES = sorted(REGISTERED | set(access.ROUTES), key=lambda r: (r[1], r[0]))
+ALL_ROUTES = sorted(REGISTERED | set(access.ACCESS), key=lambda r: (r[1], r[0]))
 
 
 def test_route_table_matches_the_router() -> None:
     app = _unstarted_app()
     registered = _registered(app)
-    assert registered - set(access.ROUTES) == set(), "registered routes missing from ROUTES"
-    assert set(access.ROUTES) - registered == set(), "ROUTES entries that are not registered"
+    assert registered - set(access.ACCESS) == set(), "registered routes missing from ROUTES"
+    assert set(access.ACCESS) - registered == set(), "ROUTES entries that are not registered"
     # Every HEAD route is the twin of a GET one, which is what access_for assumes.
     heads = {r.resource.canonical for r in app.router.routes() if r.method == "HEAD"}
     assert heads <= {path for method, path in registered if method == "GET"}
@@ -65,10 +65,10 @@ def test_route_table_matches_the_router() -> None:
 
 
 def test_route_table_shape() -> None:
-    assert all(not a.second_factor for a in access.ROUTES.values() if not a.roles)
-    assert all(a.roles == {"admin"} for a in access.ROUTES.values() if a.second_factor)
-    assert all(a.roles <= {"admin", "user", "auditor", "metrics"} for a in access.ROUTES.values())
-    quota = {k for k, a in access.ROUTES.items() if a.quota}
+    assert all(not a.second_factor for a in access.ACCESS.values() if not a.roles)
+    assert all(a.roles == {"admin"} for a in access.ACCESS.values() if a.second_factor)
+    assert all(a.roles <= {"admin", "user", "auditor", "metrics"} for a in access.ACCESS.values())
+    quota = {k for k, a in access.ACCESS.items() if a.quota}
     assert quota == {("POST", "/v1/chat/completions"), ("POST", "/v1/completions"),
                      ("POST", "/chat")}
 
@@ -168,8 +168,8 @@ async def test_route_access_matrix(make_daemon: MakeDaemon, clock: FakeClock,
                                    route: tuple[str, str]) -> None:
     method, canonical = route
     assert route in REGISTERED, f"{method} {canonical} is in ROUTES but not registered"
-    assert route in access.ROUTES, f"{method} {canonical} is registered but not in ROUTES"
-    rule = access.ROUTES[route]
+    assert route in access.ACCESS, f"{method} {canonical} is registered but not in ROUTES"
+    rule = access.ACCESS[route]
     w = await _world(make_daemon, clock)
     assert _registered(w.d.app) == REGISTERED
     for caller in CALLERS:

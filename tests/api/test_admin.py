@@ -10,8 +10,8 @@ import pytest
 
 from deepseekd.security.apikeys import csrf_token
 
-from deepseekd.keys import ACCOUNTS
-from deepseekd.store.accounts import AuthFailed
+from deepseekd.http.state import ACCOUNTS
+from deepseekd.domain.errors import AuthFailed
 
 from tests.api.helpers import (
     CHAT,

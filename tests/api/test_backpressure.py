@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from deepseekd.keys import ACCOUNTS
+from deepseekd.http.state import ACCOUNTS
 
 from tests.api.helpers import CHAT, CHAT_BODY, bearer, error, ok_json
 from tests.fakes import FakeEngine

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, event, func, select
 
-from deepseekd.keys import AUDIT, DATABASE
+from deepseekd.http.state import AUDIT, DATABASE
 from deepseekd.store.schema import AuditEvent, Conversation, Turn
 
 from tests.api.helpers import CHAT, CHAT_BODY, error, ok_json
@@ -22,11 +22,11 @@ MakeDaemon = Any
 
 
 async def _counts(d: Any) -> tuple[int, int, int]:
-    async with d.app[DATABASE].read() as s:
-        convs = (await s.execute(select(func.count(Conversation.id)))).scalar_one()
-        turns = (await s.execute(select(func.count(Turn.id)))).scalar_one()
-        events = (await s.execute(select(func.count(AuditEvent.id)))).scalar_one()
-    return convs, turns, events
+    def counts(s: Any) -> tuple[int, int, int]:
+        return tuple(s.execute(select(func.count(col))).scalar_one()  # type: ignore[return-value]
+                     for col in (Conversation.id, Turn.id, AuditEvent.id))
+
+    return await d.app[DATABASE].read("test", counts)
 
 
 def _db_file(d: Any) -> Path:

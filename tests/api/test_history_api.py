@@ -14,13 +14,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from deepseekd.app import Maintenance
-from deepseekd.keys import ACCOUNTS, DATABASE
+from deepseekd.services.maintenance import Maintenance
+from deepseekd.http.state import SERVICES, ACCOUNTS, DATABASE
 from deepseekd.security.keyring import Keyring
-from deepseekd.store.accounts import Identity
-from deepseekd.store.audit import AuditLog
-from deepseekd.store.history import HistoryService
-from deepseekd.store.keys import KeyService
+from deepseekd.domain.identity import Identity
+from deepseekd.services.audit import AuditLog
+from deepseekd.services.history import HistoryService
+from deepseekd.services.keys import KeyService
 
 from tests.api.helpers import CHAT, LOGIN, bearer, code, error, login, ok_json, secret_of
 from tests.fakes import expected_text
@@ -306,7 +306,7 @@ async def test_first_chat_during_audit_outage_keeps_the_data_key(daemon: Daemon)
     _, cid = await chat(d, [msg("user", "after the outage")])
     uid = int((await raw_sql(d, "SELECT id FROM users WHERE name = 'tester'"))[0][0])
     db = d.app[DATABASE]
-    keys = KeyService(db, Keyring([Path(d.settings.data_dir) / "keys"]), time.time)
+    keys = KeyService(db, Keyring([Path(d.settings.data_dir) / "keys"]), Path(d.settings.data_dir) / "keys", time.time)
     await keys.check()
     history = HistoryService(db, keys, AuditLog(db, keys.cached_audit_key, time.time), time.time)
     conv = await history.get_conversation(Identity(uid, "tester", "user", "api_key"), cid)
@@ -427,7 +427,7 @@ async def test_automatic_rotation(make_daemon: MakeDaemon, clock: FakeClock) -> 
     d = await make_daemon(clock=clock)
     keys_dir = Path(d.settings.data_dir) / "keys"
     _, cid = await chat(d, [msg("user", "remember me across keys")])
-    maintenance = Maintenance(d.app)
+    maintenance = Maintenance(d.app[SERVICES])
 
     clock.advance(89 * DAY)
     await maintenance.tick(now=clock())
@@ -445,14 +445,14 @@ async def test_automatic_rotation(make_daemon: MakeDaemon, clock: FakeClock) -> 
 
     # Not again within the hour, nor while the new key is young.
     await maintenance.tick(now=clock() + 10)
-    await Maintenance(d.app).tick(now=clock() + 7200)
+    await Maintenance(d.app[SERVICES]).tick(now=clock() + 7200)
     assert sorted(p.name for p in keys_dir.iterdir()) == ["master-v2.key"]
 
     # Earlier turns read fine, through the daemon and through a process that starts now.
     conv = await ok_json(await d.client.get(f"{CONVS}/{cid}", headers=d.auth))
     assert conv["turns"][0]["answer"] == expected_text(3)
     db = d.app[DATABASE]
-    keys = KeyService(db, Keyring([keys_dir]), clock)
+    keys = KeyService(db, Keyring([keys_dir]), keys_dir, clock)
     await keys.check()
     audit = AuditLog(db, keys.cached_audit_key, clock)
     who = Identity(int((await raw_sql(d, "SELECT id FROM users WHERE name = 'tester'"))[0][0]),

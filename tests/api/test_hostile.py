@@ -15,7 +15,7 @@ from typing import Any, AsyncIterator
 import pytest
 from yarl import URL
 
-from deepseekd.keys import ACCOUNTS, AUDIT
+from deepseekd.http.state import ACCOUNTS, AUDIT
 
 from tests.api.helpers import CHAT, CHAT_BODY, code, ok_json, secret_of
 from tests.fakes import FakeEngine

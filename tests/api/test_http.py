@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from deepseekd.engine.types import GenerationOptions
-from deepseekd.lifecycle import Phase
+from deepseekd.services.lifecycle import Phase
 
 from tests.fakes import FakeEngine, chosen_logprob, expected_text, token_text
 

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save_file
 
-from deepseekd.app import build_app
+from deepseekd.daemon import build_app
 from deepseekd.config import load_settings
-from deepseekd.keys import ACCOUNTS, AUDIT, LORA
+from deepseekd.http.state import ACCOUNTS, AUDIT, LORA
 from tests.api.conftest import MODEL, Daemon, FakeClock, MakeDaemon
 from tests.api.helpers import CHAT, bearer, error, login, ok_json, secret_of
 from tests.fakes import FakeEngine
@@ -218,4 +218,4 @@ async def test_adapters_come_back_after_a_restart(make_daemon: MakeDaemon, clock
     client3 = await aiohttp_client(app3)
     await Daemon(client3, app3, third, d.key, off).wait_ready()
     assert third.adapters == {} and app3[LORA].loaded() == []
-    assert [r.name for r in await app3[LORA]._registry.list()] == ["alpha"]
+    assert [r.name for r in await app3[LORA].registered()] == ["alpha"]

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from deepseekd.app import build_app, run_daemon
+from deepseekd.daemon import build_app, run_daemon
 from deepseekd.config import load_settings
-from deepseekd.keys import LIFECYCLE
-from deepseekd.lifecycle import Phase
+from deepseekd.http.state import LIFECYCLE
+from deepseekd.services.lifecycle import Phase
 from deepseekd.security.keyring import create_master_key
 from tests.fakes import FakeEngine
 from tests.support.process import free_port

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from deepseekd.keys import ACCOUNTS, TRACING
+from deepseekd.http.state import ACCOUNTS, TRACING
 from deepseekd.obs.logs import QUIET_LOGGERS, JsonFormatter, setup_logging
 from tests.api.conftest import Daemon, MakeDaemon
 

@@ -8,8 +8,9 @@ from typing import Any
 
 import jsonschema_rs
 
-from deepseekd.api.access import ROUTES
-from deepseekd.api.openapi import BODIES, PATH_ALIASES
+from deepseekd.http.routes import ACCESS as ROUTES
+from deepseekd.http.openapi import PATH_ALIASES
+from deepseekd.http.routes import BODIES
 
 from tests.api.helpers import ok_json
 

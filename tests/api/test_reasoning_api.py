@@ -10,7 +10,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from deepseekd.keys import ACCOUNTS, AUDIT
+from deepseekd.http.state import ACCOUNTS, AUDIT
 from tests.api.helpers import CHAT, bearer, ok_json
 from tests.api.test_history_api import raw_sql, sse_payloads
 from tests.fakes import FakeEngine

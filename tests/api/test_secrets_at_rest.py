@@ -7,7 +7,7 @@ import sqlite3
 
 import pyotp
 
-from deepseekd.keys import ACCOUNTS
+from deepseekd.http.state import ACCOUNTS
 from tests.api.conftest import MakeDaemon
 
 

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from deepseekd.api.access import ROUTES
-from deepseekd.api.middlewares import ADMIN_COOKIE, CSP, SAFE_METHODS, WEB_COOKIE
-from deepseekd.keys import ACCOUNTS
+from deepseekd.http.routes import ACCESS as ROUTES
+from deepseekd.http.middleware.auth import ADMIN_COOKIE, SAFE_METHODS, WEB_COOKIE
+from deepseekd.http.middleware.headers import CSP
+from deepseekd.http.state import ACCOUNTS
 from deepseekd.security.apikeys import csrf_token
 
 from tests.api.helpers import CHAT, CHAT_BODY, code, error, ok_json, secret_of

@@ -19,10 +19,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from deepseekd.app import build_app, run_daemon
+from deepseekd.daemon import build_app, run_daemon
 from deepseekd.config import load_settings
-from deepseekd.keys import ACCOUNTS, LIFECYCLE
-from deepseekd.lifecycle import Phase
+from deepseekd.http.state import ACCOUNTS, LIFECYCLE
+from deepseekd.services.lifecycle import Phase
 from deepseekd.security.keyring import create_master_key
 from tests.fakes import FakeEngine
 from tests.support.process import free_port
@@ -191,7 +191,7 @@ async def test_a_client_certificate_can_stand_for_an_api_key(tls_daemon: Running
 @pytest.mark.parametrize("tls_daemon", [{}], indirect=True)
 async def test_rotation_is_picked_up_while_a_stream_is_in_flight(tls_daemon: Running,
                                                                  pki: PKI) -> None:
-    from deepseekd.keys import METRICS
+    from deepseekd.http.state import METRICS
 
     metrics = tls_daemon.app[METRICS]  # type: ignore[index]
     assert metrics.tls_expiry._value.get() == pki.server.obj.not_valid_after_utc.timestamp()

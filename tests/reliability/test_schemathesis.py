@@ -26,7 +26,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from deepseekd.keys import ACCOUNTS, AUDIT
+from deepseekd.http.state import ACCOUNTS, AUDIT
 from deepseekd.security import totp
 from tests.api.helpers import secret_of
 from tests.support.threaded_app import ThreadedApp, start_threaded_app

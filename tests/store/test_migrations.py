@@ -12,21 +12,22 @@ import sys
 from pathlib import Path
 
 import pytest
-from alembic import command
+from typing import Any
+
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
-from deepseekd.config import AuthSettings, QuotaSettings
+from deepseekd.config import QuotaSettings
 from deepseekd.security import passwords, totp
 from deepseekd.security.keyring import create_master_key
 from deepseekd.security.apikeys import generate_api_key, hash_api_key
-from deepseekd.store.accounts import AccountService
+from tests.support.services import make_accounts
 from deepseekd.store.db import Database, SchemaError, alembic_config
-from deepseekd.store.quota import QuotaService
+from deepseekd.services.usage import QuotaService
 from deepseekd.store.schema import Base
-from tests.store.conftest import FakeClock
+from tests.db_fixtures import FakeClock
 
 SCRIPT = ScriptDirectory.from_config(alembic_config("sqlite+aiosqlite://"))
 HEAD = SCRIPT.get_current_head()
@@ -37,19 +38,13 @@ FIRST = CHAIN[0]
 
 
 async def upgrade_to(db: Database, target: str) -> None:
-    """``alembic upgrade <target>`` on a connection of ``db`` (as Database.upgrade does)."""
-    cfg = alembic_config(db.url)
-    async with db.engine.begin() as conn:
-        def run(sync_conn) -> None:  # type: ignore[no-untyped-def]
-            cfg.attributes["connection"] = sync_conn
-            command.upgrade(cfg, target)
-
-        await conn.run_sync(run)
+    """``alembic upgrade <target>`` as Database.upgrade runs it."""
+    await db.upgrade(target)
 
 
 async def stamp(db: Database, revision: str) -> None:
-    async with db.engine.begin() as conn:
-        await conn.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": revision})
+    await db.write("test.stamp", lambda s: s.execute(
+        text("UPDATE alembic_version SET version_num = :v"), {"v": revision}))
 
 
 def test_head_is_a_single_linear_chain() -> None:
@@ -65,11 +60,11 @@ async def test_upgrade_from_empty_reaches_head(db_url: str) -> None:
         assert await db.upgrade() == (None, HEAD)
         assert await db.current_revision() == HEAD
         assert await db.upgrade() == (HEAD, HEAD)  # idempotent
-        async with db.engine.connect() as conn:
-            tables = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
-            # The migrations build exactly what schema.py describes.
-            diff = await conn.run_sync(lambda c: compare_metadata(
-                MigrationContext.configure(c, opts={"compare_type": True}), Base.metadata))
+        tables = await db.read("test", lambda s: set(inspect(s.connection()).get_table_names()))
+        # The migrations build exactly what schema.py describes.
+        diff = await db.read("test", lambda s: compare_metadata(
+            MigrationContext.configure(s.connection(), opts={"compare_type": True}),
+            Base.metadata))
         assert tables == set(Base.metadata.tables) | {"alembic_version"}
         if db.is_sqlite:
             # SQLite does not enforce VARCHAR lengths, and widening one would rebuild a parent
@@ -90,23 +85,26 @@ async def test_upgrade_from_earlier_revision_keeps_data(db_url: str, clock: Fake
     async with Database(db_url) as db:
         await upgrade_to(db, start)
         assert await db.current_revision() == start
-        async with db.engine.begin() as conn:
-            await conn.execute(text(
+        pw_hash = passwords.hash_password(password)
+
+        def old_rows(s: Any) -> None:
+            s.execute(text(
                 "INSERT INTO users (name, role, password_hash, totp_secret, disabled, "
                 "daily_request_limit, created_at) VALUES "
                 "('old', 'admin', :pw, :secret, :disabled, 2, :now)"
-            ), {"pw": passwords.hash_password(password), "secret": secret, "disabled": False,
-                "now": clock()})
-            uid = (await conn.execute(text("SELECT id FROM users WHERE name = 'old'"))).scalar()
-            await conn.execute(text(
+            ), {"pw": pw_hash, "secret": secret, "disabled": False, "now": clock()})
+            uid = s.execute(text("SELECT id FROM users WHERE name = 'old'")).scalar()
+            s.execute(text(
                 "INSERT INTO api_keys (user_id, key_hash, prefix, label, created_at) "
                 "VALUES (:uid, :h, :p, 'legacy', :now)"
             ), {"uid": uid, "h": hash_api_key(key), "p": key[:10], "now": clock()})
 
+        await db.write("test.old_rows", old_rows)
+
         assert await db.upgrade() == (start, HEAD)
         assert await db.current_revision() == HEAD
 
-        accounts = AccountService(db, AuthSettings(), QuotaSettings(), clock)
+        accounts = make_accounts(db, clock)
         [info] = await accounts.list_users()
         assert (info.name, info.role, info.daily_request_limit, info.active_keys) == (
             "old", "admin", 2, 1)
@@ -233,16 +231,15 @@ async def test_sqlite_is_wal_synchronous_full_with_busy_timeout(tmp_path: Path) 
     path = tmp_path / "t.db"
     async with Database(f"sqlite+aiosqlite:///{path}", busy_timeout_ms=1234) as db:
         await db.upgrade()
-        async with db.engine.connect() as conn:
-            pragma = {name: (await conn.exec_driver_sql(f"PRAGMA {name}")).scalar()
-                      for name in ("journal_mode", "synchronous", "busy_timeout",
-                                   "foreign_keys")}
+        def pragmas(s: Any) -> dict[str, Any]:
+            return {name: s.connection().exec_driver_sql(f"PRAGMA {name}").scalar()
+                    for name in ("journal_mode", "synchronous", "busy_timeout", "foreign_keys")}
+
+        pragma = await db.read("test", pragmas)
         assert pragma == {"journal_mode": "wal", "synchronous": 2, "busy_timeout": 1234,
                           "foreign_keys": 1}
-        async with db.write() as s:  # the write sessions' connections too
-            conn = await s.connection()
-            assert (await conn.exec_driver_sql("PRAGMA synchronous")).scalar() == 2
-            assert (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar() == 1234
+        # The writer's connection too.
+        assert await db.write("test", pragmas) == pragma
     # WAL is a property of the file: a plain connection sees it too.
     with sqlite3.connect(path) as plain:
         assert plain.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -251,8 +248,8 @@ async def test_sqlite_is_wal_synchronous_full_with_busy_timeout(tmp_path: Path) 
 
 async def test_sqlite_default_busy_timeout(tmp_path: Path) -> None:
     async with Database(f"sqlite+aiosqlite:///{tmp_path}/t.db") as db:
-        async with db.engine.connect() as conn:
-            assert (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar() == 5000
+        assert await db.read("test", lambda s: s.connection().exec_driver_sql(
+            "PRAGMA busy_timeout").scalar()) == 5000
 
 
 # --------------------------------------------------------------------------- concurrent start

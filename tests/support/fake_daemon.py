@@ -17,7 +17,7 @@ from pathlib import Path
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root
 
-    from deepseekd.app import build_app, run_daemon
+    from deepseekd.daemon import build_app, run_daemon
     from deepseekd.config import load_settings
     from deepseekd.obs.logs import setup_logging
     from tests.fakes import FakeEngine

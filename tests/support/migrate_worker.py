@@ -19,8 +19,7 @@ from deepseekd.store.db import Database
 
 async def main(url: str) -> None:
     async with Database(url) as db:
-        async with db.engine.connect() as conn:  # connect before the cue
-            await conn.execute(text("SELECT 1"))
+        await db.read("ready", lambda s: s.execute(text("SELECT 1")))  # connect before the cue
         print("ready", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         print(json.dumps(list(await db.upgrade())), flush=True)

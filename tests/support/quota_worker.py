@@ -11,9 +11,9 @@ import asyncio
 import sys
 
 from deepseekd.config import QuotaSettings
-from deepseekd.store.accounts import Identity
+from deepseekd.domain.identity import Identity
 from deepseekd.store.db import Database
-from deepseekd.store.quota import QuotaService
+from deepseekd.services.usage import QuotaService
 
 
 async def main(url: str, user_id: int, limit: int, now: float, count: int) -> int:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from deepseekd.config import AuthSettings, QuotaSettings
-from deepseekd.security.keyring import Keyring, SecretBox, create_master_key
-from deepseekd.store.accounts import AccountService, NewUser
-from deepseekd.store.audit import AuditLog
+from deepseekd.security.keyring import Keyring, create_master_key
+from deepseekd.services.accounts import NewUser
+from deepseekd.services.audit import AuditLog
+from deepseekd.services.keys import KeyService
 from deepseekd.store.db import Database
-from deepseekd.store.keys import KeyService
+from tests.support.services import make_accounts
 
 
 async def init_store(data: Path) -> str:
@@ -20,7 +20,7 @@ async def init_store(data: Path) -> str:
     db_url = f"sqlite+aiosqlite:///{(data / 'deepseekd.db').resolve()}"
     async with Database(db_url) as db:
         await db.upgrade()
-        await KeyService(db, Keyring.for_data_dir(data), time.time).check()
+        await KeyService(db, Keyring.for_data_dir(data), data / "keys", time.time).check()
     return db_url
 
 
@@ -28,9 +28,8 @@ async def add_users(db_url: str, data: Path, names: list[str], role: str = "user
                     **limits: int) -> list[NewUser]:
     """Create users through the real AccountService (audited); their one-time credentials."""
     async with Database(db_url) as db:
-        keys = KeyService(db, Keyring.for_data_dir(data), time.time)
+        keys = KeyService(db, Keyring.for_data_dir(data), data / "keys", time.time)
         await keys.check()
         audit = AuditLog(db, keys.cached_audit_key, time.time)
-        accounts = AccountService(db, AuthSettings(), QuotaSettings(), time.time, audit,
-                                  SecretBox(keys.cached_totp_key))
+        accounts = make_accounts(db, time.time, audit, totp_key=keys.cached_totp_key)
         return [await accounts.create_user(name, role, **limits) for name in names]

@@ -16,10 +16,10 @@ from typing import Any, Coroutine
 
 from aiohttp import web
 
-from deepseekd.app import build_app
+from deepseekd.daemon import build_app
 from deepseekd.config import load_settings
-from deepseekd.keys import ACCOUNTS, LIFECYCLE
-from deepseekd.lifecycle import Phase
+from deepseekd.http.state import ACCOUNTS, LIFECYCLE
+from deepseekd.services.lifecycle import Phase
 from deepseekd.security.keyring import create_master_key
 from tests.fakes import FakeEngine
 from tests.support.process import free_port

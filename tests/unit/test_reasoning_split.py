@@ -11,15 +11,8 @@ from typing import Any
 
 import pytest
 
-from deepseekd.engine.reasoning import (
-    R1,
-    V3,
-    Reasoning,
-    ReasoningError,
-    check_parser_name,
-    load_reasoning,
-    pick_parser,
-)
+from deepseekd.engine.reasoning import R1, V3, Reasoning, ReasoningError, pick_parser
+from deepseekd.engine.vllm_reasoning import check_parser_name, load_reasoning
 from tests.support import tiny_models
 
 

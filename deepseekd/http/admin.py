@@ -1,0 +1,244 @@
+"""Admin API (``/admin/api/...``): sessions, users, keys, key rotation, status, settings.
+Every call but login needs a fresh second factor, which the auth middleware checks;
+handlers take the body the route table validated, call a service, render."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict
+
+import segno
+from aiohttp import web
+from pydantic import Field
+
+from deepseekd import __version__
+from deepseekd.domain.errors import AuthFailed
+from deepseekd.http.body import StrictBody, body_of, read_json, validate
+from deepseekd.http.errors import APIError
+from deepseekd.http.middleware.auth import ADMIN_COOKIE
+from deepseekd.http.state import (
+    ACCOUNTS,
+    AUTH,
+    HISTORY,
+    IDENTITY,
+    KEYS,
+    LIFECYCLE,
+    METRICS,
+    MODEL_SHA256,
+    RUNTIME,
+    SESSION_TOKEN,
+    SETTINGS,
+)
+from deepseekd.security.apikeys import csrf_token
+
+
+class LoginBody(StrictBody):
+    username: str = Field(min_length=1, max_length=64)
+    password: str | None = Field(None, max_length=256)
+    api_key: str | None = Field(None, max_length=256)
+    totp: str = Field(min_length=1, max_length=16)
+
+
+class NewUserBody(StrictBody):
+    name: str
+    role: str
+    daily_request_limit: int | None = None
+    daily_token_limit: int | None = None
+
+
+class LimitsBody(StrictBody):
+    daily_request_limit: int | None = None
+    daily_token_limit: int | None = None
+
+
+class NewKeyBody(StrictBody):
+    label: str = ""
+
+
+def qr_svg(uri: str) -> str:
+    """The enrolment QR code as SVG markup, made here: the secret never leaves the box."""
+    buf = io.BytesIO()
+    # A standalone SVG (with its xmlns): browsers draw it only so inside <img src="data:...">.
+    segno.make(uri, error="m").save(
+        buf, kind="svg", xmldecl=False, scale=5, dark="#000", light="#fff"
+    )
+    return buf.getvalue().decode()
+
+
+# -- sessions ------------------------------------------------------------------------
+
+
+async def login(request: web.Request) -> web.Response:
+    """Open an admin session: password (or API key) plus the current TOTP code."""
+    body = body_of(request, LoginBody)
+    if bool(body.password) == bool(body.api_key):
+        raise APIError(
+            400,
+            "send exactly one of password or api_key, plus totp",
+            code="invalid_value",
+            param="password",
+        )
+    try:
+        token, who = await request.app[AUTH].login(
+            body.username, password=body.password, api_key=body.api_key, code=body.totp
+        )
+    except AuthFailed:
+        raise APIError(401, AuthFailed.PUBLIC_MESSAGE, code="login_failed") from None
+    idle = request.app[SETTINGS].auth.session_idle_minutes * 60
+    resp = web.json_response(
+        {"token": token, "user": who.name, "idle_timeout_s": idle, "csrf_token": csrf_token(token)}
+    )
+    resp.set_cookie(
+        ADMIN_COOKIE, token, httponly=True, samesite="Strict", path="/admin", secure=request.secure
+    )
+    return resp
+
+
+async def logout(request: web.Request) -> web.Response:
+    # The token that authenticated this call, not whichever else the client also sent.
+    auth = request.headers.get("Authorization")
+    token = auth.partition(" ")[2].strip() if auth else request.cookies.get(ADMIN_COOKIE, "")
+    if request[IDENTITY].via == "session" and token:
+        await request.app[AUTH].logout(token)
+    resp = web.json_response({"logged_out": True})
+    resp.del_cookie(ADMIN_COOKIE, path="/admin")
+    return resp
+
+
+async def admin_session(request: web.Request) -> web.Response:
+    """For a reloaded console: who is logged in and the session's CSRF token."""
+    who = request[IDENTITY]
+    token = request.get(SESSION_TOKEN) or request.headers.get("Authorization", "").partition(" ")[2]
+    return web.json_response(
+        {
+            "user": who.name,
+            "role": who.role,
+            "csrf_token": csrf_token(token.strip()) if who.via == "session" else None,
+            "idle_timeout_s": request.app[SETTINGS].auth.session_idle_minutes * 60,
+        }
+    )
+
+
+# -- users and keys ------------------------------------------------------------------
+
+
+async def list_users(request: web.Request) -> web.Response:
+    users = await request.app[ACCOUNTS].list_users()
+    return web.json_response({"users": [asdict(u) for u in users]})
+
+
+async def create_user(request: web.Request) -> web.Response:
+    body = body_of(request, NewUserBody)
+    new = await request.app[ACCOUNTS].create_user(
+        body.name,
+        body.role,
+        daily_request_limit=body.daily_request_limit,
+        daily_token_limit=body.daily_token_limit,
+        by=request[IDENTITY],
+    )
+    out = new.as_json()
+    if new.totp_uri:
+        out["totp_qr_svg"] = qr_svg(new.totp_uri)
+    return web.json_response(out, status=201)
+
+
+async def set_limits(request: web.Request) -> web.Response:
+    raw = await read_json(request)
+    body = validate(LimitsBody, raw)
+    changes = {k: getattr(body, k) for k in raw}  # only the fields sent
+    if not changes:
+        raise APIError(
+            400, "send daily_request_limit and/or daily_token_limit", code="invalid_value"
+        )
+    user = await request.app[ACCOUNTS].set_limits(
+        request.match_info["name"], **changes, by=request[IDENTITY]
+    )
+    return web.json_response(asdict(user))
+
+
+async def disable_user(request: web.Request) -> web.Response:
+    await request.app[ACCOUNTS].disable_user(request.match_info["name"], by=request[IDENTITY])
+    return web.json_response({"name": request.match_info["name"], "disabled": True})
+
+
+async def reset_totp(request: web.Request) -> web.Response:
+    uri = await request.app[ACCOUNTS].reset_totp(request.match_info["name"], by=request[IDENTITY])
+    return web.json_response(
+        {"name": request.match_info["name"], "totp_uri": uri, "totp_qr_svg": qr_svg(uri)}
+    )
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    keys = await request.app[ACCOUNTS].list_keys(request.match_info["name"])
+    return web.json_response({"keys": [asdict(k) for k in keys]})
+
+
+async def create_key(request: web.Request) -> web.Response:
+    body = body_of(request, NewKeyBody)
+    key_id, key = await request.app[ACCOUNTS].create_key(
+        request.match_info["name"], body.label, by=request[IDENTITY]
+    )
+    return web.json_response({"id": key_id, "api_key": key}, status=201)
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    raw = request.match_info["key_id"]
+    if not raw.isdigit() or len(raw) > 12:
+        raise APIError(
+            400, "key_id: must be a positive integer", code="invalid_value", param="key_id"
+        )
+    await request.app[ACCOUNTS].revoke_key(int(raw), by=request[IDENTITY])
+    return web.json_response({"id": int(raw), "revoked": True})
+
+
+async def erase_user(request: web.Request) -> web.Response:
+    """GDPR Art. 17: crypto-shred the user's history, then delete it; the account is disabled."""
+    result = await request.app[HISTORY].erase_user(request.match_info["name"], by=request[IDENTITY])
+    return web.json_response(result)
+
+
+async def export_user(request: web.Request) -> web.Response:
+    """GDPR Art. 15 on behalf of a data subject."""
+    data = await request.app[HISTORY].export_user(request.match_info["name"], by=request[IDENTITY])
+    return web.json_response(data)
+
+
+async def rotate_keys(request: web.Request) -> web.Response:
+    """A new master key version; every data key re-wrapped."""
+    retired, current = await request.app[KEYS].rotate(request[IDENTITY])
+    return web.json_response({"retired": retired, "current": current})
+
+
+# -- the box -------------------------------------------------------------------------
+
+
+async def status(request: web.Request) -> web.Response:
+    app = request.app
+    life = app[LIFECYCLE]
+    metrics = app[METRICS]
+    engine = life.engine
+    stats = engine.stats() if engine is not None else None
+    return web.json_response(
+        {
+            "version": __version__,
+            "model": life.model_name,
+            "model_sha256": app[MODEL_SHA256],
+            "phase": life.phase.value,
+            "warmup": f"{life.warmup_done}/{life.warmup_total}" if life.warmup_total else None,
+            "requests_running": stats.running if stats else 0,
+            "requests_waiting": stats.waiting if stats else 0,
+            "kv_cache_usage": stats.kv_cache_usage if stats else 0.0,
+            "tokens_per_second": round(metrics.token_rate(), 2),
+            "gpus": metrics.gpu.snapshot(),
+        }
+    )
+
+
+async def get_settings(request: web.Request) -> web.Response:
+    return web.json_response({"settings": request.app[RUNTIME].describe()})
+
+
+async def patch_settings(request: web.Request) -> web.Response:
+    changes = await read_json(request)
+    await request.app[RUNTIME].update(changes, request[IDENTITY])
+    return web.json_response({"settings": request.app[RUNTIME].describe()})

@@ -1,0 +1,113 @@
+"""Request bodies: read (within the size limit), parsed as JSON, validated strictly.
+
+Unknown fields of the OpenAI bodies are ignored (clients send extras), those of the admin
+bodies refused; every known field is checked for type and range, and the first problem is
+reported with its dotted path.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from deepseekd.http.errors import APIError, bad_request
+from deepseekd.http.state import BODY
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Body(BaseModel):
+    """A request body: strict types, no NaN or infinity, extra fields ignored."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False, frozen=True)
+
+
+class StrictBody(Body):
+    """A body of the admin and login routes: an unknown field is an error, not a no-op."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _lone_surrogate(value: Any) -> bool:
+    """A string holding half of a UTF-16 pair, which no store, tokenizer or log can encode."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_lone_surrogate(k) or _lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_lone_surrogate(v) for v in value)
+    return False
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    """Bytes → a JSON object, or a 400 that says what is wrong."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise bad_request("request body is not valid UTF-8", code="invalid_json") from None
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise bad_request("request body is nested too deeply", code="invalid_json") from None
+    except ValueError as exc:
+        raise bad_request(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise bad_request("request body must be a JSON object", code="invalid_json")
+    # JSON may escape half a surrogate pair ("\\ud800"); only then is the walk needed.
+    if _ESCAPED_SURROGATE.search(raw) and _lone_surrogate(data):
+        raise bad_request(
+            "request body holds an unpaired UTF-16 surrogate escape", code="invalid_json"
+        )
+    return data
+
+
+def validate(model: type[M], data: dict[str, Any]) -> M:
+    """Validate ``data`` against ``model``; the first error becomes a 400 naming the field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        param = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-")) or None
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "missing":
+            msg = "is required"
+        raise APIError(
+            400, f"{param}: {msg}" if param else msg, code="invalid_value", param=param
+        ) from None
+
+
+async def read_json(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
+    """The body as a JSON object: 415 for another content type, 413 past the size limit.
+    ``optional``: no body at all reads as ``{}``."""
+    if optional and request.content_length in (0, None) and not request.can_read_body:
+        return {}
+    if request.content_type != "application/json":
+        raise APIError(
+            415,
+            f"Content-Type must be application/json, got '{request.content_type or 'none'}'",
+            code="unsupported_media_type",
+        )
+    raw = await request.read()  # aiohttp enforces client_max_size and raises 413
+    return parse_json(raw)
+
+
+def body_of(request: web.Request, model: type[M]) -> M:
+    """The body the route table validated for this request, as ``model``."""
+    body = request[BODY]
+    assert isinstance(body, model), f"the route table names no {model.__name__} body here"
+    return body

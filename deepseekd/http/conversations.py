@@ -1,0 +1,66 @@
+"""The caller's own conversations and data export (``/v1/conversations``, ``/v1/me/export``).
+Another user's conversation id is a 404, exactly like a missing one."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from deepseekd.http.body import body_of
+from deepseekd.http.errors import bad_request
+from deepseekd.http.openai.protocol import ConversationTitle
+from deepseekd.http.state import HISTORY, IDENTITY
+
+PAGE_DEFAULT, PAGE_MAX = 50, 200
+
+
+def _int_param(request: web.Request, name: str, *, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise bad_request(f"{name}: an integer from {low} to {high}", param=name)
+    return value
+
+
+async def list_conversations(request: web.Request) -> web.Response:
+    """Most recently updated first, ``limit`` (1-200, default 50) per page; the next page is
+    ``?after=<id of the last one>`` while ``has_more`` is true."""
+    limit = _int_param(request, "limit", default=PAGE_DEFAULT, low=1, high=PAGE_MAX)
+    after = request.query.get("after") or None
+    items = await request.app[HISTORY].list_conversations(request[IDENTITY], limit + 1, after)
+    return web.json_response(
+        {"object": "list", "data": items[:limit], "has_more": len(items) > limit}
+    )
+
+
+async def get_conversation(request: web.Request) -> web.Response:
+    conv = await request.app[HISTORY].get_conversation(
+        request[IDENTITY], request.match_info["conversation_id"]
+    )
+    return web.json_response(conv)
+
+
+async def delete_conversation(request: web.Request) -> web.Response:
+    cid = request.match_info["conversation_id"]
+    await request.app[HISTORY].delete_conversation(request[IDENTITY], cid)
+    return web.json_response({"id": cid, "deleted": True})
+
+
+async def rename_conversation(request: web.Request) -> web.Response:
+    cid = request.match_info["conversation_id"]
+    body = body_of(request, ConversationTitle)
+    await request.app[HISTORY].rename_conversation(request[IDENTITY], cid, body.title)
+    return web.json_response({"id": cid, "title": body.title.strip()})
+
+
+async def export_me(request: web.Request) -> web.Response:
+    who = request[IDENTITY]
+    data = await request.app[HISTORY].export_user(who.name, by=who)
+    return web.json_response(
+        data,
+        headers={"Content-Disposition": f'attachment; filename="deepseekd-export-{who.name}.json"'},
+    )

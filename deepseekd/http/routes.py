@@ -1,0 +1,193 @@
+"""The ONE route table: method, path, handler, who may call it, the body it takes, and how
+it answers. It drives the router (``register``), authorization (the auth middleware looks
+each request's route up here) and ``/openapi.json``. A test walks every route with every
+kind of caller against it, and the auth middleware refuses any route missing from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from deepseekd.http import admin, audit, conversations, health, lora, metrics, openapi, pages
+from deepseekd.http.access import ADMIN, AUDITOR, CHAT, CHAT_READ, METRICS, OPEN, SIGNED_IN, Access
+from deepseekd.http.body import read_json, validate
+from deepseekd.http.openai import handlers as openai
+from deepseekd.http.openai.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ConversationTitle,
+    SimpleChatRequest,
+)
+from deepseekd.http.state import BODY, ROUTES
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    access: Access
+    body: type[BaseModel] | None = None
+    """Validated before the handler runs; the handler finds it in ``request[BODY]``."""
+    body_optional: bool = False
+    """No body at all reads as ``{}`` (then validated like any other)."""
+    answers: str = "json"
+    """What a success looks like: 'json', 'stream' (JSON or server-sent events), 'created'
+    (201 JSON), 'html', 'static' or 'text'."""
+    query: tuple[tuple[str, str, str], ...] = ()
+    """Query parameters for the document: (name, JSON type, description)."""
+
+
+AUDIT_QUERY = (
+    ("since", "number", "Events at or after this time (epoch seconds)."),
+    ("until", "number", "Events before this time (epoch seconds)."),
+    ("actor", "string", "Only events by this user name."),
+    ("action", "string", "Only events with this action, e.g. user.create."),
+    ("after_id", "integer", "Paging: events after this id (next_after_id of the last page)."),
+    ("limit", "integer", "Events per page, 1 to 1000."),
+)
+CONVERSATIONS_QUERY = (
+    ("limit", "integer", "Conversations per page, 1 to 200 (default 50)."),
+    ("after", "string", "Paging: the id of the last conversation of the previous page."),
+)
+
+TABLE: tuple[Route, ...] = (
+    # -- open: probes, the document, the pages (their data needs a session), logins
+    Route("GET", "/healthz", health.healthz, OPEN),
+    Route("GET", "/readyz", health.readyz, OPEN),
+    Route("GET", "/openapi.json", openapi.openapi_json, OPEN),  # the shape is no secret
+    Route("GET", "/", pages.chat_page, OPEN, answers="html"),
+    Route("GET", "/admin", pages.admin_page, OPEN, answers="html"),
+    Route("GET", "/static/{filename}", pages.static_file, OPEN, answers="static"),
+    Route("GET", "/static/lib/{filename}", pages.static_lib_file, OPEN, answers="static"),
+    Route("POST", "/auth/login", pages.login, OPEN, body=pages.WebLogin),
+    Route("POST", "/admin/api/login", admin.login, OPEN, body=admin.LoginBody),
+    # -- browser sessions
+    Route("GET", "/auth/session", pages.session, SIGNED_IN),
+    Route("POST", "/auth/logout", pages.logout, SIGNED_IN),
+    # -- inference (counted against the daily quota)
+    Route(
+        "POST",
+        "/v1/chat/completions",
+        openai.chat_completions,
+        CHAT,
+        body=ChatCompletionRequest,
+        answers="stream",
+    ),
+    Route(
+        "POST",
+        "/v1/completions",
+        openai.completions,
+        CHAT,
+        body=CompletionRequest,
+        answers="stream",
+    ),
+    Route("POST", "/chat", openai.simple_chat, CHAT, body=SimpleChatRequest),
+    # -- the caller's own data
+    Route("GET", "/v1/models", openai.models, CHAT_READ),
+    Route(
+        "GET",
+        "/v1/conversations",
+        conversations.list_conversations,
+        CHAT_READ,
+        query=CONVERSATIONS_QUERY,
+    ),
+    Route("GET", "/v1/conversations/{conversation_id}", conversations.get_conversation, CHAT_READ),
+    Route(
+        "DELETE",
+        "/v1/conversations/{conversation_id}",
+        conversations.delete_conversation,
+        CHAT_READ,
+    ),
+    Route(
+        "PATCH",
+        "/v1/conversations/{conversation_id}",
+        conversations.rename_conversation,
+        CHAT_READ,
+        body=ConversationTitle,
+    ),
+    Route("GET", "/v1/me/export", conversations.export_me, CHAT_READ),
+    # -- auditors and scrapers
+    Route("GET", "/audit/api/events", audit.events, AUDITOR, query=AUDIT_QUERY),
+    Route("GET", "/audit/api/verify", audit.verify, AUDITOR),
+    Route("GET", "/metrics", metrics.metrics, METRICS, answers="text"),
+    # -- admins, with a second factor on every call
+    Route("POST", "/admin/api/logout", admin.logout, ADMIN),
+    Route("GET", "/admin/api/session", admin.admin_session, ADMIN),
+    Route("GET", "/admin/api/status", admin.status, ADMIN),
+    Route("GET", "/admin/api/settings", admin.get_settings, ADMIN),
+    Route("PATCH", "/admin/api/settings", admin.patch_settings, ADMIN),
+    Route("GET", "/admin/api/users", admin.list_users, ADMIN),
+    Route(
+        "POST",
+        "/admin/api/users",
+        admin.create_user,
+        ADMIN,
+        body=admin.NewUserBody,
+        answers="created",
+    ),
+    Route("PATCH", "/admin/api/users/{name}", admin.set_limits, ADMIN),
+    Route("POST", "/admin/api/users/{name}/disable", admin.disable_user, ADMIN),
+    Route("POST", "/admin/api/users/{name}/totp", admin.reset_totp, ADMIN),
+    Route("GET", "/admin/api/users/{name}/keys", admin.list_keys, ADMIN),
+    Route(
+        "POST",
+        "/admin/api/users/{name}/keys",
+        admin.create_key,
+        ADMIN,
+        body=admin.NewKeyBody,
+        body_optional=True,
+        answers="created",
+    ),
+    Route("DELETE", "/admin/api/keys/{key_id}", admin.revoke_key, ADMIN),
+    Route("POST", "/admin/api/users/{name}/erase", admin.erase_user, ADMIN),
+    Route("GET", "/admin/api/users/{name}/export", admin.export_user, ADMIN),
+    Route("POST", "/admin/api/keys/rotate", admin.rotate_keys, ADMIN),
+    Route("GET", "/admin/api/lora", lora.list_adapters, ADMIN),
+    Route(
+        "POST", "/admin/api/lora", lora.load_adapter, ADMIN, body=lora.LoadBody, answers="created"
+    ),
+    Route("DELETE", "/admin/api/lora/{name}", lora.unload_adapter, ADMIN),
+)
+
+BY_KEY: dict[tuple[str, str], Route] = {(r.method, r.path): r for r in TABLE}
+ACCESS: dict[tuple[str, str], Access] = {k: r.access for k, r in BY_KEY.items()}
+"""Who may call what, by (method, canonical path)."""
+BODIES: dict[tuple[str, str], type[BaseModel]] = {
+    k: r.body for k, r in BY_KEY.items() if r.body is not None
+}
+"""Routes whose JSON body a pydantic model validates."""
+
+
+def access_for(method: str, canonical: str) -> Access | None:
+    return ACCESS.get(("GET" if method == "HEAD" else method, canonical))
+
+
+def _with_body(route: Route) -> Handler:
+    """The route's handler, after its body is read and validated (when it takes one)."""
+    model = route.body
+    if model is None:
+        return route.handler
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        request[BODY] = validate(model, await read_json(request, optional=route.body_optional))
+        return await route.handler(request)
+
+    handler.__doc__ = route.handler.__doc__
+    return handler
+
+
+def register(app: web.Application) -> None:
+    """Add every route of the table to the app's router (GET routes answer HEAD too)."""
+    app[ROUTES] = dict(BY_KEY)
+    for route in TABLE:
+        if route.method == "GET":
+            app.router.add_get(route.path, _with_body(route))
+        else:
+            app.router.add_route(route.method, route.path, _with_body(route))

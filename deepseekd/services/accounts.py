@@ -1,0 +1,303 @@
+"""Users and their API keys, as admins and the CLI manage them. Every change commits with
+its audit event (fail closed); names, roles and limits are checked here, so the API and the
+CLI give the same errors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from deepseekd.config import AuthSettings
+from deepseekd.domain.audit import Event
+from deepseekd.domain.errors import Conflict, Invalid, NotFound
+from deepseekd.domain.identity import ROLES, Identity
+from deepseekd.security import passwords, totp
+from deepseekd.security.apikeys import KEY_PREFIX, generate_api_key, hash_api_key
+from deepseekd.security.keyring import SecretBox
+from deepseekd.services.audit import AuditLog
+from deepseekd.store import Tx
+from deepseekd.store import accounts as repo
+from deepseekd.store.db import Database
+from deepseekd.store.schema import User
+
+log = logging.getLogger("deepseekd.auth")
+
+Clock = Callable[[], float]
+NAME_RE = re.compile(r"^[a-z][a-z0-9._-]{1,31}$")
+NAME_RULE = "2-32 characters: lowercase letters, digits, '.', '_', '-', starting with a letter"
+LABEL_RE = re.compile(r"^[\w .:@-]{0,64}$")
+MAX_LIMIT = 10_000_000
+
+
+@dataclass(frozen=True)
+class NewUser:
+    name: str
+    role: str
+    api_key: str
+    password: str | None
+    totp_uri: str | None
+
+    def as_json(self) -> dict[str, object]:
+        out: dict[str, object] = {"name": self.name, "role": self.role, "api_key": self.api_key}
+        if self.password is not None:
+            out["password"] = self.password
+        if self.totp_uri is not None:
+            out["totp_uri"] = self.totp_uri
+        return out
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    name: str
+    role: str
+    disabled: bool
+    daily_request_limit: int | None
+    daily_token_limit: int | None
+    totp_enrolled: bool
+    locked: bool
+    created_at: float
+    active_keys: int
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    id: int
+    user: str
+    prefix: str
+    label: str
+    created_at: float
+    revoked_at: float | None
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def check_name(name: object, field: str = "name") -> str:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise Invalid(f"{field}: {NAME_RULE}", field=field)
+    return name
+
+
+def check_role(role: object) -> str:
+    if role not in ROLES:
+        raise Invalid(f"role: must be one of {', '.join(ROLES)}", field="role")
+    return str(role)
+
+
+def check_limit(value: object, field: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_LIMIT:
+        raise Invalid(
+            f"{field}: must be an integer from 0 to {MAX_LIMIT}, or null for the default",
+            field=field,
+        )
+    return value
+
+
+def check_label(label: object) -> str:
+    if not isinstance(label, str) or not LABEL_RE.fullmatch(label):
+        raise Invalid("label: up to 64 letters, digits, spaces or . : @ _ -", field="label")
+    return label
+
+
+def require_user(s: Tx, name: str) -> User:
+    user = repo.user_by_name(s, name)
+    if user is None:
+        raise NotFound(f"no user named '{name}'", field="name")
+    return user
+
+
+def new_key(s: Tx, user_id: int, label: str, now: float) -> tuple[int, str]:
+    """A fresh API key for ``user_id``: stored as its hash, returned in clear once."""
+    key = generate_api_key()
+    key_id = repo.add_key(s, user_id, hash_api_key(key), key[: len(KEY_PREFIX) + 6], label, now)
+    return key_id, key
+
+
+# --------------------------------------------------------------------------- service
+
+
+class AccountService:
+    def __init__(
+        self, db: Database, auth: AuthSettings, clock: Clock, audit: AuditLog, totp_box: SecretBox
+    ) -> None:
+        self._db = db
+        self._auth = auth
+        self._now = clock
+        self._audit = audit
+        self._totp_box = totp_box
+
+    def seal_totp(self, user_id: int, secret: str) -> str:
+        """TOTP seeds are stored sealed with the service's TOTP key (bound to the user)."""
+        return self._totp_box.seal(secret, b"totp:%d" % user_id)
+
+    def open_totp(self, user_id: int, stored: str) -> str:
+        return self._totp_box.open(stored, b"totp:%d" % user_id)
+
+    # -- users -----------------------------------------------------------------------
+
+    async def create_user(
+        self,
+        name: object,
+        role: object,
+        *,
+        daily_request_limit: object = None,
+        daily_token_limit: object = None,
+        by: Identity | None = None,
+    ) -> NewUser:
+        name = check_name(name)
+        role = check_role(role)
+        req_limit = check_limit(daily_request_limit, "daily_request_limit")
+        tok_limit = check_limit(daily_token_limit, "daily_token_limit")
+        now = self._now()
+        password = None if role == "metrics" else passwords.generate_password()
+        secret = totp.new_secret() if role == "admin" else None
+        pw_hash = await asyncio.to_thread(passwords.hash_password, password) if password else None
+
+        def create(s: Tx) -> str:
+            if repo.user_by_name(s, name) is not None:
+                raise Conflict(f"name: a user named '{name}' already exists", field="name")
+            user = repo.add_user(
+                s,
+                name=name,
+                role=role,
+                password_hash=pw_hash,
+                totp_secret=None,
+                disabled=False,
+                daily_request_limit=req_limit,
+                daily_token_limit=tok_limit,
+                created_at=now,
+            )
+            if secret is not None:
+                user.totp_secret = self.seal_totp(user.id, secret)
+            _, key = new_key(s, user.id, "initial", now)
+            self._audit.append_in(
+                s, Event.by(by, "user.create", target=f"user:{name}", detail=f"role={role}")
+            )
+            return key
+
+        key = await self._db.write("user.create", create)
+        uri = totp.provisioning_uri(secret, name, self._auth.totp_issuer) if secret else None
+        log.info("user created", extra={"user": name, "role": role})
+        return NewUser(name, role, key, password, uri)
+
+    async def has_users(self) -> bool:
+        return await self._db.read("user.count", repo.count_users) > 0
+
+    async def list_users(self) -> list[UserInfo]:
+        now = self._now()
+        rows = await self._db.read("user.list", repo.users_with_key_counts)
+        return [
+            UserInfo(
+                u.name,
+                u.role,
+                u.disabled,
+                u.daily_request_limit,
+                u.daily_token_limit,
+                u.totp_secret is not None,
+                bool(u.locked_until and u.locked_until > now),
+                u.created_at,
+                n,
+            )
+            for u, n in rows
+        ]
+
+    async def user_info(self, name: str) -> UserInfo:
+        for user in await self.list_users():
+            if user.name == name:
+                return user
+        raise NotFound(f"no user named '{name}'", field="name")
+
+    async def disable_user(self, name: str, *, by: Identity | None = None) -> None:
+        def disable(s: Tx) -> None:
+            user = require_user(s, name)
+            user.disabled = True
+            self._audit.append_in(s, Event.by(by, "user.disable", target=f"user:{name}"))
+            repo.end_sessions_of(s, user.id, self._now())  # open sessions end with the account
+
+        await self._db.write("user.disable", disable)
+        log.info("user disabled", extra={"user": name})
+
+    async def set_limits(
+        self,
+        name: str,
+        *,
+        daily_request_limit: object = ...,
+        daily_token_limit: object = ...,
+        by: Identity | None = None,
+    ) -> UserInfo:
+        def limits(s: Tx) -> None:
+            user = require_user(s, name)
+            if daily_request_limit is not ...:
+                user.daily_request_limit = check_limit(daily_request_limit, "daily_request_limit")
+            if daily_token_limit is not ...:
+                user.daily_token_limit = check_limit(daily_token_limit, "daily_token_limit")
+            self._audit.append_in(
+                s,
+                Event.by(
+                    by,
+                    "user.limits",
+                    target=f"user:{name}",
+                    detail=f"requests={user.daily_request_limit} tokens={user.daily_token_limit}",
+                ),
+            )
+
+        await self._db.write("user.limits", limits)
+        return await self.user_info(name)
+
+    async def reset_totp(self, name: str, *, by: Identity | None = None) -> str:
+        secret = totp.new_secret()
+
+        def reset(s: Tx) -> None:
+            user = require_user(s, name)
+            if user.role != "admin":
+                raise Invalid("name: only admins have a second factor", field="name")
+            user.totp_secret = self.seal_totp(user.id, secret)
+            user.totp_last_step = None
+            self._audit.append_in(s, Event.by(by, "user.totp_reset", target=f"user:{name}"))
+            repo.end_sessions_of(s, user.id, self._now())
+
+        await self._db.write("user.totp_reset", reset)
+        return totp.provisioning_uri(secret, name, self._auth.totp_issuer)
+
+    # -- keys ------------------------------------------------------------------------
+
+    async def create_key(
+        self, name: str, label: object = "", *, by: Identity | None = None
+    ) -> tuple[int, str]:
+        label = check_label(label)
+
+        def create(s: Tx) -> tuple[int, str]:
+            user = require_user(s, name)
+            if user.disabled:
+                raise Conflict(f"name: user '{name}' is disabled", field="name")
+            key_id, key = new_key(s, user.id, label, self._now())
+            self._audit.append_in(
+                s, Event.by(by, "key.create", target=f"user:{name}", detail=f"key_id={key_id}")
+            )
+            return key_id, key
+
+        return await self._db.write("key.create", create)
+
+    async def revoke_key(self, key_id: int, *, by: Identity | None = None) -> None:
+        def revoke(s: Tx) -> None:
+            if not repo.revoke_key(s, key_id, self._now()):
+                raise NotFound(f"no active API key with id {key_id}", field="key_id")
+            self._audit.append_in(s, Event.by(by, "key.revoke", target=f"key:{key_id}"))
+
+        await self._db.write("key.revoke", revoke)
+
+    async def list_keys(self, name: str | None = None) -> list[KeyInfo]:
+        def keys(s: Tx) -> list[KeyInfo]:
+            if name is not None:
+                require_user(s, name)
+            return [
+                KeyInfo(k.id, n, k.prefix, k.label, k.created_at, k.revoked_at)
+                for k, n in repo.keys(s, name)
+            ]
+
+        return await self._db.read("key.list", keys)

@@ -1,0 +1,131 @@
+"""The container: every service built once, in dependency order, from the settings. The
+daemon and the CLI both use it, so there is one way to open the database, check the master
+key and wire the audit log.
+
+``Services.build`` reads the master key files and constructs; it does no database work.
+``await services.open(migrate=...)`` brings the database to (or checks it is at) this
+deepseekd's schema, checks the master key against it and loads the service keys and the
+run-time settings; ``await services.close()`` stops the writer and closes every connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from deepseekd.config import Settings
+from deepseekd.obs.metrics import Metrics
+from deepseekd.security.keyring import Keyring, SecretBox
+from deepseekd.services.accounts import AccountService
+from deepseekd.services.audit import AuditLog
+from deepseekd.services.auth import AuthService
+from deepseekd.services.chat import ChatService
+from deepseekd.services.history import HistoryService
+from deepseekd.services.keys import KeyService
+from deepseekd.services.lifecycle import Lifecycle
+from deepseekd.services.lora import LoraService
+from deepseekd.services.settings import RuntimeSettings
+from deepseekd.services.usage import QuotaService
+from deepseekd.store.db import Database
+
+Clock = Callable[[], float]
+"""Seconds since the epoch (``time.time``, or a test's clock that moves when told)."""
+
+
+@dataclass
+class Services:
+    settings: Settings
+    clock: Clock
+    metrics: Metrics
+    life: Lifecycle
+    db: Database
+    keys: KeyService
+    audit: AuditLog
+    accounts: AccountService
+    auth: AuthService
+    usage: QuotaService
+    history: HistoryService
+    lora: LoraService
+    runtime: RuntimeSettings
+    chat: ChatService
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        *,
+        model_name: str = "",
+        clock: Clock = time.time,
+        metrics: Metrics | None = None,
+    ) -> Services:
+        """Construct every service. Raises KeyringError when no master key is found."""
+        metrics = metrics or Metrics()
+        keyring = Keyring.for_data_dir(settings.data_dir)
+        db = Database(
+            settings.database_url,
+            busy_timeout_ms=settings.store.busy_timeout_ms,
+            pool_size=settings.store.pool_size,
+            observe=metrics.observe_transaction,
+        )
+        life = Lifecycle(model_name)
+        keys = KeyService(db, keyring, settings.keys_dir, clock)
+        audit = AuditLog(db, keys.cached_audit_key, clock, metrics.audit_write_failures.inc)
+        keys.audit = audit
+        accounts = AccountService(db, settings.auth, clock, audit, SecretBox(keys.cached_totp_key))
+        auth = AuthService(db, settings.auth, clock, audit, accounts)
+        auth.on_lockout = metrics.lockouts.inc
+        usage = QuotaService(db, settings.quota, clock)
+        history = HistoryService(db, keys, audit, clock)
+        lora = LoraService(settings, db, audit, life, clock)
+        runtime = RuntimeSettings(settings, db, audit, usage, clock)
+        chat = ChatService(settings, life, usage, history, audit, lora, metrics, clock)
+        return cls(
+            settings,
+            clock,
+            metrics,
+            life,
+            db,
+            keys,
+            audit,
+            accounts,
+            auth,
+            usage,
+            history,
+            lora,
+            runtime,
+            chat,
+        )
+
+    async def open(self, *, migrate: bool) -> tuple[str | None, str]:
+        """Migrate (``migrate``) or require the schema at head; check the master key; load
+        the run-time settings. Returns (revision before, revision now)."""
+        if migrate:
+            before, head = await self.db.upgrade()
+        else:
+            await self.db.require_head()
+            before = head = await self.db.current_revision() or ""
+        await self.keys.check()  # refuses a wrong or missing master key
+        await self.runtime.load()
+        return before, head
+
+    async def close(self) -> None:
+        await self.db.close()
+
+
+@contextlib.asynccontextmanager
+async def open_services(
+    settings: Settings,
+    *,
+    migrate: bool = False,
+    clock: Clock = time.time,
+    metrics: Metrics | None = None,
+) -> AsyncIterator[Services]:
+    """``async with open_services(settings) as svc``: built, opened, closed at the end."""
+    svc = Services.build(settings, clock=clock, metrics=metrics)
+    try:
+        await svc.open(migrate=migrate)
+        yield svc
+    finally:
+        await svc.close()

@@ -1,0 +1,219 @@
+"""Data keys on record: per-user keys and the service's own keys (audit HMAC, TOTP seeds),
+wrapped by the master key; the start-up check that the master key is the right one; and
+master key rotation, which re-wraps everything and is audited — the one place it happens,
+for the CLI, the admin API and the automatic rotation alike."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from deepseekd.domain.audit import Event
+from deepseekd.domain.errors import Conflict
+from deepseekd.domain.identity import Identity
+from deepseekd.security.keyring import Keyring, KeyringError, create_master_key, new_data_key
+from deepseekd.services.audit import AuditLog
+from deepseekd.store import Tx
+from deepseekd.store import keys as repo
+from deepseekd.store.db import Database
+from deepseekd.store.writer import after_commit
+
+log = logging.getLogger("deepseekd.keys")
+
+AUDIT_KEY = "audit"
+TOTP_KEY = "totp"
+CREDENTIALS = (
+    "the master key comes from systemd credentials: rotate with the key files on "
+    "the host (see README, Operations)"
+)
+
+
+def _user_aad(user_id: int) -> bytes:
+    return b"user-key:%d" % user_id
+
+
+def _service_aad(name: str) -> bytes:
+    return b"service-key:" + name.encode()
+
+
+class KeyService:
+    def __init__(
+        self, db: Database, keyring: Keyring, keys_dir: Path, clock: Callable[[], float]
+    ) -> None:
+        self._db = db
+        self.keyring = keyring
+        self._keys_dir = keys_dir
+        self._now = clock
+        self._user_keys: dict[int, bytes] = {}
+        self._service_keys: dict[str, bytes] = {}
+        self.audit: AuditLog | None = None
+        """Set by the container once the audit log (which needs the audit key) exists."""
+
+    # -- start-up ----------------------------------------------------------------------
+
+    async def check(self) -> None:
+        """Refuse to run with a missing or wrong master key; record a new one's check value.
+        Then load (or, on first start, make) the service's own keys."""
+
+        def check(s: Tx) -> None:
+            checks = repo.key_checks(s)
+            live = [v for v, c in checks.items() if c.retired_at is None]
+            if not checks:
+                if repo.any_user_key(s):
+                    raise KeyringError(
+                        "the database holds wrapped keys but no key check: "
+                        "it was not initialised by this key set"
+                    )
+                v = self.keyring.current_version
+                repo.add_key_check(s, v, self.keyring.check_value(v), self._now())
+                return
+            for v in live:
+                if v not in self.keyring.versions:
+                    raise KeyringError(
+                        f"master key version {v} is missing: restore "
+                        f"master-v{v}.key from your key backup"
+                    )
+                self.keyring.verify_check(v, checks[v].check_value)
+            if max(self.keyring.versions) not in checks:
+                raise KeyringError(
+                    f"master key version {max(self.keyring.versions)} is not "
+                    "known to the database (a key file from another installation?)"
+                )
+
+        await self._db.write("keys.check", check)
+        for name in (AUDIT_KEY, TOTP_KEY):
+            await self.service_key(name)
+
+    # -- data keys ---------------------------------------------------------------------
+
+    def user_key(self, s: Tx, user_id: int, *, create: bool) -> bytes | None:
+        """The user's data key inside a transaction (made on first use if ``create``); None
+        when there is none (never written, or erased).
+
+        A key made inside a write transaction is cached only once that transaction commits:
+        a cached key that was never stored would seal unreadable turns."""
+        key = self._user_keys.get(user_id)
+        if key is not None:
+            return key
+        row = repo.user_key(s, user_id)
+        if row is None:
+            if not create:
+                return None
+            key = new_data_key()
+            version, wrapped = self.keyring.wrap(key, _user_aad(user_id))
+            if not repo.insert_user_key(s, user_id, version, wrapped, self._now()):
+                row = repo.reread_user_key(s, user_id)
+        if row is not None:
+            key = self.keyring.unwrap(row.kek_version, row.wrapped, _user_aad(user_id))
+        assert key is not None
+        if create:
+            after_commit(s, lambda: self._user_keys.__setitem__(user_id, key))
+        else:
+            self._user_keys[user_id] = key
+        return key
+
+    def forget_user_key(self, user_id: int) -> None:
+        self._user_keys.pop(user_id, None)
+
+    def destroy_user_key(self, s: Tx, user_id: int) -> bool:
+        """Crypto-shred inside the caller's transaction: the wrapped data key is deleted
+        (and dropped from the cache once that commits)."""
+        self._user_keys.pop(user_id, None)
+        destroyed = repo.delete_user_key(s, user_id)
+        after_commit(s, lambda: self.forget_user_key(user_id))
+        return destroyed
+
+    async def service_key(self, name: str) -> bytes:
+        """A key of the service itself (audit HMAC, TOTP sealing), made on first use."""
+        key = self._service_keys.get(name)
+        if key is not None:
+            return key
+
+        def load(s: Tx) -> bytes:
+            row = repo.service_key(s, name)
+            if row is None:
+                new = new_data_key()
+                version, wrapped = self.keyring.wrap(new, _service_aad(name))
+                repo.add_service_key(s, name, version, wrapped, self._now())
+                return new
+            return self.keyring.unwrap(row.kek_version, row.wrapped, _service_aad(name))
+
+        key = await self._db.write("keys.service_key", load)
+        self._service_keys[name] = key
+        return key
+
+    def cached_key(self, name: str) -> bytes:
+        key = self._service_keys.get(name)
+        if key is None:
+            raise KeyringError(f"the {name} key is not loaded (KeyService.check not run)")
+        return key
+
+    def cached_audit_key(self) -> bytes:
+        return self.cached_key(AUDIT_KEY)
+
+    def cached_totp_key(self) -> bytes:
+        return self.cached_key(TOTP_KEY)
+
+    # -- rotation ----------------------------------------------------------------------
+
+    async def current_key_age(self) -> float:
+        created = await self._db.read(
+            "keys.age", lambda s: repo.check_created_at(s, self.keyring.current_version)
+        )
+        return self._now() - (created if created is not None else self._now())
+
+    async def rotate(
+        self, by: Identity | None, *, automatic: bool = False
+    ) -> tuple[list[int], int]:
+        """New master key version; every data key re-wrapped; the old version retired; one
+        ``keys.rotate`` audit event. ``by`` None: the command line (or, with ``automatic``,
+        the daemon itself).
+
+        Serving goes on: readers unwrap with whichever version a row names, and a daemon
+        picks up the new key file on its next wrap.
+        """
+        if os.environ.get("CREDENTIALS_DIRECTORY"):
+            raise Conflict(CREDENTIALS, code="credentials_keys")
+        old = self.keyring.versions
+        new = max(old) + 1
+        create_master_key(self._keys_dir, new)
+        self.keyring.reload()
+        if self.keyring.current_version != new:
+            raise KeyringError(f"new master key v{new} not picked up from {self._keys_dir}")
+        detail = f"v{','.join(map(str, old))} -> v{new}"
+        event = (
+            Event.by_service("keys.rotate", detail=f"automatic: {detail}")
+            if automatic
+            else Event.by(by, "keys.rotate", detail=detail)
+        )
+        await self._rewrap(new, first=True, event=event)
+        # A daemon that wrapped a new user's key just before it saw the new file: catch it.
+        await asyncio.sleep(0.5)
+        await self._rewrap(new, first=False, event=None)
+        for v in old:
+            self.keyring.retire(v)
+        log.info("master key rotated", extra={"retired": old, "current": new})
+        return old, new
+
+    async def _rewrap(self, new: int, *, first: bool, event: Event | None) -> None:
+        now = self._now()
+
+        def rewrap(s: Tx) -> None:
+            for row in repo.user_keys_not_at(s, new):
+                key = self.keyring.unwrap(row.kek_version, row.wrapped, _user_aad(row.user_id))
+                _, row.wrapped = self.keyring.wrap(key, _user_aad(row.user_id))
+                row.kek_version = new
+            for srow in repo.service_keys_not_at(s, new):
+                key = self.keyring.unwrap(srow.kek_version, srow.wrapped, _service_aad(srow.name))
+                _, srow.wrapped = self.keyring.wrap(key, _service_aad(srow.name))
+                srow.kek_version = new
+            if first:
+                repo.add_key_check(s, new, self.keyring.check_value(new), now)
+                repo.retire_other_checks(s, new, now)
+            if event is not None and self.audit is not None:
+                self.audit.append_in(s, event)
+
+        await self._db.write("keys.rotate", rewrap)

@@ -1,0 +1,46 @@
+"""Periodic upkeep: retention purge (daily), the audit head written to the log (an anchor
+outside the database), and automatic master key rotation when the key is old enough. The
+daemon calls ``tick`` once a minute."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from deepseekd.services.container import Services
+
+log = logging.getLogger("deepseekd")
+
+TICK_S = 60.0
+
+
+class Maintenance:
+    def __init__(self, services: Services) -> None:
+        self._svc = services
+        self._last: dict[str, float] = {}
+
+    def _due(self, what: str, every_s: float, now: float) -> bool:
+        if now - self._last.get(what, float("-inf")) < every_s:
+            return False
+        self._last[what] = now
+        return True
+
+    async def tick(self, now: float | None = None) -> None:
+        svc, settings = self._svc, self._svc.settings
+        now = time.monotonic() if now is None else now
+        if self._due("purge", 86400, now):
+            purged = await svc.history.purge(svc.runtime.retention_days)
+            if purged:
+                log.info("retention purge", extra={"conversations": purged})
+            await svc.auth.prune()  # old failed attempts and ended sessions
+        if self._due("head", settings.audit.head_log_interval_s, now):
+            seq, digest = await svc.audit.head()
+            log.info("audit head", extra={"audit_seq": seq, "audit_hash": digest})
+        if (
+            settings.keys.rotation_days
+            and self._due("rotation", 3600, now)
+            and await svc.keys.current_key_age() >= settings.keys.rotation_days * 86400
+        ):
+            await svc.keys.rotate(None, automatic=True)

@@ -1,0 +1,93 @@
+"""Daily quotas: requests and tokens per user per day, in the site's time zone.
+
+A request is counted when it is admitted to the engine, never before (a refused request
+costs nothing); its tokens are charged when it ends, finished or not, so leaving mid-answer
+does not dodge a token limit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from deepseekd.config import QuotaSettings
+from deepseekd.domain.identity import Identity
+from deepseekd.store import usage as repo
+from deepseekd.store.db import Database
+
+
+@dataclass(frozen=True)
+class QuotaState:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_at: int
+    """Epoch seconds when the day turns over."""
+    day: str
+    reason: str = ""
+    """Why it was refused: 'requests' or 'tokens'."""
+
+
+class QuotaService:
+    def __init__(self, db: Database, cfg: QuotaSettings, clock: Callable[[], float]) -> None:
+        self._db = db
+        self._cfg = cfg
+        self._tz = zoneinfo.ZoneInfo(cfg.timezone)
+        self._now = clock
+        self.default_daily_requests = cfg.daily_requests
+        """Changeable at run time from the admin console."""
+
+    def window(self, now: float) -> tuple[str, int]:
+        """(quota day key, epoch second of the next reset) for the instant ``now``."""
+        local = dt.datetime.fromtimestamp(now, self._tz)
+        shifted = local - dt.timedelta(hours=self._cfg.reset_hour)
+        day = shifted.date()
+        nxt = dt.datetime.combine(
+            day + dt.timedelta(days=1), dt.time(self._cfg.reset_hour), tzinfo=self._tz
+        )
+        return day.isoformat(), int(nxt.timestamp())
+
+    def limits(self, who: Identity) -> tuple[int, int]:
+        req = who.daily_request_limit
+        tok = who.daily_token_limit
+        return (
+            self.default_daily_requests if req is None else req,
+            self._cfg.daily_tokens if tok is None else tok,
+        )
+
+    async def consume(self, who: Identity) -> QuotaState:
+        """Count one request if the user is under both limits; say so either way."""
+        day, reset_at = self.window(self._now())
+        req_limit, tok_limit = self.limits(who)
+        if req_limit <= 0:
+            return QuotaState(False, req_limit, 0, reset_at, day, "requests")
+        counted, requests, _tokens = await self._db.write(
+            "quota.consume", lambda s: repo.count_request(s, who.user_id, day, req_limit, tok_limit)
+        )
+        if counted:
+            return QuotaState(True, req_limit, max(req_limit - requests, 0), reset_at, day)
+        reason = "requests" if requests >= req_limit else "tokens"
+        return QuotaState(False, req_limit, 0, reset_at, day, reason)  # nothing more today
+
+    async def peek(self, who: Identity) -> QuotaState:
+        day, reset_at = self.window(self._now())
+        req_limit, _ = self.limits(who)
+        used = await self._db.read("quota.peek", lambda s: repo.requests_on(s, who.user_id, day))
+        return QuotaState(True, req_limit, max(req_limit - used, 0), reset_at, day)
+
+    def charges_tokens(self, who: Identity) -> bool:
+        return self.limits(who)[1] > 0
+
+    async def add_tokens(
+        self, who: Identity, day: str, tokens: int, reasoning_tokens: int = 0
+    ) -> None:
+        """Charge a finished request's tokens to the day it was admitted on. ``tokens`` is
+        everything (prompt + output); ``reasoning_tokens``, the reasoning part of the output,
+        is also kept apart: the limit counts all tokens, reports show the share."""
+        if tokens <= 0:
+            return
+        await self._db.write(
+            "quota.tokens", lambda s: repo.add_tokens(s, who.user_id, day, tokens, reasoning_tokens)
+        )

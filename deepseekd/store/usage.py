@@ -1,0 +1,65 @@
+"""Daily request and token counts per user, counted atomically.
+
+One statement both counts and checks: an upsert whose update only applies while the count
+is under the limit. SQLite serialises writers and PostgreSQL locks the conflicting row, so
+the limit holds under any concurrency and across daemons sharing one PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from deepseekd.store.dialect import insert
+from deepseekd.store.schema import QuotaUsage
+
+
+def count_request(
+    s: Session, user_id: int, day: str, req_limit: int, tok_limit: int
+) -> tuple[bool, int, int]:
+    """Count one request if the user is under both limits. Returns (counted, requests,
+    tokens): the day's counts after this request, or as they stand when it was refused."""
+    stmt = insert(s, QuotaUsage).values(user_id=user_id, day=day, requests=1, tokens=0)
+    cond = QuotaUsage.requests < req_limit
+    if tok_limit > 0:
+        cond = cond & (QuotaUsage.tokens < tok_limit)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[QuotaUsage.user_id, QuotaUsage.day],
+        set_={"requests": QuotaUsage.requests + 1},
+        where=cond,
+    ).returning(QuotaUsage.requests, QuotaUsage.tokens)
+    row = s.execute(stmt).first()
+    if row is not None:
+        return True, int(row.requests), int(row.tokens)
+    row = s.execute(
+        select(QuotaUsage.requests, QuotaUsage.tokens).where(
+            QuotaUsage.user_id == user_id, QuotaUsage.day == day
+        )
+    ).one()
+    return False, int(row.requests), int(row.tokens)
+
+
+def requests_on(s: Session, user_id: int, day: str) -> int:
+    used = s.execute(
+        select(QuotaUsage.requests).where(QuotaUsage.user_id == user_id, QuotaUsage.day == day)
+    ).scalar_one_or_none()
+    return int(used or 0)
+
+
+def add_tokens(s: Session, user_id: int, day: str, tokens: int, reasoning_tokens: int) -> None:
+    s.execute(
+        update(QuotaUsage)
+        .where(QuotaUsage.user_id == user_id, QuotaUsage.day == day)
+        .values(
+            tokens=QuotaUsage.tokens + tokens,
+            reasoning_tokens=QuotaUsage.reasoning_tokens + reasoning_tokens,
+        )
+    )
+
+
+def refund_request(s: Session, user_id: int, day: str) -> None:
+    s.execute(
+        update(QuotaUsage)
+        .where(QuotaUsage.user_id == user_id, QuotaUsage.day == day, QuotaUsage.requests > 0)
+        .values(requests=QuotaUsage.requests - 1)
+    )
