@@ -11,7 +11,7 @@ INSTALLED := $(VENV)/.installed-$(EXTRA)
 PIP := $(BIN)/pip
 TEST_INSTALLED := $(VENV)/.installed-test
 
-.PHONY: install run test test-unit test-e2e test-reliability test-soak bench bench-llamacpp clean
+.PHONY: install run test lint test-unit test-e2e test-reliability test-soak bench bench-llamacpp clean
 
 install: $(INSTALLED)
 
@@ -48,9 +48,16 @@ run: install
 	exec $(BIN)/deepseekd serve
 
 # The whole suite but the soak tests (minutes of load): those run in test-reliability.
-test: $(TEST_INSTALLED)
+test: $(TEST_INSTALLED) lint
 	bash .ci/system-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m 'not soak' tests
+
+# The rooms (import-linter contracts in pyproject.toml), ruff and mypy: kept clean.
+lint: $(TEST_INSTALLED)
+	$(BIN)/lint-imports
+	$(BIN)/ruff check deepseekd
+	$(BIN)/ruff format --check deepseekd
+	$(BIN)/mypy deepseekd
 
 test-unit: $(TEST_INSTALLED)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m 'not e2e and not soak' tests
