@@ -2,11 +2,10 @@
 // Strict CSP: no inline code; all server data enters the DOM through textContent /
 // createElement / attribute setters, never innerHTML.
 
-const $ = (id) => document.getElementById(id);
+import { $, apiJson, fromUnix, onSessionEnded, setCsrfToken } from "./lib/api.js";
 
 const state = {
   mode: null,          // "admin" | "auditor" | null
-  csrf: null,          // kept in memory only
   user: null,
   idleTimeoutS: 0,
   lastActivity: Date.now(),
@@ -17,41 +16,6 @@ const state = {
   users: [],
   audit: { afterId: 0, history: [], next: null, filters: {} },
 };
-
-class ApiError extends Error {
-  constructor(status, error) {
-    super((error && error.message) || `request failed (HTTP ${status})`);
-    this.status = status;
-    this.code = error && error.code;
-    this.param = error && error.param;
-  }
-}
-
-// ---------------------------------------------------------------- API helper
-
-async function api(method, path, body, { login = false } = {}) {
-  const headers = { Accept: "application/json" };
-  const init = { method, headers, credentials: "same-origin", cache: "no-store" };
-  if (body !== undefined) {
-    headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(body);
-  }
-  if (method !== "GET" && method !== "HEAD" && state.csrf) headers["X-CSRF-Token"] = state.csrf;
-  let resp;
-  try {
-    resp = await fetch(path, init);
-  } catch (e) {
-    throw new ApiError(0, { message: "the server cannot be reached" });
-  }
-  let data = null;
-  try { data = await resp.json(); } catch (e) { data = null; }
-  if (resp.status === 401 && !login) {
-    sessionEnded();
-    throw new ApiError(401, data && data.error);
-  }
-  if (!resp.ok) throw new ApiError(resp.status, data && data.error);
-  return data;
-}
 
 // ---------------------------------------------------------------- small DOM helpers
 
@@ -76,8 +40,8 @@ function setMsg(node, text) {
 
 function fmtTime(ts) {
   if (ts === null || ts === undefined || ts === "") return { text: "—", iso: "" };
-  const d = new Date(Number(ts) * 1000);
-  if (Number.isNaN(d.getTime())) return { text: String(ts), iso: "" };
+  const d = fromUnix(ts);
+  if (!d) return { text: String(ts), iso: "" };
   return { text: d.toLocaleString(), iso: d.toISOString() };
 }
 
@@ -158,7 +122,7 @@ function stopTimers() {
 function showLogin(notice) {
   stopTimers();
   state.mode = null;
-  state.csrf = null;
+  setCsrfToken(null);
   state.user = null;
   clearSensitive();
   const n = $("login-notice");
@@ -178,7 +142,7 @@ function sessionEnded() {
 
 function startSession(mode, info) {
   state.mode = mode;
-  state.csrf = info.csrf_token || null;
+  setCsrfToken(info.csrf_token);
   state.user = info.user;
   state.idleTimeoutS = Number(info.idle_timeout_s) || 0;
   state.lastActivity = Date.now();
@@ -211,12 +175,12 @@ for (const ev of ["keydown", "pointerdown", "wheel", "touchstart"]) {
 
 async function resume() {
   try {
-    const s = await api("GET", "/admin/api/session", undefined, { login: true });
+    const s = await apiJson("GET", "/admin/api/session", undefined, { allow401: true });
     startSession("admin", s);
     return;
   } catch (e) { /* not an admin session */ }
   try {
-    const s = await api("GET", "/auth/session", undefined, { login: true });
+    const s = await apiJson("GET", "/auth/session", undefined, { allow401: true });
     if (s.role === "auditor") { startSession("auditor", s); return; }
   } catch (e) { /* no session */ }
   showLogin();
@@ -235,21 +199,21 @@ async function login(ev) {
   btn.disabled = true;
   try {
     if (totp) {
-      const r = await api("POST", "/admin/api/login", { username, password, totp }, { login: true });
+      const r = await apiJson("POST", "/admin/api/login", { username, password, totp }, { allow401: true });
       let info = { ...r, role: "admin" };
       if (!info.csrf_token) {
-        try { info = await api("GET", "/admin/api/session", undefined, { login: true }); } catch (e) { /* keep */ }
+        try { info = await apiJson("GET", "/admin/api/session", undefined, { allow401: true }); } catch (e) { /* keep */ }
       }
       startSession("admin", info);
     } else {
-      const r = await api("POST", "/auth/login", { username, password }, { login: true });
+      const r = await apiJson("POST", "/auth/login", { username, password }, { allow401: true });
       if (r.role === "auditor") {
         startSession("auditor", r);
       } else {
         // A chat session is no use here: close it again.
-        state.csrf = r.csrf_token || null;
-        try { await api("POST", "/auth/logout", undefined, { login: true }); } catch (e) { /* ignore */ }
-        state.csrf = null;
+        setCsrfToken(r.csrf_token);
+        try { await apiJson("POST", "/auth/logout", undefined, { allow401: true }); } catch (e) { /* ignore */ }
+        setCsrfToken(null);
         setMsg(err, r.role === "admin"
           ? "Administrators must also enter the 6-digit code from their authenticator app."
           : "This console is for administrators and auditors. Use the chat page instead.");
@@ -274,7 +238,7 @@ async function login(ev) {
 async function logout(idle = false) {
   const path = state.mode === "admin" ? "/admin/api/logout" : "/auth/logout";
   if (state.mode) {
-    try { await api("POST", path, undefined, { login: true }); } catch (e) { /* ignore */ }
+    try { await apiJson("POST", path, undefined, { allow401: true }); } catch (e) { /* ignore */ }
   }
   showLogin(idle ? "Your session ended after a period of inactivity." : "You have signed out.");
 }
@@ -364,7 +328,7 @@ function fmtLimit(v) { return v === null || v === undefined ? "default" : String
 async function loadUsers() {
   const err = $("users-error");
   try {
-    const r = await api("GET", "/admin/api/users");
+    const r = await apiJson("GET", "/admin/api/users");
     setMsg(err, "");
     state.users = r.users || [];
     renderUsers();
@@ -460,20 +424,20 @@ async function setLimit(ev) {
       return;
     }
   }
-  await userAction(() => api("PATCH", `/admin/api/users/${enc(name)}`, { daily_request_limit: value }),
+  await userAction(() => apiJson("PATCH", `/admin/api/users/${enc(name)}`, { daily_request_limit: value }),
     `Daily limit for ${name} set to ${fmtLimit(value)}.`);
 }
 
 async function disableUser() {
   const name = state.selectedUser;
   if (!(await confirmDialog("Disable user", `Disable ${name}? They can no longer sign in and their keys stop working.`, "Disable"))) return;
-  await userAction(() => api("POST", `/admin/api/users/${enc(name)}/disable`), `${name} is disabled.`);
+  await userAction(() => apiJson("POST", `/admin/api/users/${enc(name)}/disable`), `${name} is disabled.`);
 }
 
 async function resetTotp() {
   const name = state.selectedUser;
   if (!(await confirmDialog("Reset TOTP", `Reset the authenticator code of ${name}? Their current app entry stops working and their sessions end.`, "Reset TOTP"))) return;
-  const r = await userAction(() => api("POST", `/admin/api/users/${enc(name)}/totp`), `New TOTP secret for ${name}.`);
+  const r = await userAction(() => apiJson("POST", `/admin/api/users/${enc(name)}/totp`), `New TOTP secret for ${name}.`);
   if (r) showSecrets(`New TOTP enrolment for ${name}`, [["TOTP URI", r.totp_uri, "secret-totp-uri"]], r.totp_qr_svg);
 }
 
@@ -483,14 +447,14 @@ async function eraseUser() {
     `Erase ${name}? This deletes their chat history and disables the account. It cannot be undone.`,
     `Erase ${name}`);
   if (!ok) return;
-  const r = await userAction(() => api("POST", `/admin/api/users/${enc(name)}/erase`), `${name} was erased.`);
+  const r = await userAction(() => apiJson("POST", `/admin/api/users/${enc(name)}/erase`), `${name} was erased.`);
   if (r) loadKeys(name);
 }
 
 async function loadKeys(name) {
   const tbody = $("keys-table").tBodies[0];
   try {
-    const r = await api("GET", `/admin/api/users/${enc(name)}/keys`);
+    const r = await apiJson("GET", `/admin/api/users/${enc(name)}/keys`);
     if (state.selectedUser !== name) return;
     tbody.replaceChildren();
     for (const k of r.keys || []) {
@@ -519,7 +483,7 @@ async function createKey(ev) {
   ev.preventDefault();
   const name = state.selectedUser;
   const label = $("key-label").value.trim();
-  const r = await userAction(() => api("POST", `/admin/api/users/${enc(name)}/keys`, { label }),
+  const r = await userAction(() => apiJson("POST", `/admin/api/users/${enc(name)}/keys`, { label }),
     (x) => `Key ${x.id} created for ${name}.`);
   if (r) {
     $("key-label").value = "";
@@ -531,7 +495,7 @@ async function createKey(ev) {
 async function revokeKey(k) {
   const name = state.selectedUser;
   if (!(await confirmDialog("Revoke key", `Revoke key ${k.id} (${k.prefix}…) of ${name}? Programs using it stop working at once.`, "Revoke"))) return;
-  await userAction(() => api("DELETE", `/admin/api/keys/${enc(String(k.id))}`), `Key ${k.id} revoked.`);
+  await userAction(() => apiJson("DELETE", `/admin/api/keys/${enc(String(k.id))}`), `Key ${k.id} revoked.`);
   await loadKeys(name);
 }
 
@@ -563,7 +527,7 @@ async function createUser(ev) {
   const btn = $("create-submit");
   btn.disabled = true;
   try {
-    const r = await api("POST", "/admin/api/users", body);
+    const r = await apiJson("POST", "/admin/api/users", body);
     $("create-form").reset();
     await loadUsers();
     const entries = [
@@ -589,7 +553,7 @@ async function pollStatus() {
   if (state.mode !== "admin" || statusBusy || document.hidden) return;
   statusBusy = true;
   try {
-    const s = await api("GET", "/admin/api/status");
+    const s = await apiJson("GET", "/admin/api/status");
     setMsg($("engine-error"), "");
     renderStatus(s);
   } catch (e) {
@@ -648,7 +612,7 @@ async function rotate() {
   setMsg($("rotate-result"), "");
   setMsg($("rotate-error"), "");
   try {
-    const r = await api("POST", "/admin/api/keys/rotate");
+    const r = await apiJson("POST", "/admin/api/keys/rotate");
     const retired = (r.retired || []).map((v) => `v${v}`).join(", ") || "none";
     setMsg($("rotate-result"), `Rotated. Current version: v${r.current}. Retired: ${retired}.`);
   } catch (e) {
@@ -661,7 +625,7 @@ async function rotate() {
 async function loadSettings() {
   const gen = state.settingsGen;
   try {
-    const r = await api("GET", "/admin/api/settings");
+    const r = await apiJson("GET", "/admin/api/settings");
     setMsg($("settings-error"), "");
     // A save began or ended while this load was in flight: its values may predate the save,
     // and redrawing would also drop the form's "Saved." (the save shows the fresh value).
@@ -681,26 +645,30 @@ function renderSettings(list) {
   for (const s of list) box.append(settingForm(s));
 }
 
+function settingInput(s, id) {
+  if (s.type === "choice" && Array.isArray(s.choices)) {
+    const input = el("select", { id });
+    for (const c of s.choices) {
+      const o = el("option", { value: c, text: c });
+      if (String(c) === String(s.value)) o.selected = true;
+      input.append(o);
+    }
+    return input;
+  }
+  const input = el("input", { id, type: "number", step: 1, inputmode: "numeric" });
+  if (s.min !== undefined && s.min !== null) input.min = s.min;
+  if (s.max !== undefined && s.max !== null) input.max = s.max;
+  input.value = s.value ?? "";
+  return input;
+}
+
 function settingForm(s) {
   const id = settingId(s.key);
   const form = el("form", { className: "setting card", "data-key": s.key });
   form.noValidate = true;  // the server's 400 message is shown next to the field
   const label = el("label", { for: id }, el("code", { text: s.key }));
   const desc = el("p", { id: `${id}-desc`, className: "muted", text: s.description || "" });
-  let input;
-  if (s.type === "choice" && Array.isArray(s.choices)) {
-    input = el("select", { id });
-    for (const c of s.choices) {
-      const o = el("option", { value: c, text: c });
-      if (String(c) === String(s.value)) o.selected = true;
-      input.append(o);
-    }
-  } else {
-    input = el("input", { id, type: "number", step: 1, inputmode: "numeric" });
-    if (s.min !== undefined && s.min !== null) input.min = s.min;
-    if (s.max !== undefined && s.max !== null) input.max = s.max;
-    input.value = s.value ?? "";
-  }
+  const input = settingInput(s, id);
   const range = s.type === "int" && (s.min !== undefined || s.max !== undefined)
     ? ` Allowed: ${s.min ?? "…"} to ${s.max ?? "…"}.` : "";
   if (range) desc.textContent += range;
@@ -711,31 +679,35 @@ function settingForm(s) {
   const btn = el("button", { type: "submit", text: "Save" });
   btn.setAttribute("aria-label", `Save ${s.key}`);
   form.append(label, desc, el("div", { className: "inline" }, input, btn, ok), err);
-  form.addEventListener("submit", async (ev) => {
+  form.addEventListener("submit", (ev) => {
     ev.preventDefault();
-    err.hidden = true; err.textContent = ""; ok.textContent = "";
-    let value = input.value;
-    if (s.type === "int") {
-      value = Number(input.value);
-      if (input.value.trim() === "" || !Number.isInteger(value)) {
-        err.textContent = "Enter a whole number."; err.hidden = false; return;
-      }
-    }
-    btn.disabled = true;
-    state.settingsGen += 1;
-    try {
-      const r = await api("PATCH", "/admin/api/settings", { [s.key]: value });
-      const fresh = (r.settings || []).find((x) => x.key === s.key);
-      if (fresh) input.value = fresh.value;
-      ok.textContent = "Saved.";
-    } catch (e) {
-      if (e.status !== 401) { err.textContent = e.message; err.hidden = false; }
-    } finally {
-      state.settingsGen += 1;
-      btn.disabled = false;
-    }
+    saveSetting(s, { input, btn, ok, err });
   });
   return form;
+}
+
+async function saveSetting(s, { input, btn, ok, err }) {
+  err.hidden = true; err.textContent = ""; ok.textContent = "";
+  let value = input.value;
+  if (s.type === "int") {
+    value = Number(input.value);
+    if (input.value.trim() === "" || !Number.isInteger(value)) {
+      err.textContent = "Enter a whole number."; err.hidden = false; return;
+    }
+  }
+  btn.disabled = true;
+  state.settingsGen += 1;
+  try {
+    const r = await apiJson("PATCH", "/admin/api/settings", { [s.key]: value });
+    const fresh = (r.settings || []).find((x) => x.key === s.key);
+    if (fresh) input.value = fresh.value;
+    ok.textContent = "Saved.";
+  } catch (e) {
+    if (e.status !== 401) { err.textContent = e.message; err.hidden = false; }
+  } finally {
+    state.settingsGen += 1;
+    btn.disabled = false;
+  }
 }
 
 // ---------------------------------------------------------------- auditor
@@ -770,7 +742,7 @@ async function loadAudit() {
   const table = $("audit-table");
   table.setAttribute("aria-busy", "true");
   try {
-    const r = await api("GET", `/audit/api/events?${q}`);
+    const r = await apiJson("GET", `/audit/api/events?${q}`);
     setMsg(err, "");
     a.next = r.next_after_id ?? null;
     renderAudit(r.events || []);
@@ -823,7 +795,7 @@ async function verifyChain() {
   out.className = "";
   out.textContent = "Verifying…";
   try {
-    const r = await api("GET", "/audit/api/verify");
+    const r = await apiJson("GET", "/audit/api/verify");
     if (r.ok) {
       out.className = "ok";
       out.textContent = `Chain OK: ${r.events} event(s) verified; head #${r.head_id ?? "—"}` +
@@ -841,6 +813,7 @@ async function verifyChain() {
 // ---------------------------------------------------------------- wiring
 
 function wire() {
+  onSessionEnded(sessionEnded);
   $("login-form").addEventListener("submit", login);
   $("logout").addEventListener("click", () => logout(false));
   $("tabs").addEventListener("keydown", tabKeys);

@@ -3,12 +3,21 @@
 // Model output and stored history are untrusted: they are rendered only through
 // renderMarkdown (DOM nodes + textContent). The user's own messages use textContent.
 
+import {
+  $,
+  ApiError,
+  SessionEnded,
+  api,
+  apiJson,
+  clockTime,
+  onSessionEnded,
+  readError,
+  setCsrfToken,
+} from "./lib/api.js";
+import { StreamError, sseEvents } from "./lib/sse.js";
 import { renderMarkdown } from "./markdown.js";
 
-const $ = (id) => document.getElementById(id);
-
 const state = {
-  csrf: null, // kept in memory only; re-read from /auth/session after a reload
   user: null,
   role: null,
   quota: null, // {limit, remaining, reset_at}
@@ -18,68 +27,6 @@ const state = {
   controller: null,
   conversations: [],
 };
-
-class SessionEnded extends Error {}
-
-// ------------------------------------------------------------------------- HTTP helpers
-
-async function readError(resp) {
-  // The server's JSON error message, or a short generic text (never a raw body dump).
-  let code = null;
-  let message = null;
-  try {
-    const data = await resp.json();
-    if (data && data.error) {
-      code = data.error.code || data.error.type || null;
-      if (typeof data.error.message === "string") message = data.error.message;
-    }
-  } catch {
-    /* not JSON */
-  }
-  if (!message) message = `The server answered ${resp.status} ${resp.statusText || ""}`.trim() + ".";
-  if (message.length > 500) message = message.slice(0, 500) + "…";
-  return { status: resp.status, code, message };
-}
-
-class ApiError extends Error {
-  constructor(info) {
-    super(info.message);
-    this.status = info.status;
-    this.code = info.code;
-  }
-}
-
-async function api(method, path, body, { signal, allow401 = false } = {}) {
-  const headers = { Accept: "application/json" };
-  if (body !== undefined) headers["Content-Type"] = "application/json";
-  if (method !== "GET" && method !== "HEAD" && state.csrf) headers["X-CSRF-Token"] = state.csrf;
-  let resp;
-  try {
-    resp = await fetch(path, {
-      method,
-      headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
-      credentials: "same-origin",
-      cache: "no-store",
-      signal,
-    });
-  } catch (err) {
-    if (err && err.name === "AbortError") throw err;
-    throw new ApiError({ status: 0, code: "network", message: "Cannot reach the server. Check your connection and try again." });
-  }
-  if (resp.status === 401 && !allow401) {
-    sessionEnded();
-    throw new SessionEnded("session ended");
-  }
-  return resp;
-}
-
-async function apiJson(method, path, body, opts) {
-  const resp = await api(method, path, body, opts);
-  if (!resp.ok) throw new ApiError(await readError(resp));
-  if (resp.status === 204) return null;
-  return resp.json();
-}
 
 // ------------------------------------------------------------------------- views
 
@@ -94,7 +41,7 @@ function showOnly(view) {
 
 function showLogin(notice) {
   abortGeneration();
-  state.csrf = null;
+  setCsrfToken(null);
   state.user = null;
   state.role = null;
   state.quota = null;
@@ -118,7 +65,7 @@ function sessionEnded() {
 }
 
 function applySession(data) {
-  state.csrf = data.csrf_token || state.csrf;
+  if (data.csrf_token) setCsrfToken(data.csrf_token);
   state.user = data.user;
   state.role = data.role;
   if (data.quota) state.quota = { ...data.quota };
@@ -152,14 +99,6 @@ function renderQuota() {
   el.hidden = $("chat-view").hidden;
 }
 
-function formatTime(unixSeconds) {
-  const d = new Date(Number(unixSeconds) * 1000);
-  if (Number.isNaN(d.getTime())) return null;
-  const hh = String(d.getHours()).padStart(2, "0");
-  const mm = String(d.getMinutes()).padStart(2, "0");
-  return `${hh}:${mm}`;
-}
-
 // ------------------------------------------------------------------------- login / logout
 
 async function onLogin(ev) {
@@ -187,7 +126,7 @@ async function onLogin(ev) {
       return;
     }
     const data = await resp.json();
-    state.csrf = data.csrf_token;
+    setCsrfToken(data.csrf_token);
     $("login-password").value = "";
     $("login-notice").hidden = true;
     // The session endpoint also tells the remaining quota.
@@ -295,7 +234,7 @@ function renderConversations() {
   }
 }
 
-function startRename(li, c) {
+function renameForm(c) {
   const form = document.createElement("form");
   form.className = "conv-rename-form";
   const label = document.createElement("label");
@@ -320,6 +259,11 @@ function startRename(li, c) {
   cancel.textContent = "Cancel";
   buttons.append(save, cancel);
   form.append(label, input, buttons);
+  return { form, input, save, cancel };
+}
+
+function startRename(li, c) {
+  const { form, input, save, cancel } = renameForm(c);
   li.replaceChildren(form);
   input.focus();
   input.select();
@@ -336,26 +280,29 @@ function startRename(li, c) {
       restore();
     }
   });
-  form.addEventListener("submit", async (ev) => {
+  form.addEventListener("submit", (ev) => {
     ev.preventDefault();
-    const title = input.value.trim();
-    if (!title || title.length > 120) {
-      showChatError("A title needs 1 to 120 characters.");
-      return;
-    }
-    save.disabled = true;
-    try {
-      await apiJson("PATCH", `/v1/conversations/${encodeURIComponent(c.id)}`, { title });
-      c.title = title;
-      if (c.id === state.convId) $("chat-title").textContent = title;
-      clearChatError();
-      restore();
-    } catch (e) {
-      if (e instanceof SessionEnded) return;
-      showChatError(`Could not rename: ${e.message}`);
-      save.disabled = false;
-    }
+    saveRename(c, input.value.trim(), save, restore);
   });
+}
+
+async function saveRename(c, title, save, restore) {
+  if (!title || title.length > 120) {
+    showChatError("A title needs 1 to 120 characters.");
+    return;
+  }
+  save.disabled = true;
+  try {
+    await apiJson("PATCH", `/v1/conversations/${encodeURIComponent(c.id)}`, { title });
+    c.title = title;
+    if (c.id === state.convId) $("chat-title").textContent = title;
+    clearChatError();
+    restore();
+  } catch (e) {
+    if (e instanceof SessionEnded) return;
+    showChatError(`Could not rename: ${e.message}`);
+    save.disabled = false;
+  }
 }
 
 async function deleteConversation(c) {
@@ -550,11 +497,11 @@ function updateQuotaFromHeaders(resp) {
 }
 
 function preStreamMessage(info, resp) {
-  const code = info.code;
+  const code = info.code || info.type; // the error type when the server names no code
   if (info.status === 429 || code === "daily_quota_exceeded") {
     if (code === "daily_quota_exceeded" || /daily|quota/i.test(info.message)) {
       const reset = resp.headers.get("X-RateLimit-Reset") || (state.quota && state.quota.reset_at);
-      const at = reset ? formatTime(reset) : null;
+      const at = reset ? clockTime(reset) : null;
       return at ? `Daily limit reached; resets at ${at}.` : "Daily limit reached; it resets tomorrow.";
     }
     const retry = resp.headers.get("Retry-After");
@@ -567,22 +514,15 @@ function preStreamMessage(info, resp) {
   return info.message;
 }
 
-async function sendMessage() {
-  if (state.busy) return;
-  const input = $("composer-input");
-  const text = input.value;
-  if (!text.trim()) {
-    input.focus();
-    return;
-  }
+// One send ("turn"): the request and the two bubbles it adds, and what the answer brought.
+function startTurn(text) {
   clearChatError();
-  const history = state.messages.slice();
-  const outgoing = history.concat([{ role: "user", content: text }]);
+  const outgoing = state.messages.concat([{ role: "user", content: text }]);
   const body = { messages: outgoing, stream: true };
   if (state.convId) body.conversation_id = state.convId;
 
   const userBubble = addPlainBubble("user", text);
-  input.value = "";
+  $("composer-input").value = "";
   const bubble = addAssistantBubble();
   bubble.classList.add("msg-pending");
   scrollToBottom(true);
@@ -591,148 +531,142 @@ async function sendMessage() {
   state.controller = controller;
   setBusy(true);
   setStatus("Waiting for the model…");
-
-  let content = "";
-  let reasoning = "";
-  let finished = false;
-  let stopped = false;
-  let streamError = null;
-  let started = false;
-  let renderQueued = false;
-  const scheduleRender = () => {
-    if (renderQueued) return;
-    renderQueued = true;
-    requestAnimationFrame(() => {
-      renderQueued = false;
-      renderAnswer(bubble, content, reasoning);
-      scrollToBottom();
-    });
+  return {
+    text, outgoing, body, userBubble, bubble, controller,
+    content: "", reasoning: "", started: false, stopped: false, streamError: null,
+    renderQueued: false,
   };
+}
 
+// Nothing was generated: take the message back out so the user can resend it.
+function takeBack(turn) {
+  turn.userBubble.remove();
+  turn.bubble.remove();
+  $("composer-input").value = turn.text;
+}
+
+async function refuseTurn(turn, resp) {
+  const info = await readError(resp);
+  takeBack(turn);
+  if (!state.messages.length) $("empty-hint").hidden = false;
+  showChatError(preStreamMessage(info, resp));
+  setStatus("");
+}
+
+function beginAnswer(turn, resp) {
+  turn.started = true;
+  const newId = resp.headers.get("X-Conversation-Id");
+  const isNew = !state.convId;
+  if (newId) state.convId = newId;
+  if (isNew && newId) $("chat-title").textContent = turn.text.trim().split("\n")[0].slice(0, 80);
+  setStatus("Generating… (press Stop to end early)");
+}
+
+function scheduleRender(turn) {
+  if (turn.renderQueued) return;
+  turn.renderQueued = true;
+  requestAnimationFrame(() => {
+    turn.renderQueued = false;
+    renderAnswer(turn.bubble, turn.content, turn.reasoning);
+    scrollToBottom();
+  });
+}
+
+function applyChunk(turn, evt) {
+  const choice = evt && Array.isArray(evt.choices) ? evt.choices[0] : null;
+  if (!choice) return;
+  const delta = choice.delta || {};
+  if (typeof delta.content === "string" && delta.content) {
+    turn.content += delta.content;
+    turn.bubble.classList.remove("msg-pending");
+  }
+  // DeepSeek's field; vLLM's server names the same text "reasoning" (the daemon sends both).
+  const thought = typeof delta.reasoning_content === "string" ? delta.reasoning_content
+    : typeof delta.reasoning === "string" ? delta.reasoning : "";
+  if (thought) {
+    turn.reasoning += thought;
+    turn.bubble.classList.remove("msg-pending");
+  }
+  scheduleRender(turn);
+}
+
+async function readAnswer(turn, resp) {
+  for await (const evt of sseEvents(resp)) {
+    if (evt instanceof StreamError) turn.streamError = evt.message;
+    else applyChunk(turn, evt);
+  }
+}
+
+function turnFailed(turn, e) {
+  if (e instanceof SessionEnded) return;
+  if (e && e.name === "AbortError") {
+    turn.stopped = true;
+  } else if (e instanceof ApiError) {
+    if (!turn.started) takeBack(turn);
+    showChatError(e.message);
+  } else {
+    turn.streamError = "The connection was interrupted before the answer was complete.";
+  }
+}
+
+function finishAnswer(turn) {
+  const { bubble, content, reasoning, stopped, streamError } = turn;
+  bubble.classList.remove("msg-pending");
+  renderAnswer(bubble, content, reasoning);
+  if (stopped) addBubbleNote(bubble, "Stopped — the answer above is incomplete.");
+  if (streamError) addBubbleNote(bubble, streamError, true);
+  if (!content && !reasoning && !stopped && !streamError) addBubbleNote(bubble, "(empty answer)");
+  state.messages = turn.outgoing.concat(content ? [{ role: "assistant", content }] : []);
+  setStatus(stopped ? "Stopped." : streamError ? "" : "Answer complete.");
+  loadConversations();
+}
+
+function endTurn(turn) {
+  if (state.controller === turn.controller) state.controller = null;
+  setBusy(false);
+  if (turn.started) {
+    finishAnswer(turn);
+  } else if (turn.stopped) {
+    // Stopped before the server answered: nothing was generated.
+    takeBack(turn);
+    setStatus("Stopped.");
+    if (!state.messages.length) $("empty-hint").hidden = false;
+  }
+  if (!$("chat-view").hidden) $("composer-input").focus();
+  // How many sends finished (a hook for tests and assistive tooling; no data in it).
+  document.body.dataset.sends = String(Number(document.body.dataset.sends || 0) + 1);
+}
+
+async function sendMessage() {
+  if (state.busy) return;
+  const input = $("composer-input");
+  const text = input.value;
+  if (!text.trim()) {
+    input.focus();
+    return;
+  }
+  const turn = startTurn(text);
   try {
-    const resp = await api("POST", "/v1/chat/completions", body, { signal: controller.signal });
+    const resp = await api("POST", "/v1/chat/completions", turn.body,
+      { signal: turn.controller.signal });
     updateQuotaFromHeaders(resp);
     if (!resp.ok) {
-      const info = await readError(resp);
-      // Nothing was generated: take the message back out so the user can resend it.
-      userBubble.remove();
-      bubble.remove();
-      if (!state.messages.length) $("empty-hint").hidden = false;
-      input.value = text;
-      showChatError(preStreamMessage(info, resp));
-      setStatus("");
+      await refuseTurn(turn, resp);
       return;
     }
-    started = true;
-    const newId = resp.headers.get("X-Conversation-Id");
-    const isNew = !state.convId;
-    if (newId) state.convId = newId;
-    if (isNew && newId) $("chat-title").textContent = text.trim().split("\n")[0].slice(0, 80);
-    setStatus("Generating… (press Stop to end early)");
-
-    const reader = resp.body.getReader();
-    const decoder = new TextDecoder();
-    let buffer = "";
-    let dataLines = [];
-    const dispatch = () => {
-      if (!dataLines.length) return;
-      const payload = dataLines.join("\n");
-      dataLines = [];
-      if (payload.trim() === "[DONE]") {
-        finished = true;
-        return;
-      }
-      let evt;
-      try {
-        evt = JSON.parse(payload);
-      } catch {
-        return; // ignore a malformed event
-      }
-      if (evt && evt.error) {
-        streamError = typeof evt.error.message === "string" ? evt.error.message : "The generation failed.";
-        return;
-      }
-      const choice = evt && Array.isArray(evt.choices) ? evt.choices[0] : null;
-      if (!choice) return;
-      const delta = choice.delta || {};
-      if (typeof delta.content === "string" && delta.content) {
-        content += delta.content;
-        bubble.classList.remove("msg-pending");
-      }
-      // DeepSeek's field; vLLM's server names the same text "reasoning" (the daemon sends both).
-      const thought = typeof delta.reasoning_content === "string" ? delta.reasoning_content
-        : typeof delta.reasoning === "string" ? delta.reasoning : "";
-      if (thought) {
-        reasoning += thought;
-        bubble.classList.remove("msg-pending");
-      }
-      scheduleRender();
-    };
-    while (!finished) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += decoder.decode(value, { stream: true });
-      let nl;
-      while ((nl = buffer.indexOf("\n")) >= 0) {
-        let line = buffer.slice(0, nl);
-        buffer = buffer.slice(nl + 1);
-        if (line.endsWith("\r")) line = line.slice(0, -1);
-        if (line === "") {
-          dispatch();
-        } else if (line.startsWith("data:")) {
-          dataLines.push(line.slice(5).replace(/^ /, ""));
-        }
-        // other SSE fields (event:, id:, comments) are ignored
-      }
-      if (finished) break;
-    }
-    dispatch();
-    if (finished) {
-      try { await reader.cancel(); } catch { /* already closed */ }
-    }
+    beginAnswer(turn, resp);
+    await readAnswer(turn, resp);
   } catch (e) {
-    if (e instanceof SessionEnded) return;
-    if (e && e.name === "AbortError") {
-      stopped = true;
-    } else if (e instanceof ApiError) {
-      if (!started) {
-        userBubble.remove();
-        bubble.remove();
-        input.value = text;
-      }
-      showChatError(e.message);
-    } else {
-      streamError = "The connection was interrupted before the answer was complete.";
-    }
+    turnFailed(turn, e);
   } finally {
-    if (state.controller === controller) state.controller = null;
-    setBusy(false);
-    if (started) {
-      bubble.classList.remove("msg-pending");
-      renderAnswer(bubble, content, reasoning);
-      if (stopped) addBubbleNote(bubble, "Stopped — the answer above is incomplete.");
-      if (streamError) addBubbleNote(bubble, streamError, true);
-      if (!content && !reasoning && !stopped && !streamError) addBubbleNote(bubble, "(empty answer)");
-      state.messages = outgoing.concat(content ? [{ role: "assistant", content }] : []);
-      setStatus(stopped ? "Stopped." : streamError ? "" : "Answer complete.");
-      loadConversations();
-    } else if (stopped) {
-      // Stopped before the server answered: nothing was generated.
-      userBubble.remove();
-      bubble.remove();
-      input.value = text;
-      setStatus("Stopped.");
-      if (!state.messages.length) $("empty-hint").hidden = false;
-    }
-    if (!$("chat-view").hidden) $("composer-input").focus();
-    // How many sends finished (a hook for tests and assistive tooling; no data in it).
-    document.body.dataset.sends = String(Number(document.body.dataset.sends || 0) + 1);
+    endTurn(turn);
   }
 }
 
 // ------------------------------------------------------------------------- wiring
 
 function init() {
+  onSessionEnded(sessionEnded);
   $("login-form").addEventListener("submit", onLogin);
   $("logout").addEventListener("click", onLogout);
   $("new-chat").addEventListener("click", () => {
