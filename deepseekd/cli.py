@@ -133,6 +133,24 @@ def cmd_user_disable(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_user_enable(args: argparse.Namespace) -> int:
+    _with_services(args, lambda svc: svc.accounts.enable_user(args.name))
+    print(json.dumps({"name": args.name, "disabled": False}))
+    return 0
+
+
+def cmd_user_unlock(args: argparse.Namespace) -> int:
+    lifted = _with_services(args, lambda svc: svc.accounts.unlock(args.name))
+    print(json.dumps({"name": args.name, "locks_lifted": lifted}))
+    return 0
+
+
+def cmd_user_reset_password(args: argparse.Namespace) -> int:
+    password = _with_services(args, lambda svc: svc.accounts.reset_password(args.name))
+    print(json.dumps({"name": args.name, "password": password, "must_change_password": True}))
+    return 0
+
+
 def cmd_key_create(args: argparse.Namespace) -> int:
     key_id, key = _with_services(args, lambda svc: svc.accounts.create_key(args.name, args.label))
     print(json.dumps({"id": key_id, "user": args.name, "api_key": key}))
@@ -146,7 +164,7 @@ def cmd_key_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_user_erase(args: argparse.Namespace) -> int:
-    print(json.dumps(_with_services(args, lambda svc: svc.history.erase_user(args.name))))
+    print(json.dumps(_with_services(args, lambda svc: svc.erasure.erase(args.name))))
     return 0
 
 
@@ -162,8 +180,17 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _anchor(value: str) -> tuple[int, str]:
+    seq, sep, digest = value.partition(":")
+    if not sep or not seq.isdigit() or len(digest) != 64:
+        raise argparse.ArgumentTypeError(
+            "expected ID:HASH as the 'audit head' log line gives it (anchor), e.g. 1234:9f86d0..."
+        )
+    return int(seq), digest.lower()
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    result = _with_services(args, lambda svc: svc.audit.verify())
+    result = _with_services(args, lambda svc: svc.audit.verify(expect=args.expect_head))
     print(json.dumps(result.as_json()))
     if not result.ok:
         print(
@@ -327,7 +354,35 @@ def _user_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "disable the account",
         NAME,
     )
+    _command(
+        user,
+        common,
+        "enable",
+        cmd_user_enable,
+        "enable a disabled user again (not an erased one)",
+        NAME,
+    )
+    _command(
+        user,
+        common,
+        "unlock",
+        cmd_user_unlock,
+        "lift the sign-in locks on a name (every address, every path)",
+        NAME,
+    )
+    _command(
+        user,
+        common,
+        "reset-password",
+        cmd_user_reset_password,
+        "a one-time password, printed once; the user must choose a new one; their sessions end",
+        NAME,
+    )
     _command(sub, common, "export", cmd_export, "a user's data as JSON (access request)", NAME)
+    _key_commands(sub, common)
+
+
+def _key_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     key = _group(sub, common, "key", "create and revoke API keys")
     _command(
         key,
@@ -359,6 +414,13 @@ def _store_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "verify",
         cmd_audit_verify,
         "check the hash chain; exits 1 naming the first bad event",
+        arg(
+            "--expect-head",
+            type=_anchor,
+            metavar="ID:HASH",
+            help="an anchor kept outside the database (the 'audit head' log line): the "
+            "chain must still hold that event with that hash",
+        ),
     )
     model = _group(sub, common, "model", "import and list models")
     _command(

@@ -70,6 +70,17 @@ class ServerSettings:
         "past it new ones get 503 with Retry-After. 0 = no limit.",
         min=0,
     )
+    body_timeout_s: float = _f(
+        30.0,
+        "A request body must arrive within this many seconds of the headers; a slower "
+        "one gets 408 before it takes an inference slot.",
+        min=0.1,
+    )
+    max_concurrent_per_user: int = _f(
+        16,
+        "Inference requests one identity may have in progress at once; more get 429. 0 = no limit.",
+        min=0,
+    )
     stream_stall_timeout_s: float = _f(
         60.0,
         "A stream whose client reads nothing for this long is ended and its generation aborted.",
@@ -162,6 +173,12 @@ class LoraSettings:
         "Largest LoRA rank accepted (vLLM max_lora_rank); larger reserves more memory.",
         choices=(1, 8, 16, 32, 64, 128, 256, 320, 512),
     )
+    max_adapter_bytes: int = _f(
+        1024**3,
+        "Largest adapter file accepted (each of its two files), in bytes.",
+        min=1024,
+        max=1024**4,
+    )
     source_dir: str = _f(
         "",
         "Folder the admin API loads adapters from (one sub-folder each); "
@@ -241,12 +258,31 @@ class AuthSettings:
         30, "Chat page and auditor sessions end after this many idle minutes.", min=1, max=1440
     )
     lockout_threshold: int = _f(
-        5, "Failed logins or TOTP checks that lock an account.", min=1, max=100
+        5,
+        "Refused sign-ins (password or TOTP) of one name from one source address on one "
+        "path (password, or API key) that lock that name there.",
+        min=1,
+        max=100,
     )
     lockout_window_minutes: int = _f(
-        15, "Window in which those failures are counted.", min=1, max=1440
+        15, "Window in which those refusals are counted.", min=1, max=1440
     )
-    lockout_minutes: int = _f(15, "How long a locked account stays locked.", min=1, max=10080)
+    lockout_minutes: int = _f(
+        15, "How long such a lock lasts (or until `deepseekd user unlock`).", min=1, max=10080
+    )
+    login_attempts_per_minute: int = _f(
+        30,
+        "Sign-in attempts one source address may make per minute, whatever the names; "
+        "more get 429 with Retry-After before any password is checked.",
+        min=1,
+        max=100000,
+    )
+    session_max_hours: int = _f(
+        12,
+        "A session ends this many hours after it was opened, however much it is used.",
+        min=1,
+        max=720,
+    )
     totp_issuer: str = _f("deepseekd", "Issuer shown in authenticator apps.")
 
 
@@ -267,6 +303,12 @@ class KeySettings:
         "The daemon rotates the master key itself when it is this old; 0 = only by hand.",
         min=0,
         max=3650,
+    )
+    rotate_on_erasure: bool = _f(
+        True,
+        "Every erasure ends with a master key rotation that deletes the old version's "
+        "file, so a database backup from before the erasure cannot be read with the key "
+        "that remains (see README, Security model).",
     )
 
 

@@ -33,7 +33,7 @@ from deepseekd.obs.tracing import Tracing
 from deepseekd.security.tls import TlsError, TlsReloader
 from deepseekd.services.container import Services
 from deepseekd.services.lifecycle import Lifecycle, Phase
-from deepseekd.services.maintenance import TICK_S, Maintenance
+from deepseekd.services.maintenance import TICK_S, Maintenance, log_anchor
 
 log = logging.getLogger("deepseekd")
 
@@ -178,6 +178,7 @@ async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
             )
         )
         await svc.audit.append(Event(action="config.load", detail=settings_digest(svc.settings)))
+        await log_anchor(svc)
         yield
         with contextlib.suppress(AuditUnavailable):
             await svc.audit.append(

@@ -57,6 +57,7 @@ class Event:
         """An event done by ``who``; ``None`` is the command line (named by its OS user)."""
         if who is None:
             return cls(action=action, actor=cli_actor(), role="cli", **fields)
+        fields.setdefault("client", who.client)
         return cls(action=action, actor=who.name, actor_id=who.user_id, role=who.role, **fields)
 
     @classmethod

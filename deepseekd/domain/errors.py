@@ -53,8 +53,10 @@ class AuthFailed(DomainError):
 
     PUBLIC_MESSAGE = "authentication failed: wrong credentials or code, or the account is locked"
 
-    def __init__(self, reason: str, *, locked_until: float | None = None) -> None:
-        super().__init__(self.PUBLIC_MESSAGE, code="login_failed")
+    def __init__(
+        self, reason: str, *, locked_until: float | None = None, message: str | None = None
+    ) -> None:
+        super().__init__(message or self.PUBLIC_MESSAGE, code="login_failed")
         self.reason = reason
         self.locked_until = locked_until
 

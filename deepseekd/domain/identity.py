@@ -21,6 +21,12 @@ class Identity:
     """The API key that authenticated this call, if a key did."""
     daily_request_limit: int | None = None
     daily_token_limit: int | None = None
+    client: str | None = None
+    """The address this call came from (for the audit log); set per request."""
+    password_change_required: bool = False
+    """A session opened with a password an admin reset: it may only change the password."""
+    session_key_id: int | None = None
+    """For an admin session: the API key that opened it (its revocation ends the session)."""
 
 
 def cli_actor() -> str:

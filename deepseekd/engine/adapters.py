@@ -116,8 +116,12 @@ def read_config(folder: Path) -> dict[str, Any]:
     return cfg
 
 
-def import_adapter(src: Path, adapters_dir: Path, name: str) -> AdapterFiles:
-    """Validate ``src`` and copy its two files into ``adapters_dir/name`` (atomically)."""
+def import_adapter(
+    src: Path, adapters_dir: Path, name: str, max_bytes: int | None = None
+) -> AdapterFiles:
+    """Validate ``src`` and copy its two files into ``adapters_dir/name`` (atomically).
+    Each is opened without following symlinks, must be a regular file and at most
+    ``max_bytes`` long (a symlink to /dev/zero or a huge file would fill the disk)."""
     cfg = read_config(src)
     target = adapters_dir / name
     adapters_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -127,10 +131,16 @@ def import_adapter(src: Path, adapters_dir: Path, name: str) -> AdapterFiles:
         shutil.rmtree(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".load-{name}-", dir=adapters_dir))
     try:
-        files = {rel: copy_hashed(src / rel, tmp / rel) for rel in ADAPTER_FILES}
+        files = {
+            rel: copy_hashed(src / rel, tmp / rel, max_bytes=max_bytes, regular_only=True)
+            for rel in ADAPTER_FILES
+        }
         # What was copied must still be a valid adapter (the source may change meanwhile).
         read_config(tmp)
         os.rename(tmp, target)
+    except FileCheckError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise AdapterError(f"path: {exc}") from None
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise AdapterError(f"path: cannot copy the adapter: {exc}") from None

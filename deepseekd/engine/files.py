@@ -7,11 +7,14 @@ safetensors files.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
+import stat
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 # safetensors itself refuses headers above 100 MB; a bigger length means a corrupt file,
@@ -41,15 +44,41 @@ def digest(files: dict[str, dict[str, Any]]) -> str:
     return h.hexdigest()
 
 
-def copy_hashed(src: Path, dst: Path) -> dict[str, Any]:
-    """Copy one file and hash what was written, in a single pass: ``{"sha256", "size"}``."""
+def open_regular(path: Path, max_bytes: int | None = None) -> BinaryIO:
+    """``path`` opened for reading only if it is a regular file, not a symlink (O_NOFOLLOW:
+    no swap between a check and the open), and at most ``max_bytes`` long."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise FileCheckError(f"{path.name} is a symlink; copy the real file in") from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise FileCheckError(f"{path.name} is not a regular file")
+    if max_bytes is not None and st.st_size > max_bytes:
+        os.close(fd)
+        raise FileCheckError(f"{path.name} is {st.st_size} bytes, above the limit of {max_bytes}")
+    return os.fdopen(fd, "rb")
+
+
+def copy_hashed(
+    src: Path, dst: Path, *, max_bytes: int | None = None, regular_only: bool = False
+) -> dict[str, Any]:
+    """Copy one file and hash what was written, in a single pass: ``{"sha256", "size"}``.
+    ``regular_only``: refuse a symlink or anything but a regular file (``open_regular``);
+    ``max_bytes``: refuse a larger file, and stop copying one that grows past it."""
     h = hashlib.sha256()
     size = 0
-    with src.open("rb") as fin, dst.open("xb") as fout:
+    fin = open_regular(src, max_bytes) if regular_only else src.open("rb")
+    with fin, dst.open("xb") as fout:
         while chunk := fin.read(CHUNK):
+            size += len(chunk)
+            if max_bytes is not None and size > max_bytes:
+                raise FileCheckError(f"{src.name} grew past the limit of {max_bytes} bytes")
             h.update(chunk)
             fout.write(chunk)
-            size += len(chunk)
     return {"sha256": h.hexdigest(), "size": size}
 
 

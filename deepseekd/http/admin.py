@@ -12,7 +12,6 @@ from aiohttp import web
 from pydantic import Field
 
 from deepseekd import __version__
-from deepseekd.domain.errors import AuthFailed
 from deepseekd.http.body import StrictBody, body_of, read_json, validate
 from deepseekd.http.errors import APIError
 from deepseekd.http.middleware.auth import ADMIN_COOKIE
@@ -26,6 +25,7 @@ from deepseekd.http.state import (
     METRICS,
     MODEL_SHA256,
     RUNTIME,
+    SERVICES,
     SESSION_TOKEN,
     SETTINGS,
 )
@@ -78,12 +78,13 @@ async def login(request: web.Request) -> web.Response:
             code="invalid_value",
             param="password",
         )
-    try:
-        token, who = await request.app[AUTH].login(
-            body.username, password=body.password, api_key=body.api_key, code=body.totp
-        )
-    except AuthFailed:
-        raise APIError(401, AuthFailed.PUBLIC_MESSAGE, code="login_failed") from None
+    token, who = await request.app[AUTH].login(
+        body.username,
+        password=body.password,
+        api_key=body.api_key,
+        code=body.totp,
+        source=request.remote,
+    )
     idle = request.app[SETTINGS].auth.session_idle_minutes * 60
     resp = web.json_response(
         {"token": token, "user": who.name, "idle_timeout_s": idle, "csrf_token": csrf_token(token)}
@@ -99,7 +100,7 @@ async def logout(request: web.Request) -> web.Response:
     auth = request.headers.get("Authorization")
     token = auth.partition(" ")[2].strip() if auth else request.cookies.get(ADMIN_COOKIE, "")
     if request[IDENTITY].via == "session" and token:
-        await request.app[AUTH].logout(token)
+        await request.app[AUTH].logout(token, request[IDENTITY])
     resp = web.json_response({"logged_out": True})
     resp.del_cookie(ADMIN_COOKIE, path="/admin")
     return resp
@@ -161,6 +162,29 @@ async def disable_user(request: web.Request) -> web.Response:
     return web.json_response({"name": request.match_info["name"], "disabled": True})
 
 
+async def enable_user(request: web.Request) -> web.Response:
+    """Enable a disabled user again (not an erased one)."""
+    await request.app[ACCOUNTS].enable_user(request.match_info["name"], by=request[IDENTITY])
+    return web.json_response({"name": request.match_info["name"], "disabled": False})
+
+
+async def unlock_user(request: web.Request) -> web.Response:
+    """Lift the sign-in locks on a name (every address, every path)."""
+    lifted = await request.app[ACCOUNTS].unlock(request.match_info["name"], by=request[IDENTITY])
+    return web.json_response({"name": request.match_info["name"], "locks_lifted": lifted})
+
+
+async def reset_password(request: web.Request) -> web.Response:
+    """A one-time password, shown once; the user must choose a new one at the next sign-in.
+    Their sessions end."""
+    password = await request.app[ACCOUNTS].reset_password(
+        request.match_info["name"], by=request[IDENTITY]
+    )
+    return web.json_response(
+        {"name": request.match_info["name"], "password": password, "must_change_password": True}
+    )
+
+
 async def reset_totp(request: web.Request) -> web.Response:
     uri = await request.app[ACCOUNTS].reset_totp(request.match_info["name"], by=request[IDENTITY])
     return web.json_response(
@@ -193,7 +217,9 @@ async def revoke_key(request: web.Request) -> web.Response:
 
 async def erase_user(request: web.Request) -> web.Response:
     """GDPR Art. 17: crypto-shred the user's history, then delete it; the account is disabled."""
-    result = await request.app[HISTORY].erase_user(request.match_info["name"], by=request[IDENTITY])
+    result = await request.app[SERVICES].erasure.erase(
+        request.match_info["name"], by=request[IDENTITY]
+    )
     return web.json_response(result)
 
 

@@ -7,6 +7,7 @@ reported with its dotted path.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Any, TypeVar
@@ -15,7 +16,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from deepseekd.http.errors import APIError, bad_request
-from deepseekd.http.state import BODY
+from deepseekd.http.state import BODY, SETTINGS
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -40,17 +41,22 @@ _ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def _lone_surrogate(value: Any) -> bool:
-    """A string holding half of a UTF-16 pair, which no store, tokenizer or log can encode."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return True
-        return False
-    if isinstance(value, dict):
-        return any(_lone_surrogate(k) or _lone_surrogate(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_lone_surrogate(v) for v in value)
+    """A string anywhere in ``value`` holding half of a UTF-16 pair, which no store,
+    tokenizer or log can encode. Iterative: a body nested as deep as the JSON parser allows
+    must not overflow the stack here (it did: RecursionError, a 500)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
     return False
 
 
@@ -102,7 +108,14 @@ async def read_json(request: web.Request, *, optional: bool = False) -> dict[str
             f"Content-Type must be application/json, got '{request.content_type or 'none'}'",
             code="unsupported_media_type",
         )
-    raw = await request.read()  # aiohttp enforces client_max_size and raises 413
+    limit = request.app[SETTINGS].server.body_timeout_s
+    try:
+        async with asyncio.timeout(limit):
+            raw = await request.read()  # aiohttp enforces client_max_size and raises 413
+    except TimeoutError:
+        raise APIError(
+            408, f"the request body did not arrive within {limit:g} s", code="body_timeout"
+        ) from None
     return parse_json(raw)
 
 

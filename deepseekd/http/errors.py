@@ -6,6 +6,7 @@ Domain errors (``domain/errors.py``) become HTTP errors here and nowhere else
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from aiohttp import web
@@ -27,6 +28,7 @@ _TYPES = {
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     409: "invalid_request_error",
     413: "invalid_request_error",
     415: "invalid_request_error",
@@ -92,6 +94,8 @@ class APIError(Exception):
 
 def from_domain(exc: DomainError) -> APIError:
     """The HTTP error a domain error stands for."""
+    if isinstance(exc, AuthFailed):
+        return _refused(exc)
     status = next((s for kind, s in _STATUS if isinstance(exc, kind)), 400)
     headers = {}
     if exc.retry_after is not None:
@@ -108,6 +112,17 @@ def as_api_error(exc: BaseException) -> APIError | None:
     if isinstance(exc, DomainError):
         return from_domain(exc)
     return None
+
+
+def _refused(exc: AuthFailed) -> APIError:
+    """A refused sign-in: 401 that never says why, or 429 saying when to come back once the
+    name is locked from this address (the same words whether the name exists or not)."""
+    if exc.locked_until is not None:
+        wait = max(1, int(exc.locked_until - time.time()) + 1)
+        return APIError(
+            429, exc.message, code="too_many_attempts", headers={"Retry-After": str(wait)}
+        )
+    return APIError(401, exc.message, code=exc.code, headers={"WWW-Authenticate": "Bearer"})
 
 
 def bad_request(message: str, *, param: str | None = None, code: str = "invalid_value") -> APIError:

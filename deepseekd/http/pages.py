@@ -7,9 +7,7 @@ from pathlib import Path
 from aiohttp import web
 from pydantic import Field
 
-from deepseekd.domain.errors import AuthFailed
 from deepseekd.http.body import StrictBody, body_of
-from deepseekd.http.errors import APIError
 from deepseekd.http.middleware.auth import WEB_COOKIE
 from deepseekd.http.state import AUTH, IDENTITY, QUOTA_STATE, SESSION_TOKEN, SETTINGS
 from deepseekd.security.apikeys import csrf_token
@@ -36,10 +34,9 @@ class WebLogin(StrictBody):
 
 async def login(request: web.Request) -> web.Response:
     body = body_of(request, WebLogin)
-    try:
-        token, who = await request.app[AUTH].web_login(body.username, body.password)
-    except AuthFailed:
-        raise APIError(401, AuthFailed.PUBLIC_MESSAGE, code="login_failed") from None
+    token, who = await request.app[AUTH].web_login(
+        body.username, body.password, source=request.remote
+    )
     settings = request.app[SETTINGS]
     resp = web.json_response(
         {
@@ -47,6 +44,7 @@ async def login(request: web.Request) -> web.Response:
             "role": who.role,
             "csrf_token": csrf_token(token),
             "idle_timeout_s": settings.auth.web_session_idle_minutes * 60,
+            "password_change_required": who.password_change_required,
         }
     )
     resp.set_cookie(
@@ -72,14 +70,30 @@ async def session(request: web.Request) -> web.Response:
             "csrf_token": csrf_token(token) if token is not None else None,
             "idle_timeout_s": request.app[SETTINGS].auth.web_session_idle_minutes * 60,
             "quota": quota,
+            "password_change_required": who.password_change_required,
         }
     )
+
+
+class PasswordChange(StrictBody):
+    current_password: str = Field(min_length=1, max_length=256)
+    new_password: str = Field(min_length=1, max_length=256)
+
+
+async def change_password(request: web.Request) -> web.Response:
+    """Change one's own password (the current one, then a new one of 12-128 characters);
+    the caller's other sessions end."""
+    body = body_of(request, PasswordChange)
+    await request.app[AUTH].change_password(
+        request[IDENTITY], body.current_password, body.new_password, request.get(SESSION_TOKEN)
+    )
+    return web.json_response({"changed": True})
 
 
 async def logout(request: web.Request) -> web.Response:
     token = request.get(SESSION_TOKEN)
     if token is not None:
-        await request.app[AUTH].logout(token)
+        await request.app[AUTH].logout(token, request[IDENTITY])
     resp = web.json_response({"logged_out": True})
     resp.del_cookie(WEB_COOKIE, path="/")
     return resp

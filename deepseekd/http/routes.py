@@ -71,6 +71,7 @@ TABLE: tuple[Route, ...] = (
     # -- browser sessions
     Route("GET", "/auth/session", pages.session, SIGNED_IN),
     Route("POST", "/auth/logout", pages.logout, SIGNED_IN),
+    Route("POST", "/auth/password", pages.change_password, SIGNED_IN, body=pages.PasswordChange),
     # -- inference (counted against the daily quota)
     Route(
         "POST",
@@ -134,6 +135,9 @@ TABLE: tuple[Route, ...] = (
     ),
     Route("PATCH", "/admin/api/users/{name}", admin.set_limits, ADMIN),
     Route("POST", "/admin/api/users/{name}/disable", admin.disable_user, ADMIN),
+    Route("POST", "/admin/api/users/{name}/enable", admin.enable_user, ADMIN),
+    Route("POST", "/admin/api/users/{name}/unlock", admin.unlock_user, ADMIN),
+    Route("POST", "/admin/api/users/{name}/reset-password", admin.reset_password, ADMIN),
     Route("POST", "/admin/api/users/{name}/totp", admin.reset_totp, ADMIN),
     Route("GET", "/admin/api/users/{name}/keys", admin.list_keys, ADMIN),
     Route(

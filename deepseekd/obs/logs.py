@@ -10,6 +10,10 @@ import time
 _STD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
+ANCHOR_LOGGER = "deepseekd.audit.anchor"
+"""The audit chain's head, written whatever the log level: an anchor outside the database
+(journal, SIEM) that ``deepseekd audit verify --expect-head`` checks a chain against."""
+
 QUIET_LOGGERS = ("aiosqlite", "asyncpg", "sqlalchemy.engine", "sqlalchemy.pool", "alembic")
 
 
@@ -41,3 +45,12 @@ def setup_logging(level: str = "INFO") -> None:
     # secrets) at DEBUG: never let them through, whatever the level.
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    anchor_logger()
+
+
+def anchor_logger() -> logging.Logger:
+    """The logger of the audit anchor: INFO whatever the root level (an admin who sets
+    obs.log_level = WARNING does not switch the anchor off)."""
+    logger = logging.getLogger(ANCHOR_LOGGER)
+    logger.setLevel(logging.INFO)
+    return logger

@@ -10,6 +10,7 @@ The highest version wraps; older ones only unwrap until rotation retires them.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 import secrets
@@ -117,12 +118,7 @@ class Keyring:
                     f"{path} is readable by others (mode {oct(path.stat().st_mode & 0o777)}); "
                     "chmod 600 it"
                 )
-            try:
-                raw = base64.b64decode(path.read_text().strip(), validate=True)
-            except (ValueError, OSError) as exc:
-                raise KeyringError(f"{path} is not a base64 key: {exc}") from None
-            if len(raw) != KEY_BYTES:
-                raise KeyringError(f"{path} holds {len(raw)} bytes, not {KEY_BYTES}")
+            raw = _read_key(path)
             versions[version] = _Version(version, raw, path, mtime)
         self._versions = versions
         self._signature = signature
@@ -164,32 +160,131 @@ class Keyring:
         if self.unwrap(version, blob, b"check:%d" % version) != CHECK_PLAINTEXT:
             raise KeyringError(f"master key version {version} does not match the database")
 
-    def retire(self, version: int) -> None:
+    def retire(self, version: int) -> bool:
         """Delete an old version's file once nothing is wrapped with it any more."""
         v = self._versions.get(version)
         if v is None or version == self.current_version:
-            return
+            return False
         v.path.unlink()
+        _sync_dir(v.path.parent)
+        self.reload()
+        return True
+
+    # -- rotation, in steps a crash can stop between ------------------------------------
+
+    def stage(self, directory: Path) -> Staged:
+        """A new version's key, written as ``master-v<N+1>.key.pending``: not yet a key
+        file, so nothing wraps with it until ``commit``. Refuses when a pending file exists
+        (a rotation running, or one interrupted: the daemon settles those at start)."""
+        version = self.current_version + 1
+        path = directory / f"master-v{version}.key{PENDING}"
+        raw = secrets.token_bytes(KEY_BYTES)
+        try:
+            _write_key(path, raw)
+        except FileExistsError:
+            raise KeyringError(
+                f"{path} exists: a key rotation is running or was "
+                "interrupted (the daemon completes or discards it at start)"
+            ) from None
+        return Staged(version, raw, path)
+
+    @staticmethod
+    def wrap_staged(staged: Staged, data_key: bytes, aad: bytes) -> bytes:
+        return seal(staged.key, data_key, aad)
+
+    @staticmethod
+    def staged_check_value(staged: Staged) -> bytes:
+        return seal(staged.key, CHECK_PLAINTEXT, b"check:%d" % staged.version)
+
+    @staticmethod
+    def staged_matches(staged: Staged, check_value: bytes) -> bool:
+        try:
+            return (
+                open_sealed(staged.key, check_value, b"check:%d" % staged.version)
+                == CHECK_PLAINTEXT
+            )
+        except Unreadable:
+            return False
+
+    def commit(self, staged: Staged) -> None:
+        """The staged key becomes ``master-v<N+1>.key``, the version that wraps from now on."""
+        final = staged.path.with_name(staged.path.name.removesuffix(PENDING))
+        os.link(staged.path, final)  # fails if that version exists: never overwrite a key
+        staged.path.unlink()
+        _sync_dir(final.parent)
         self.reload()
 
+    @staticmethod
+    def discard(staged: Staged) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            staged.path.unlink()
+        _sync_dir(staged.path.parent)
 
-def create_master_key(directory: Path, version: int) -> Path:
-    """Write ``master-v<version>.key`` (0600) atomically; refuses to overwrite."""
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = directory / f"master-v{version}.key"
-    tmp = directory / f".master-v{version}.key.tmp"
+    @staticmethod
+    def pending(directory: Path) -> list[Staged]:
+        """Pending keys a rotation left behind (it stopped between staging and commit)."""
+        out = []
+        if directory.is_dir():
+            for p in sorted(directory.iterdir()):
+                m = _PENDING_RE.search(p.name)
+                if m and p.is_file():
+                    out.append(Staged(int(m.group(1)), _read_key(p), p))
+        return out
+
+
+PENDING = ".pending"
+_PENDING_RE = re.compile(r"^master-v(\d{1,6})\.key\.pending$")
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A master key version made by a rotation that has not committed yet."""
+
+    version: int
+    key: bytes
+    path: Path
+
+
+def _read_key(path: Path) -> bytes:
+    try:
+        raw = base64.b64decode(path.read_text().strip(), validate=True)
+    except (ValueError, OSError) as exc:
+        raise KeyringError(f"{path} is not a base64 key: {exc}") from None
+    if len(raw) != KEY_BYTES:
+        raise KeyringError(f"{path} holds {len(raw)} bytes, not {KEY_BYTES}")
+    return raw
+
+
+def _write_key(path: Path, raw: bytes) -> None:
+    """Write a key file (0600) durably; FileExistsError if it exists: never overwrite."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()  # left by a crash while writing
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
-        fh.write(base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode() + "\n")
+        fh.write(base64.b64encode(raw).decode() + "\n")
         fh.flush()
         os.fsync(fh.fileno())
-    os.link(tmp, path)  # fails if the version exists: never overwrite a key
-    tmp.unlink()
+    try:
+        os.link(tmp, path)
+    finally:
+        tmp.unlink()
+    _sync_dir(path.parent)
+
+
+def _sync_dir(directory: Path) -> None:
     dfd = os.open(directory, os.O_DIRECTORY)
     try:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def create_master_key(directory: Path, version: int) -> Path:
+    """Write ``master-v<version>.key`` (0600) atomically; refuses to overwrite."""
+    path = directory / f"master-v{version}.key"
+    _write_key(path, secrets.token_bytes(KEY_BYTES))
     return path
 
 

@@ -180,7 +180,7 @@ class AccountService:
             )
             return key
 
-        key = await self._db.write("user.create", create)
+        key = await self._audit.transaction("user.create", create, "user.create")
         uri = totp.provisioning_uri(secret, name, self._auth.totp_issuer) if secret else None
         log.info("user created", extra={"user": name, "role": role})
         return NewUser(name, role, key, password, uri)
@@ -190,7 +190,9 @@ class AccountService:
 
     async def list_users(self) -> list[UserInfo]:
         now = self._now()
-        rows = await self._db.read("user.list", repo.users_with_key_counts)
+        rows, locked = await self._db.read(
+            "user.list", lambda s: (repo.users_with_key_counts(s), repo.locked_names(s, now))
+        )
         return [
             UserInfo(
                 u.name,
@@ -199,7 +201,7 @@ class AccountService:
                 u.daily_request_limit,
                 u.daily_token_limit,
                 u.totp_secret is not None,
-                bool(u.locked_until and u.locked_until > now),
+                u.name in locked,
                 u.created_at,
                 n,
             )
@@ -219,8 +221,70 @@ class AccountService:
             self._audit.append_in(s, Event.by(by, "user.disable", target=f"user:{name}"))
             repo.end_sessions_of(s, user.id, self._now())  # open sessions end with the account
 
-        await self._db.write("user.disable", disable)
+        await self._audit.transaction("user.disable", disable, "user.disable")
         log.info("user disabled", extra={"user": name})
+
+    async def enable_user(self, name: str, *, by: Identity | None = None) -> None:
+        """A disabled account works again (its revoked keys stay revoked). An erased one
+        cannot come back: its history is gone and its name stays taken."""
+
+        def enable(s: Tx) -> None:
+            user = require_user(s, name)
+            if user.erased_at is not None:
+                raise Conflict(
+                    f"name: user '{name}' was erased and cannot be enabled again", field="name"
+                )
+            user.disabled = False
+            self._audit.append_in(s, Event.by(by, "user.enable", target=f"user:{name}"))
+
+        await self._audit.transaction("user.enable", enable, "user.enable")
+        log.info("user enabled", extra={"user": name})
+
+    async def unlock(self, name: str, *, by: Identity | None = None) -> int:
+        """Lift every sign-in lock on ``name`` (all addresses and paths); returns how many
+        were in force."""
+        now = self._now()
+
+        def unlock(s: Tx) -> int:
+            require_user(s, name)
+            live = repo.live_locks(s, name, now)
+            repo.unlock(s, name)
+            self._audit.append_in(
+                s, Event.by(by, "user.unlock", target=f"user:{name}", detail=f"{live} locks lifted")
+            )
+            return live
+
+        return await self._audit.transaction("user.unlock", unlock, "user.unlock")
+
+    async def reset_password(self, name: str, *, by: Identity | None = None) -> str:
+        """A new one-time password, shown once: it opens only a form to choose a new one.
+        The user's sessions end; locks on the name are lifted."""
+        password = passwords.generate_password()
+        pw_hash = await asyncio.to_thread(passwords.hash_password, password)
+
+        def reset(s: Tx) -> None:
+            user = require_user(s, name)
+            if user.role == "metrics":
+                raise Invalid(
+                    "name: a metrics identity has no password, only API keys", field="name"
+                )
+            if user.erased_at is not None:
+                raise Conflict(f"name: user '{name}' was erased", field="name")
+            user.password_hash, user.must_change_password = pw_hash, True
+            ended = repo.end_sessions_of(s, user.id, self._now())
+            repo.unlock(s, name)
+            self._audit.append_in(
+                s,
+                Event.by(
+                    by,
+                    "user.password_reset",
+                    target=f"user:{name}",
+                    detail=f"{ended} sessions ended",
+                ),
+            )
+
+        await self._audit.transaction("user.password_reset", reset, "user.password_reset")
+        return password
 
     async def set_limits(
         self,
@@ -246,7 +310,7 @@ class AccountService:
                 ),
             )
 
-        await self._db.write("user.limits", limits)
+        await self._audit.transaction("user.limits", limits, "user.limits")
         return await self.user_info(name)
 
     async def reset_totp(self, name: str, *, by: Identity | None = None) -> str:
@@ -261,7 +325,7 @@ class AccountService:
             self._audit.append_in(s, Event.by(by, "user.totp_reset", target=f"user:{name}"))
             repo.end_sessions_of(s, user.id, self._now())
 
-        await self._db.write("user.totp_reset", reset)
+        await self._audit.transaction("user.totp_reset", reset, "user.totp_reset")
         return totp.provisioning_uri(secret, name, self._auth.totp_issuer)
 
     # -- keys ------------------------------------------------------------------------
@@ -281,15 +345,24 @@ class AccountService:
             )
             return key_id, key
 
-        return await self._db.write("key.create", create)
+        return await self._audit.transaction("key.create", create, "key.create")
 
     async def revoke_key(self, key_id: int, *, by: Identity | None = None) -> None:
         def revoke(s: Tx) -> None:
             if not repo.revoke_key(s, key_id, self._now()):
                 raise NotFound(f"no active API key with id {key_id}", field="key_id")
-            self._audit.append_in(s, Event.by(by, "key.revoke", target=f"key:{key_id}"))
+            ended = repo.end_sessions_by_key(s, key_id, self._now())  # sessions it opened
+            self._audit.append_in(
+                s,
+                Event.by(
+                    by,
+                    "key.revoke",
+                    target=f"key:{key_id}",
+                    detail=f"{ended} sessions ended" if ended else None,
+                ),
+            )
 
-        await self._db.write("key.revoke", revoke)
+        await self._audit.transaction("key.revoke", revoke, "key.revoke")
 
     async def list_keys(self, name: str | None = None) -> list[KeyInfo]:
         def keys(s: Tx) -> list[KeyInfo]:

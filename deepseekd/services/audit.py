@@ -61,24 +61,29 @@ class AuditLog:
 
     async def write_with(self, name: str, ev: Event, fn: Callable[[Tx], Any]) -> Any:
         """Run ``fn`` and append ``ev`` in one transaction: a change and its record commit
-        together or not at all. A database fault is StoreUnavailable, any other failure to
-        write AuditUnavailable (both counted as failed audit writes); a DomainError that
-        ``fn`` raised (the conversation was deleted meanwhile) is its own."""
+        together or not at all."""
 
         def both(s: Tx) -> Any:
             result = fn(s)
             self.append_in(s, ev)
             return result
 
+        return await self.transaction(name, both, ev.action)
+
+    async def transaction(self, name: str, fn: Callable[[Tx], Any], action: str) -> Any:
+        """Run ``fn``, which appends its own audit event(s), as transaction ``name``. A
+        database fault is StoreUnavailable, any other failure to write AuditUnavailable
+        (both counted as failed audit writes); a DomainError that ``fn`` raised (the
+        conversation was deleted meanwhile) is its own."""
         try:
-            return await self._db.write(name, both)
+            return await self._db.write(name, fn)
         except StoreUnavailable as exc:
-            self.record_failure(exc, ev.action)
+            self.record_failure(exc, action)
             raise
         except DomainError:
             raise
         except Exception as exc:
-            self.record_failure(exc, ev.action)
+            self.record_failure(exc, action)
             raise AuditUnavailable(str(exc)) from exc
 
     def record_failure(self, exc: BaseException, action: str) -> None:
@@ -89,8 +94,26 @@ class AuditLog:
     async def head(self) -> tuple[int, str]:
         return await self._db.read("audit.head", repo.head)
 
-    async def verify(self, batch: int = 5000) -> VerifyResult:
-        """Walk the chain; the first event that does not fit is named."""
+    async def verify(
+        self, batch: int = 5000, expect: tuple[int, str] | None = None
+    ) -> VerifyResult:
+        """Walk the chain; the first event that does not fit is named. ``expect``: an
+        anchor (event id, hash) kept outside the database, which the chain must still hold
+        (a chain rewritten with the audit key, or cut below it, does not)."""
+        result = await self._walk(batch, expect)
+        if result.ok and expect is not None and expect[0] > result.head_id:
+            return VerifyResult(
+                False,
+                result.events,
+                result.head_id,
+                result.head_hash,
+                expect[0],
+                f"the anchor names event {expect[0]} but the chain "
+                f"ends at event {result.head_id}: events were cut",
+            )
+        return result
+
+    async def _walk(self, batch: int, expect: tuple[int, str] | None) -> VerifyResult:
         key = self._key()
         expected_id, prev_hash, count = 1, GENESIS, 0
         async for ev in self._iter(batch):
@@ -122,6 +145,15 @@ class AuditLog:
                     prev_hash,
                     ev["id"],
                     f"event {ev['id']} was changed after it was written",
+                )
+            if expect is not None and ev["id"] == expect[0] and not same(ev["hash"], expect[1]):
+                return VerifyResult(
+                    False,
+                    count,
+                    ev["id"] - 1,
+                    prev_hash,
+                    ev["id"],
+                    f"event {ev['id']} is not the one the anchor recorded: the chain was rewritten",
                 )
             prev_hash, expected_id, count = ev["hash"], expected_id + 1, count + 1
         head_id, head_hash = await self.head()

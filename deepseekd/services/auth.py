@@ -1,20 +1,36 @@
-"""Who is calling: API keys, sessions, client certificates; logins with a password (and,
-for admins, a second factor); lockout after repeated failures.
+"""Who is calling: API keys, sessions, client certificates; sign-ins with a password (and,
+for admins, a second factor); throttles and locks against guessing.
+
+Guessing is slowed twice, neither of which lets a stranger lock anybody else out:
+
+* per source address, in memory: more than ``auth.login_attempts_per_minute`` sign-in
+  attempts from one address get 429 with Retry-After before any password is checked, so a
+  flood neither burns the CPU on Argon2 nor writes to the database;
+* per name, source address and path: ``auth.lockout_threshold`` refusals within the window
+  lock that name from that address on that path ('password': the chat page and the
+  console's password sign-in; 'key': an admin API key with a TOTP code). A stranger's wrong
+  passwords lock only the stranger's address, and never the key-and-TOTP path. Names that
+  do not exist are counted and locked exactly like those that do, so nothing is revealed.
 
 Password hashes (Argon2id) are checked outside any transaction, a few at a time in worker
-threads, so a flood of logins neither holds the database's write lock nor the event loop.
-Every login attempt, refused or not, is audited in the transaction that decides it.
+threads. Every sign-in, refused or not, is audited with its source address in the
+transaction that decides it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import datetime as dt
 import logging
+import time
+import zoneinfo
 from collections.abc import Callable
+from dataclasses import replace
 
-from deepseekd.config import AuthSettings
+from deepseekd.config import AuthSettings, QuotaSettings
 from deepseekd.domain.audit import Event
-from deepseekd.domain.errors import AuthFailed
+from deepseekd.domain.errors import AuthFailed, Forbidden, Invalid, RateLimited
 from deepseekd.domain.identity import Identity
 from deepseekd.security import passwords, totp
 from deepseekd.security.apikeys import hash_api_key, new_session_token
@@ -30,9 +46,40 @@ log = logging.getLogger("deepseekd.auth")
 
 HASH_WORKERS = 2
 """Password checks running at once; more wait their turn (each takes ~20 ms of one core)."""
+UNKNOWN_SOURCE = "unknown"
+PASSWORD, KEY = "password", "key"
+"""The sign-in paths a lock applies to."""
+MAX_TRACKED_SOURCES = 100_000
 
 
-def _session_identity(user: User, kind: str) -> Identity:
+class SourceThrottle:
+    """Sign-in attempts per source address in the last minute, in memory (per daemon)."""
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._limit = per_minute
+        self._now = clock
+        self._seen: dict[str, collections.deque[float]] = {}
+
+    def check(self, source: str) -> None:
+        """Count one attempt from ``source``; RateLimited when it is one too many."""
+        now = self._now()
+        seen = self._seen.setdefault(source, collections.deque())
+        while seen and seen[0] <= now - 60:
+            seen.popleft()
+        if len(seen) >= self._limit:
+            wait = max(1, int(seen[0] + 60 - now) + 1)
+            raise RateLimited(
+                f"too many sign-in attempts from this address; retry after {wait} s",
+                code="too_many_attempts",
+                retry_after=wait,
+            )
+        seen.append(now)
+        if len(self._seen) > MAX_TRACKED_SOURCES:  # forget the quietest addresses
+            for quiet in [s for s, q in self._seen.items() if not q or q[-1] <= now - 60]:
+                del self._seen[quiet]
+
+
+def _session_identity(user: User, kind: str, key_id: int | None = None) -> Identity:
     """Who a session of ``kind`` ('admin' or 'web') proves the caller to be."""
     return Identity(
         user.id,
@@ -42,6 +89,8 @@ def _session_identity(user: User, kind: str) -> Identity:
         None,
         user.daily_request_limit,
         user.daily_token_limit,
+        password_change_required=bool(user.must_change_password),
+        session_key_id=key_id,
     )
 
 
@@ -53,13 +102,16 @@ class AuthService:
         clock: Callable[[], float],
         audit: AuditLog,
         accounts: AccountService,
+        quota: QuotaSettings | None = None,
     ) -> None:
         self._db = db
         self._cfg = cfg
         self._now = clock
         self._audit = audit
         self._accounts = accounts
+        self._tz = zoneinfo.ZoneInfo((quota or QuotaSettings()).timezone)
         self._hashing = asyncio.Semaphore(HASH_WORKERS)
+        self.throttle = SourceThrottle(cfg.login_attempts_per_minute)
         self.on_lockout: Callable[[], None] = lambda: None
 
     async def _verify_password(self, stored_hash: str | None, password: str) -> bool:
@@ -103,7 +155,8 @@ class AuthService:
         )
 
     async def authenticate_session(self, token: str, kind: str = "admin") -> Identity | None:
-        """A session of that kind that has not ended nor idled out; touching it extends it."""
+        """A session of that kind that has not ended, idled out, outlived
+        ``auth.session_max_hours`` or lost the API key that opened it; use extends it."""
         now = self._now()
         idle = (
             self._cfg.session_idle_minutes
@@ -112,24 +165,28 @@ class AuthService:
         ) * 60
         digest = hash_api_key(token)
 
-        def touch(s: Tx) -> User | None:
+        def touch(s: Tx) -> Identity | None:
             found = repo.session_with_user(s, digest, kind)
             if found is None:
                 return None
             sess, user = found
-            if sess.ended_at is not None or user.disabled or now - sess.last_seen_at > idle:
+            over = (
+                sess.ended_at is not None
+                or user.disabled
+                or now - sess.last_seen_at > idle
+                or now - sess.created_at > self._cfg.session_max_hours * 3600
+                or (sess.key_id is not None and not repo.key_active(s, sess.key_id))
+            )
+            if over:
                 if sess.ended_at is None:
                     sess.ended_at = now
                 return None
             sess.last_seen_at = now
-            return user
+            return _session_identity(user, kind, sess.key_id)
 
-        user = await self._db.write("auth.session", touch)
-        if user is None:
-            return None
-        return _session_identity(user, kind)
+        return await self._db.write("auth.session", touch)
 
-    # -- logins ------------------------------------------------------------------------
+    # -- sign-ins ----------------------------------------------------------------------
 
     async def login(
         self,
@@ -138,48 +195,68 @@ class AuthService:
         password: object = None,
         api_key: object = None,
         code: object = None,
+        source: str | None = None,
     ) -> tuple[str, Identity]:
-        """Open an admin session: a password or API key plus a TOTP code. Raises AuthFailed."""
-        now = self._now()
-        user = await self._find(username)
-        key_digest = None
-        if isinstance(password, str) and password:
-            ok = await self._verify_password(user.password_hash if user else None, password)
-        elif isinstance(api_key, str) and api_key and user is not None:
-            ok, key_digest = False, hash_api_key(api_key)
+        """Open an admin session: a password or API key plus a TOTP code. Raises AuthFailed
+        (or RateLimited for an address over its attempts)."""
+        src, name = source or UNKNOWN_SOURCE, username if isinstance(username, str) else ""
+        self.throttle.check(src)
+        by_key = not (isinstance(password, str) and password) and isinstance(api_key, str)
+        path = KEY if by_key else PASSWORD
+        user = await self._before(name, src, path)
+        if by_key:
+            # Both known and unknown names look the key up (no Argon2 on this path at all),
+            # so the time taken tells nothing about which names exist.
+            digest = hash_api_key(str(api_key))
+            checked = await self._db.read(
+                "auth.login.key",
+                lambda s: repo.key_of_user(s, digest, user.id if user is not None else -1),
+            )
         else:
-            await self._verify_password(None, "x")  # same cost as a wrong password
-            ok = False
+            checked = await self._verify_password(
+                user.password_hash if user else None, password if isinstance(password, str) else ""
+            )
 
         def decide(s: Tx) -> tuple[User | None, str | None, str | None]:
             fresh = repo.user_by_id(s, user.id) if user is not None else None
-            checked = ok or (
-                fresh is not None
-                and key_digest is not None
-                and repo.key_of_user(s, key_digest, fresh.id)
-            )
             reason = None
             if fresh is None:
                 reason = "unknown user"
-            elif fresh.locked_until and fresh.locked_until > now:
-                reason = "locked"
             elif fresh.disabled or fresh.role != "admin":
                 reason = "not an active admin"
             elif not checked:
                 reason = "wrong password or key"
-                self._record_failure(s, fresh, "password", now)
             else:
-                reason = self._check_code(s, fresh, code, now)
-            return fresh, reason, self._close_login(s, "admin", fresh, reason, now)
+                reason = self._check_code(fresh, code, s, now=self._now())
+            if reason is not None and reason != "not an active admin":
+                self._refused(s, name, src, path, fresh)
+            token = None
+            if reason is None and fresh is not None and fresh.must_change_password:
+                reason = "password change required"
+            elif reason is None and fresh is not None:
+                key_id = repo.key_id_of(s, hash_api_key(str(api_key))) if by_key else None
+                token = self._open_session(s, fresh, "admin", key_id)
+            self._audit_login(s, "admin", name, fresh, reason, src)
+            return fresh, reason, token
 
-        fresh, reason, token = await self._db.write("auth.login", decide)
-        return self._login_result("admin", fresh, reason, token)
+        fresh, reason, token = await self._audit.transaction("auth.login", decide, "auth.login")
+        if reason == "password change required":
+            raise Forbidden(
+                "password_change_required: this password was set by an admin; "
+                "sign in on the chat page (/) and choose a new one first",
+                code="password_change_required",
+            )
+        return self._result("admin", fresh, reason, token)
 
-    async def web_login(self, username: object, password: object) -> tuple[str, Identity]:
+    async def web_login(
+        self, username: object, password: object, source: str | None = None
+    ) -> tuple[str, Identity]:
         """Open a browser session with a password (chat page, auditor view): no second
-        factor, so it never opens /admin/api. Same lockout and messages as admin logins."""
-        now = self._now()
-        user = await self._find(username)
+        factor, so it never opens /admin/api. Same throttles, locks and messages as admin
+        sign-ins."""
+        src, name = source or UNKNOWN_SOURCE, username if isinstance(username, str) else ""
+        self.throttle.check(src)
+        user = await self._before(name, src, PASSWORD)
         ok = await self._verify_password(
             user.password_hash if user else None, password if isinstance(password, str) else ""
         )
@@ -189,33 +266,93 @@ class AuthService:
             reason = None
             if fresh is None:
                 reason = "unknown user"
-            elif fresh.locked_until and fresh.locked_until > now:
-                reason = "locked"
             elif fresh.disabled or fresh.role == "metrics":
                 reason = "not an active user"
             elif not ok:
                 reason = "wrong password"
-                self._record_failure(s, fresh, "password", now)
-            return fresh, reason, self._close_login(s, "web", fresh, reason, now)
+            if reason in ("unknown user", "wrong password"):
+                self._refused(s, name, src, PASSWORD, fresh)
+            token = self._open_session(s, fresh, "web") if reason is None and fresh else None
+            self._audit_login(s, "web", name, fresh, reason, src)
+            return fresh, reason, token
 
-        fresh, reason, token = await self._db.write("auth.web_login", decide)
-        return self._login_result("web", fresh, reason, token)
+        fresh, reason, token = await self._audit.transaction(
+            "auth.web_login", decide, "auth.web_login"
+        )
+        return self._result("web", fresh, reason, token)
 
-    async def _find(self, username: object) -> User | None:
-        name = username if isinstance(username, str) else ""
-        if not NAME_RE.fullmatch(name):
-            return None
-        return await self._db.read("auth.user", lambda s: repo.user_by_name(s, name))
+    async def _before(self, name: str, source: str, path: str) -> User | None:
+        """Refuse a locked (name, source, path) with when to come back; else the user (None
+        for an unknown name), read in the same transaction."""
+        now = self._now()
 
-    def _close_login(
-        self, s: Tx, kind: str, user: User | None, reason: str | None, now: float
-    ) -> str | None:
-        """Open the session when nothing was wrong; audit the attempt either way."""
-        token = None
-        if reason is None:
-            assert user is not None
-            token = new_session_token()
-            repo.add_session(s, hash_api_key(token), user.id, kind, now)
+        def read(s: Tx) -> tuple[float | None, User | None]:
+            until = repo.lock_until(s, name[:64], source, path)
+            user = repo.user_by_name(s, name) if NAME_RE.fullmatch(name) else None
+            return until, user
+
+        until, user = await self._db.read("auth.login.check", read)
+        if until is not None and until > now:
+            raise self.locked(until)
+        return user
+
+    def locked(self, until: float) -> AuthFailed:
+        """The refusal of a locked sign-in: the same words for every name, existing or not."""
+        at = dt.datetime.fromtimestamp(until, self._tz)
+        # Rounded up: "after 14:05" must not be a minute too early.
+        if at.second or at.microsecond:
+            at = at.replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
+        return AuthFailed(
+            "locked",
+            locked_until=until,
+            message=f"too many attempts; try again after {at:%H:%M} "
+            f"({self._tz.key}) or ask IT to unlock the account",
+        )
+
+    def _refused(self, s: Tx, name: str, source: str, path: str, user: User | None) -> None:
+        """Record one refusal; lock (name, source, path) when it was one too many."""
+        now = self._now()
+        repo.add_attempt(s, name[:64], source, path, now)
+        count = repo.attempts_since(
+            s, name[:64], source, path, now - self._cfg.lockout_window_minutes * 60
+        )
+        if count < self._cfg.lockout_threshold:
+            return
+        until = now + self._cfg.lockout_minutes * 60
+        repo.set_lock(s, name[:64], source, path, until)
+        log.warning(
+            "sign-in locked",
+            extra={
+                "user_id": user.id if user else None,
+                "path": path,
+                "failures": count,
+                "minutes": self._cfg.lockout_minutes,
+            },
+        )
+        self._audit.append_in(
+            s,
+            Event(
+                action="account.lockout",
+                outcome="locked",
+                actor=user.name if user else None,
+                actor_id=user.id if user else None,
+                role=user.role if user else None,
+                target=f"user:{user.name}" if user else "unknown user",
+                client=source,
+                detail=f"{count} refused {path} sign-ins from this address; locked for "
+                f"{self._cfg.lockout_minutes} minutes",
+            ),
+        )
+        after_commit(s, lambda: self.on_lockout())
+
+    def _open_session(self, s: Tx, user: User, kind: str, key_id: int | None = None) -> str:
+        token = new_session_token()
+        repo.add_session(s, hash_api_key(token), user.id, kind, self._now(), key_id)
+        return token
+
+    def _audit_login(
+        self, s: Tx, kind: str, name: str, user: User | None, reason: str | None, source: str
+    ) -> None:
         self._audit.append_in(
             s,
             Event(
@@ -225,12 +362,12 @@ class AuthService:
                 actor_id=user.id if user else None,
                 role=user.role if user else None,
                 detail=reason,
+                client=source,
                 target=None if user else "unknown user",
             ),
         )
-        return token
 
-    def _login_result(
+    def _result(
         self, kind: str, user: User | None, reason: str | None, token: str | None
     ) -> tuple[str, Identity]:
         if reason is not None or user is None or token is None:
@@ -242,81 +379,125 @@ class AuthService:
         log.info("login", extra={"kind": kind, "user_id": user.id})
         return token, _session_identity(user, kind)
 
-    async def verify_second_factor(self, identity: Identity, code: object) -> None:
-        """An X-TOTP code on a single admin call made with an API key. Raises AuthFailed."""
+    async def verify_second_factor(
+        self, identity: Identity, code: object, source: str | None = None
+    ) -> None:
+        """An X-TOTP code on a single admin call made with an API key (the 'key' path).
+        Raises AuthFailed."""
+        src = source or identity.client or UNKNOWN_SOURCE
         now = self._now()
 
-        def check(s: Tx) -> str | None:
+        def check(s: Tx) -> tuple[str | None, float | None]:
+            until = repo.lock_until(s, identity.name, src, KEY)
+            if until is not None and until > now:
+                return "locked", until
             user = repo.user_by_id(s, identity.user_id)
             if user is None or user.disabled:
                 reason: str | None = "not an active admin"
-            elif user.locked_until and user.locked_until > now:
-                reason = "locked"
             else:
-                reason = self._check_code(s, user, code, now)
+                reason = self._check_code(user, code, s, now=now)
+                if reason is not None:
+                    self._refused(s, identity.name, src, KEY, user)
             if reason is not None:
                 self._audit.append_in(
-                    s, Event.by(identity, "admin.totp", outcome="denied", detail=reason)
+                    s, Event.by(identity, "admin.totp", outcome="denied", detail=reason, client=src)
                 )
-            return reason
+            return reason, None
 
-        reason = await self._db.write("auth.second_factor", check)
+        reason, until = await self._audit.transaction(
+            "auth.second_factor", check, "auth.second_factor"
+        )
+        if until is not None:
+            raise self.locked(until)
         if reason is not None:
             log.warning(
                 "second factor refused", extra={"reason": reason, "user_id": identity.user_id}
             )
             raise AuthFailed(reason)
 
-    def _check_code(self, s: Tx, user: User, code: object, now: float) -> str | None:
-        """None when ``code`` is a fresh TOTP; else the reason (the failure is recorded)."""
+    def _check_code(self, user: User, code: object, s: Tx, *, now: float) -> str | None:
+        """None when ``code`` is a fresh TOTP; else the reason."""
         if not user.totp_secret:
             return "no second factor enrolled"
         secret = self._accounts.open_totp(user.id, user.totp_secret)
         step = totp.matching_step(secret, code if isinstance(code, str) else "", now)
         if step is None:
-            self._record_failure(s, user, "totp", now)
             return "wrong code"
         if not repo.claim_totp_step(s, user.id, step):  # each step is accepted once
             log.warning("totp replay rejected", extra={"user_id": user.id})
-            self._record_failure(s, user, "totp", now)
             return "replayed code"
         return None
 
-    def _record_failure(self, s: Tx, user: User, kind: str, now: float) -> None:
-        """Record one failure; lock the account when it was one too many."""
-        repo.add_failure(s, user.id, now, kind)
-        count = repo.failures_since(s, user.id, now - self._cfg.lockout_window_minutes * 60)
-        if count >= self._cfg.lockout_threshold and not (
-            user.locked_until and user.locked_until > now
-        ):
-            user.locked_until = now + self._cfg.lockout_minutes * 60
-            log.warning(
-                "account locked",
-                extra={"user_id": user.id, "failures": count, "minutes": self._cfg.lockout_minutes},
+    # -- sessions and passwords ----------------------------------------------------------
+
+    async def logout(self, token: str, who: Identity | None = None) -> None:
+        """End the session; audited when it was open."""
+        now = self._now()
+        kind = "admin" if who is not None and who.via == "session" else "web"
+
+        def end(s: Tx) -> None:
+            if repo.end_session(s, hash_api_key(token), now) and who is not None:
+                self._audit.append_in(s, Event.by(who, f"{kind}.logout"))
+
+        await self._audit.transaction("auth.logout", end, "auth.logout")
+
+    async def change_password(
+        self, who: Identity, current: str, new: str, session_token: str | None = None
+    ) -> None:
+        """Self-service: the current password, then a new one (12-128 characters). Other
+        sessions of the user end; the one that asked stays."""
+        problem = passwords.check_password_rules(new)
+        if problem:
+            raise Invalid(f"new_password: {problem}", field="new_password")
+        if new == current:
+            raise Invalid(
+                "new_password: must differ from the current password", field="new_password"
             )
+        src = who.client or UNKNOWN_SOURCE
+        self.throttle.check(src)
+        user = await self._before(who.name, src, PASSWORD)
+        ok = user is not None and await self._verify_password(user.password_hash, current)
+        new_hash = await asyncio.to_thread(passwords.hash_password, new) if ok else None
+        keep = hash_api_key(session_token) if session_token else None
+
+        def change(s: Tx) -> bool:
+            fresh = repo.user_by_id(s, who.user_id)
+            if fresh is None or fresh.disabled or not ok:
+                self._refused(s, who.name, src, PASSWORD, fresh)
+                self._audit.append_in(
+                    s,
+                    Event.by(
+                        who, "user.password_change", outcome="denied", detail="wrong password"
+                    ),
+                )
+                return False
+            fresh.password_hash, fresh.must_change_password = new_hash, False
+            ended = repo.end_sessions_of(s, fresh.id, self._now(), keep=keep)
             self._audit.append_in(
                 s,
-                Event(
-                    action="account.lockout",
-                    outcome="locked",
-                    actor=user.name,
-                    actor_id=user.id,
-                    role=user.role,
-                    target=f"user:{user.name}",
-                    detail=f"{count} failures; locked for {self._cfg.lockout_minutes} minutes",
+                Event.by(
+                    who,
+                    "user.password_change",
+                    target=f"user:{who.name}",
+                    detail=f"{ended} other sessions ended",
                 ),
             )
-            after_commit(s, lambda: self.on_lockout())
+            return True
 
-    async def logout(self, token: str) -> None:
-        await self._db.write(
-            "auth.logout", lambda s: repo.end_session(s, hash_api_key(token), self._now())
-        )
+        if not await self._audit.transaction(
+            "user.password_change", change, "user.password_change"
+        ):
+            raise AuthFailed("wrong password", message="the current password is wrong")
 
     async def prune(self) -> None:
-        """Forget failures older than the lockout window and sessions long ended."""
+        """Forget refusals older than the lockout window, ended locks, long-ended sessions."""
         now = self._now()
         await self._db.write(
             "auth.prune",
-            lambda s: repo.prune(s, now - self._cfg.lockout_window_minutes * 60, now - 86400),
+            lambda s: repo.prune(s, now - self._cfg.lockout_window_minutes * 60, now - 86400, now),
         )
+
+
+def with_client(who: Identity, client: str | None) -> Identity:
+    """``who`` as seen on a call from ``client``."""
+    return replace(who, client=client)

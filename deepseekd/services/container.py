@@ -22,6 +22,7 @@ from deepseekd.services.accounts import AccountService
 from deepseekd.services.audit import AuditLog
 from deepseekd.services.auth import AuthService
 from deepseekd.services.chat import ChatService
+from deepseekd.services.erasure import ErasureService
 from deepseekd.services.history import HistoryService
 from deepseekd.services.keys import KeyService
 from deepseekd.services.lifecycle import Lifecycle
@@ -50,6 +51,7 @@ class Services:
     lora: LoraService
     runtime: RuntimeSettings
     chat: ChatService
+    erasure: ErasureService
 
     @classmethod
     def build(
@@ -74,13 +76,14 @@ class Services:
         audit = AuditLog(db, keys.cached_audit_key, clock, metrics.audit_write_failures.inc)
         keys.audit = audit
         accounts = AccountService(db, settings.auth, clock, audit, SecretBox(keys.cached_totp_key))
-        auth = AuthService(db, settings.auth, clock, audit, accounts)
+        auth = AuthService(db, settings.auth, clock, audit, accounts, settings.quota)
         auth.on_lockout = metrics.lockouts.inc
         usage = QuotaService(db, settings.quota, clock)
         history = HistoryService(db, keys, audit, clock)
         lora = LoraService(settings, db, audit, life, clock)
         runtime = RuntimeSettings(settings, db, audit, usage, clock)
         chat = ChatService(settings, life, usage, history, audit, lora, metrics, clock)
+        erasure = ErasureService(settings, db, keys, audit, chat, clock)
         return cls(
             settings,
             clock,
@@ -96,6 +99,7 @@ class Services:
             lora,
             runtime,
             chat,
+            erasure,
         )
 
     async def open(self, *, migrate: bool) -> tuple[str | None, str]:

@@ -13,11 +13,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from deepseekd.domain.audit import Event
-from deepseekd.domain.errors import Invalid, NotFound
+from deepseekd.domain.errors import Conflict, Invalid, NotFound
 from deepseekd.domain.identity import Identity
 from deepseekd.security.keyring import Unreadable, open_sealed, seal
 from deepseekd.services.audit import AuditLog
 from deepseekd.services.keys import KeyService
+from deepseekd.services.turns import (
+    AAD_VERSION,
+    TurnMeta,
+    meta_of,
+    open_part,
+    open_state,
+    seal_part,
+    seal_state,
+    title_aad,
+)
 from deepseekd.store import Tx
 from deepseekd.store import accounts as accounts_repo
 from deepseekd.store import history as repo
@@ -27,14 +37,6 @@ from deepseekd.store.schema import Conversation, Turn
 log = logging.getLogger("deepseekd.history")
 
 TITLE_CHARS = 60
-
-
-def _turn_aad(user_id: int, conversation_id: str, turn_id: str, part: str) -> bytes:
-    return f"turn:{user_id}:{conversation_id}:{turn_id}:{part}".encode()
-
-
-def _title_aad(user_id: int, conversation_id: str) -> bytes:
-    return f"title:{user_id}:{conversation_id}".encode()
 
 
 def valid_id(value: str) -> bool:
@@ -50,9 +52,13 @@ def not_found(conversation_id: str) -> NotFound:
     )
 
 
+class Erased(Conflict):
+    """The user was erased: nothing of theirs is stored again, whatever was in flight."""
+
+
 @dataclass(frozen=True)
 class TurnRecord:
-    """What a finished request leaves behind (content is sealed before it is stored)."""
+    """One answer of a finished (or stopped) request; content is sealed before it is stored."""
 
     messages: list[dict[str, str]]
     answer: str
@@ -66,6 +72,10 @@ class TurnRecord:
     """None: not a reasoning model."""
     reasoning_history: str = "drop"
     """What to keep of ``reasoning``: 'store' (sealed), 'hash' (its HMAC only) or 'drop'."""
+    choice: int = 0
+    """Which of the request's n answers."""
+    stopped: bool = False
+    """The answer ended early (the client stopped it or left): it is what the client got."""
 
 
 class HistoryService:
@@ -87,12 +97,14 @@ class HistoryService:
         if owner != who.user_id:  # another user's id looks exactly like a missing one
             raise not_found(conversation_id)
 
-    def turn_event(self, who: Identity, conversation_id: str, turn: TurnRecord) -> Event:
-        """The ``inference`` audit event of a stored turn: HMACs of prompt and answer."""
+    def turn_event(
+        self, who: Identity, conversation_id: str, turn: TurnRecord, action: str = "inference"
+    ) -> Event:
+        """The audit event of a stored request: HMACs of prompt and answer(s), never text."""
         prompt_text = "\n".join(f"{m['role']}: {m['content']}" for m in turn.messages)
         return Event.by(
             who,
-            "inference",
+            action,
             target=f"conversation:{conversation_id}",
             request_id=turn.request_id,
             client=turn.client,
@@ -107,38 +119,65 @@ class HistoryService:
         )
 
     def seal_in(
-        self, s: Tx, who: Identity, conversation_id: str, new: bool, turn: TurnRecord
-    ) -> str:
-        """Seal and store one turn inside the caller's transaction (``new``: the id was
-        allocated for a new conversation); returns the turn's id."""
+        self, s: Tx, who: Identity, conversation_id: str, new: bool, answers: list[TurnRecord]
+    ) -> list[str]:
+        """Seal and store one request's answers (one turn per choice, sharing a seq) inside
+        the caller's transaction (``new``: the id was allocated for a new conversation);
+        returns the turns' ids. Raises Erased when the user was erased meanwhile: then no
+        data key is made and nothing is stored."""
+        user = accounts_repo.user_for_update(s, who.user_id)
+        if user is None or user.erased_at is not None:
+            raise Erased("the user was erased; nothing is stored", code="user_erased")
         now = self._now()
         key = self._keys.user_key(s, who.user_id, create=True)
         assert key is not None
+        first = answers[0]
         if new:
-            title = next((m["content"] for m in turn.messages if m["role"] == "user"), turn.answer)[
-                :TITLE_CHARS
-            ]
+            title = next(
+                (m["content"] for m in first.messages if m["role"] == "user"), first.answer
+            )[:TITLE_CHARS]
             repo.add_conversation(
                 s,
                 conversation_id,
                 who.user_id,
-                seal(key, title.encode(), _title_aad(who.user_id, conversation_id)),
+                seal(key, title.encode(), title_aad(who.user_id, conversation_id)),
                 now,
             )
         elif not repo.touch(s, conversation_id, who.user_id, now):
             raise not_found(conversation_id)  # deleted meanwhile
-        turn_id = str(uuid.uuid4())
+        seq = 1 if new else repo.next_seq(s, conversation_id)
+        rows = [self._row(key, who.user_id, conversation_id, seq, turn, now) for turn in answers]
+        repo.add_turns(s, rows)
+        repo.set_state(s, conversation_id, seal_state(key, who.user_id, conversation_id, seq))
+        return [r["id"] for r in rows]
 
-        def aad(part: str) -> bytes:
-            return _turn_aad(who.user_id, conversation_id, turn_id, part)
-
+    def _row(
+        self, key: bytes, user_id: int, conversation_id: str, seq: int, turn: TurnRecord, now: float
+    ) -> dict[str, Any]:
+        meta = TurnMeta(
+            user_id,
+            conversation_id,
+            str(uuid.uuid4()),
+            seq,
+            turn.choice,
+            turn.model,
+            turn.prompt_tokens,
+            turn.completion_tokens,
+            turn.reasoning_tokens,
+            now,
+            turn.stopped,
+        )
         request_json = json.dumps(turn.messages, ensure_ascii=False).encode()
         row: dict[str, Any] = {
-            "id": turn_id,
+            "id": meta.turn_id,
             "conversation_id": conversation_id,
-            "user_id": who.user_id,
-            "request_ct": seal(key, request_json, aad("request")),
-            "answer_ct": seal(key, turn.answer.encode(), aad("answer")),
+            "user_id": user_id,
+            "seq": seq,
+            "choice": turn.choice,
+            "stopped": turn.stopped,
+            "aad_version": AAD_VERSION,
+            "request_ct": seal_part(key, meta, "request", request_json),
+            "answer_ct": seal_part(key, meta, "answer", turn.answer.encode()),
             "model": turn.model,
             "prompt_tokens": turn.prompt_tokens,
             "completion_tokens": turn.completion_tokens,
@@ -149,20 +188,19 @@ class HistoryService:
         }
         keep = turn.reasoning_history if turn.reasoning else "drop"
         if keep == "store":
-            row["reasoning_ct"] = seal(key, turn.reasoning.encode(), aad("reasoning"))
+            row["reasoning_ct"] = seal_part(key, meta, "reasoning", turn.reasoning.encode())
         elif keep == "hash":
             row["reasoning_hmac"] = self._audit.content_hmac(turn.reasoning)
-        repo.add_turn(s, row, first=new)
-        return turn_id
+        return row
 
     async def record_turn(
         self, who: Identity, conversation_id: str, new: bool, turn: TurnRecord
     ) -> None:
-        """Seal and store one turn with its ``inference`` audit event, in one transaction."""
+        """Seal and store one answer with its ``inference`` audit event, in one transaction."""
         await self._audit.write_with(
             "turn.seal",
             self.turn_event(who, conversation_id, turn),
-            lambda s: self.seal_in(s, who, conversation_id, new, turn),
+            lambda s: self.seal_in(s, who, conversation_id, new, [turn]),
         )
 
     # -- reading -----------------------------------------------------------------------
@@ -197,7 +235,7 @@ class HistoryService:
         if key is None or conv.title_ct is None:
             return None
         try:
-            return open_sealed(key, conv.title_ct, _title_aad(user_id, conv.id)).decode()
+            return open_sealed(key, conv.title_ct, title_aad(user_id, conv.id)).decode()
         except Unreadable:
             return None
 
@@ -224,7 +262,19 @@ class HistoryService:
             await self._audit.append(
                 Event.by(who, "history.unreadable", outcome="error", target=f"turn:{turn_id}")
             )
-        return {
+        missing = self._missing(who, conv, key, turns)
+        if missing:
+            log.error("conversation is missing turns", extra={"conversation_id": conv.id})
+            await self._audit.append(
+                Event.by(
+                    who,
+                    "history.incomplete",
+                    outcome="error",
+                    target=f"conversation:{conv.id}",
+                    detail=missing,
+                )
+            )
+        out: dict[str, Any] = {
             "id": conv.id,
             "title": self._title(key, who.user_id, conv),
             "created_at": conv.created_at,
@@ -232,66 +282,101 @@ class HistoryService:
             "messages": flat,
             "turns": rendered,
         }
+        if missing:
+            out["incomplete"] = missing
+        return out
+
+    def _missing(
+        self, who: Identity, conv: Conversation, key: bytes | None, turns: list[Turn]
+    ) -> str | None:
+        """What is wrong with the conversation as a whole (turns deleted from it), if
+        anything: the seqs must run 1..N and N must be the sealed request count."""
+        seqs = sorted({t.seq for t in turns})
+        if seqs != list(range(1, len(seqs) + 1)):
+            return (
+                f"requests {sorted(set(range(1, (seqs or [0])[-1] + 1)) - set(seqs))} are missing"
+            )
+        if key is None:
+            return None
+        try:
+            sealed = open_state(key, who.user_id, conv.id, conv.state_ct)
+        except Unreadable:
+            return "the conversation's sealed state does not open"
+        if sealed is not None and sealed != len(seqs):
+            return f"{sealed} requests were stored, {len(seqs)} are there"
+        return None
 
     def _open_turns(
         self, who: Identity, conversation_id: str, key: bytes | None, turns: list[Turn]
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
-        """(turns as the API shows them, the conversation as messages, unreadable turn ids)."""
+        """(turns as the API shows them, the conversation as messages, unreadable turn ids).
+        The messages follow the first answer of each request."""
         rendered: list[dict[str, Any]] = []
         flat: list[dict[str, Any]] = []
         sent: list[dict[str, Any]] = []  # flat as clients resend it
         unreadable: list[str] = []
         for t in turns:
-
-            def aad(part: str, turn_id: str = t.id) -> bytes:
-                return _turn_aad(who.user_id, conversation_id, turn_id, part)
-
-            try:
-                if key is None:
-                    raise Unreadable("no data key")
-                msgs = json.loads(open_sealed(key, t.request_ct, aad("request")))
-                answer = open_sealed(key, t.answer_ct, aad("answer")).decode()
-                reasoning = (
-                    open_sealed(key, t.reasoning_ct, aad("reasoning")).decode()
-                    if t.reasoning_ct is not None
-                    else None
-                )
-            except Unreadable:
+            opened = self._open(key, who.user_id, t)
+            if opened is None:
                 unreadable.append(t.id)
                 rendered.append(
                     {"id": t.id, "seq": t.seq, "unreadable": True, "created_at": t.created_at}
                 )
                 continue
-            item: dict[str, Any] = {
-                "id": t.id,
-                "seq": t.seq,
-                "messages": msgs,
-                "answer": answer,
-                "model": t.model,
-                "created_at": t.created_at,
-                "usage": {
-                    "prompt_tokens": t.prompt_tokens,
-                    "completion_tokens": t.completion_tokens,
-                },
-            }
-            reply: dict[str, Any] = {"role": "assistant", "content": answer}
-            if t.reasoning_tokens is not None:
-                item["usage"]["completion_tokens_details"] = {
-                    "reasoning_tokens": t.reasoning_tokens
-                }
-            if reasoning is not None:
-                item["reasoning_content"] = reply["reasoning_content"] = reasoning
-            if t.reasoning_hmac is not None:
-                item["reasoning_hmac"] = t.reasoning_hmac
+            item, msgs, answer = opened
             rendered.append(item)
+            if t.choice:
+                continue
             # Clients resend the history: add only what the conversation does not hold yet
             # (they resend answers without their reasoning).
+            reply: dict[str, Any] = {"role": "assistant", "content": answer}
+            if "reasoning_content" in item:
+                reply["reasoning_content"] = item["reasoning_content"]
             new = msgs[len(sent) :] if msgs[: len(sent)] == sent else msgs
             flat.extend(new)
             flat.append(reply)
             sent.extend(new)
             sent.append({"role": "assistant", "content": answer})
         return rendered, flat, unreadable
+
+    def _open(
+        self, key: bytes | None, user_id: int, t: Turn
+    ) -> tuple[dict[str, Any], list[dict[str, Any]], str] | None:
+        """One turn as the API shows it, with its messages and answer; None when it fails
+        authentication (or its user has no key any more)."""
+        if key is None:
+            return None
+        meta = meta_of(t, user_id)
+        try:
+            msgs = json.loads(open_part(key, meta, "request", t.request_ct, t.aad_version))
+            answer = open_part(key, meta, "answer", t.answer_ct, t.aad_version).decode()
+            reasoning = (
+                open_part(key, meta, "reasoning", t.reasoning_ct, t.aad_version).decode()
+                if t.reasoning_ct is not None
+                else None
+            )
+        except Unreadable:
+            return None
+        item: dict[str, Any] = {
+            "id": t.id,
+            "seq": t.seq,
+            "messages": msgs,
+            "answer": answer,
+            "model": t.model,
+            "created_at": t.created_at,
+            "usage": {"prompt_tokens": t.prompt_tokens, "completion_tokens": t.completion_tokens},
+        }
+        if t.choice:
+            item["choice"] = t.choice
+        if t.stopped:
+            item["stopped"] = True
+        if t.reasoning_tokens is not None:
+            item["usage"]["completion_tokens_details"] = {"reasoning_tokens": t.reasoning_tokens}
+        if reasoning is not None:
+            item["reasoning_content"] = reasoning
+        if t.reasoning_hmac is not None:
+            item["reasoning_hmac"] = t.reasoning_hmac
+        return item, msgs, answer
 
     async def rename_conversation(self, who: Identity, conversation_id: str, title: str) -> None:
         if not valid_id(conversation_id):
@@ -306,10 +391,13 @@ class HistoryService:
             key = self._keys.user_key(s, who.user_id, create=True)
             assert key is not None
             conv.title_ct = seal(
-                key, title.strip().encode(), _title_aad(who.user_id, conversation_id)
+                key, title.strip().encode(), title_aad(who.user_id, conversation_id)
+            )
+            self._audit.append_in(
+                s, Event.by(who, "history.rename", target=f"conversation:{conversation_id}")
             )
 
-        await self._db.write("history.rename", rename)
+        await self._audit.transaction("history.rename", rename, "history.rename")
 
     async def delete_conversation(self, who: Identity, conversation_id: str) -> None:
         if not valid_id(conversation_id):
@@ -322,7 +410,7 @@ class HistoryService:
                 s, Event.by(who, "history.delete", target=f"conversation:{conversation_id}")
             )
 
-        await self._db.write("history.delete", remove)
+        await self._audit.transaction("history.delete", remove, "history.delete")
 
     async def purge(self, retention_days: int) -> int:
         """Delete conversations untouched for ``retention_days``; returns how many."""
@@ -342,45 +430,9 @@ class HistoryService:
                 )
             return n
 
-        return await self._db.write("history.purge", purge)
+        return await self._audit.transaction("history.purge", purge, "history.purge")
 
     # -- data-subject rights -----------------------------------------------------------
-
-    async def erase_user(self, name: str, *, by: Identity | None = None) -> dict[str, Any]:
-        """GDPR Art. 17: destroy the data key first (every copy of the history, backups
-        included, becomes unreadable), then delete the rows and disable the account."""
-        user = await self._db.read("user.by_name", lambda s: accounts_repo.user_by_name(s, name))
-        if user is None:
-            raise NotFound(f"no user named '{name}'", field="name")
-        shredded = await self._db.write(
-            "user.erase.key", lambda s: self._keys.destroy_user_key(s, user.id)
-        )
-        now = self._now()
-
-        def erase(s: Tx) -> int:
-            convs = repo.delete_all_of(s, user.id)
-            row = accounts_repo.user_by_id(s, user.id)
-            assert row is not None
-            row.disabled, row.erased_at, row.password_hash, row.totp_secret = (
-                True,
-                now,
-                None,
-                None,
-            )
-            accounts_repo.revoke_keys_of(s, user.id, now)
-            self._audit.append_in(
-                s,
-                Event.by(by, "user.erase", target=f"user:{name}", detail=f"{convs} conversations"),
-            )
-            return convs
-
-        convs = await self._db.write("user.erase", erase)
-        return {
-            "name": name,
-            "erased": True,
-            "data_key_destroyed": shredded,
-            "conversations_deleted": convs,
-        }
 
     async def export_user(self, name: str, *, by: Identity | None = None) -> dict[str, Any]:
         """GDPR Art. 15: everything held about the user, as JSON."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from deepseekd.domain.audit import Event
 from deepseekd.domain.errors import Conflict
 from deepseekd.domain.identity import Identity
-from deepseekd.security.keyring import Keyring, KeyringError, create_master_key, new_data_key
+from deepseekd.security.keyring import Keyring, KeyringError, Staged, new_data_key
 from deepseekd.services.audit import AuditLog
 from deepseekd.store import Tx
 from deepseekd.store import keys as repo
@@ -49,14 +49,17 @@ class KeyService:
         self._now = clock
         self._user_keys: dict[int, bytes] = {}
         self._service_keys: dict[str, bytes] = {}
+        self._rotating = asyncio.Lock()
         self.audit: AuditLog | None = None
         """Set by the container once the audit log (which needs the audit key) exists."""
 
     # -- start-up ----------------------------------------------------------------------
 
     async def check(self) -> None:
-        """Refuse to run with a missing or wrong master key; record a new one's check value.
-        Then load (or, on first start, make) the service's own keys."""
+        """Refuse to run with a missing or wrong master key; record a new one's check value;
+        settle what an interrupted rotation left behind. Then load (or, on first start, make)
+        the service's own keys."""
+        await self._settle_pending()
 
         def check(s: Tx) -> None:
             checks = repo.key_checks(s)
@@ -79,13 +82,61 @@ class KeyService:
                 self.keyring.verify_check(v, checks[v].check_value)
             if max(self.keyring.versions) not in checks:
                 raise KeyringError(
-                    f"master key version {max(self.keyring.versions)} is not "
-                    "known to the database (a key file from another installation?)"
+                    f"master key version {max(self.keyring.versions)} is not known to the "
+                    "database (a key file from another installation?)"
                 )
 
         await self._db.write("keys.check", check)
         for name in (AUDIT_KEY, TOTP_KEY):
             await self.service_key(name)
+        await self._finish_rotation()
+
+    async def _settle_pending(self) -> None:
+        """A rotation stopped between staging its key and renaming it into place: if its
+        transaction committed (the database holds the new version's check value), finish
+        it; if not, the pending key was never used, and is removed."""
+        for staged in self.keyring.pending(self._keys_dir):
+            checks = await self._db.read("keys.pending", repo.key_checks)
+            row = checks.get(staged.version)
+            if row is not None and self.keyring.staged_matches(staged, row.check_value):
+                self.keyring.commit(staged)
+                log.warning(
+                    "completed a master key rotation that was interrupted after its commit",
+                    extra={"version": staged.version},
+                )
+            else:
+                self.keyring.discard(staged)
+                log.warning(
+                    "removed the pending key of a master key rotation that was "
+                    "interrupted before its commit; nothing was wrapped with it",
+                    extra={"version": staged.version},
+                )
+
+    async def _finish_rotation(self) -> None:
+        """Re-wrap what an older version still wraps (a daemon that wrapped a new user's key
+        during a rotation, or a rotation stopped before this step), then delete the files of
+        retired versions nothing uses any more."""
+        current = self.keyring.current_version
+        if len(self.keyring.versions) == 1:
+            return
+        await self._rewrap_stragglers(current)
+        if os.environ.get("CREDENTIALS_DIRECTORY"):
+            return  # read-only key files: the host retires them
+
+        def retired(s: Tx) -> list[int]:
+            checks = repo.key_checks(s)
+            used = repo.versions_in_use(s)
+            return [v for v, c in checks.items() if c.retired_at is not None and v not in used]
+
+        for v in await self._db.read("keys.retired", retired):
+            try:
+                if v != current and self.keyring.retire(v):
+                    log.info("retired master key file deleted", extra={"version": v})
+            except OSError as exc:
+                log.warning(
+                    "cannot delete a retired master key file",
+                    extra={"version": v, "error": str(exc)},
+                )
 
     # -- data keys ---------------------------------------------------------------------
 
@@ -166,54 +217,98 @@ class KeyService:
         return self._now() - (created if created is not None else self._now())
 
     async def rotate(
-        self, by: Identity | None, *, automatic: bool = False
+        self, by: Identity | None, *, automatic: bool = False, why: str = ""
     ) -> tuple[list[int], int]:
         """New master key version; every data key re-wrapped; the old version retired; one
         ``keys.rotate`` audit event. ``by`` None: the command line (or, with ``automatic``,
-        the daemon itself).
+        the daemon itself, ``why`` says what for).
 
-        Serving goes on: readers unwrap with whichever version a row names, and a daemon
-        picks up the new key file on its next wrap.
+        Crash-safe at every step: the new key is staged as a pending file that nothing wraps
+        with; the re-wrap, the new check value and the audit event commit in one
+        transaction; only then is the pending file renamed into place and the keyring moves
+        to it. A crash before the commit leaves a pending file the next start removes; after
+        it, one the next start renames (see ``check``). Serving goes on throughout: readers
+        unwrap with whichever version a row names.
         """
         if os.environ.get("CREDENTIALS_DIRECTORY"):
-            raise Conflict(CREDENTIALS, code="credentials_keys")
-        old = self.keyring.versions
-        new = max(old) + 1
-        create_master_key(self._keys_dir, new)
-        self.keyring.reload()
-        if self.keyring.current_version != new:
-            raise KeyringError(f"new master key v{new} not picked up from {self._keys_dir}")
-        detail = f"v{','.join(map(str, old))} -> v{new}"
-        event = (
-            Event.by_service("keys.rotate", detail=f"automatic: {detail}")
-            if automatic
-            else Event.by(by, "keys.rotate", detail=detail)
-        )
-        await self._rewrap(new, first=True, event=event)
-        # A daemon that wrapped a new user's key just before it saw the new file: catch it.
-        await asyncio.sleep(0.5)
-        await self._rewrap(new, first=False, event=None)
-        for v in old:
-            self.keyring.retire(v)
-        log.info("master key rotated", extra={"retired": old, "current": new})
-        return old, new
+            await self._refused(by, automatic)
+        async with self._rotating:
+            old = self.keyring.versions
+            try:
+                staged = self.keyring.stage(self._keys_dir)
+            except KeyringError as exc:
+                raise Conflict(str(exc), code="rotation_in_progress") from None
+            detail = f"v{','.join(map(str, old))} -> v{staged.version}"
+            if why:
+                detail += f" ({why})"
+            event = (
+                Event.by_service("keys.rotate", detail=f"automatic: {detail}")
+                if automatic
+                else Event.by(by, "keys.rotate", detail=detail)
+            )
+            try:
+                await self._rewrap_to(staged, event)
+            except BaseException:
+                self.keyring.discard(staged)  # never used: nothing was committed
+                raise
+            self.keyring.commit(staged)
+            # A process that wrapped a new user's key with the old version just before it
+            # saw the new file: give it a moment, then catch it.
+            await asyncio.sleep(0.5)
+            await self._finish_rotation()
+        log.info("master key rotated", extra={"retired": old, "current": staged.version})
+        return old, staged.version
 
-    async def _rewrap(self, new: int, *, first: bool, event: Event | None) -> None:
+    async def _refused(self, by: Identity | None, automatic: bool) -> None:
+        """With systemd credentials the key files are read-only: refuse, audited."""
+        event = (
+            Event.by_service("keys.rotate", outcome="denied", detail=CREDENTIALS)
+            if automatic
+            else Event.by(by, "keys.rotate", outcome="denied", detail=CREDENTIALS)
+        )
+        if self.audit is not None:
+            await self.audit.append(event)
+        raise Conflict(CREDENTIALS, code="credentials_keys")
+
+    async def _rewrap_to(self, staged: Staged, event: Event) -> None:
         now = self._now()
 
         def rewrap(s: Tx) -> None:
-            for row in repo.user_keys_not_at(s, new):
-                key = self.keyring.unwrap(row.kek_version, row.wrapped, _user_aad(row.user_id))
-                _, row.wrapped = self.keyring.wrap(key, _user_aad(row.user_id))
-                row.kek_version = new
-            for srow in repo.service_keys_not_at(s, new):
-                key = self.keyring.unwrap(srow.kek_version, srow.wrapped, _service_aad(srow.name))
-                _, srow.wrapped = self.keyring.wrap(key, _service_aad(srow.name))
-                srow.kek_version = new
-            if first:
-                repo.add_key_check(s, new, self.keyring.check_value(new), now)
-                repo.retire_other_checks(s, new, now)
-            if event is not None and self.audit is not None:
+            for row in repo.user_keys_not_at(s, staged.version):
+                aad = _user_aad(row.user_id)
+                key = self.keyring.unwrap(row.kek_version, row.wrapped, aad)
+                row.wrapped, row.kek_version = (
+                    self.keyring.wrap_staged(staged, key, aad),
+                    staged.version,
+                )
+            for srow in repo.service_keys_not_at(s, staged.version):
+                aad = _service_aad(srow.name)
+                key = self.keyring.unwrap(srow.kek_version, srow.wrapped, aad)
+                srow.wrapped, srow.kek_version = (
+                    self.keyring.wrap_staged(staged, key, aad),
+                    staged.version,
+                )
+            repo.add_key_check(s, staged.version, self.keyring.staged_check_value(staged), now)
+            repo.retire_other_checks(s, staged.version, now)
+            if self.audit is not None:
                 self.audit.append_in(s, event)
 
         await self._db.write("keys.rotate", rewrap)
+
+    async def _rewrap_stragglers(self, current: int) -> None:
+        def rewrap(s: Tx) -> int:
+            n = 0
+            for row in repo.user_keys_not_at(s, current):
+                aad = _user_aad(row.user_id)
+                key = self.keyring.unwrap(row.kek_version, row.wrapped, aad)
+                row.kek_version, row.wrapped = self.keyring.wrap(key, aad)
+                n += 1
+            for srow in repo.service_keys_not_at(s, current):
+                aad = _service_aad(srow.name)
+                key = self.keyring.unwrap(srow.kek_version, srow.wrapped, aad)
+                srow.kek_version, srow.wrapped = self.keyring.wrap(key, aad)
+                n += 1
+            return n
+
+        if n := await self._db.write("keys.rewrap", rewrap):
+            log.info("keys re-wrapped with the current master key", extra={"keys": n})

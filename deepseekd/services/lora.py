@@ -131,7 +131,9 @@ class LoraService:
         adapters_dir = self._settings.adapters_dir
         try:
             src = files.resolve_source(self._settings.lora_source_dir, path)
-            copy = await asyncio.to_thread(files.import_adapter, src, adapters_dir, name)
+            copy = await asyncio.to_thread(
+                files.import_adapter, src, adapters_dir, name, self._cfg.max_adapter_bytes
+            )
         except files.AdapterError as exc:
             raise Invalid(str(exc), field=exc.field) from None
         try:
@@ -174,11 +176,12 @@ class LoraService:
                     code="adapter_not_found",
                     field="name",
                 )
+            # Audited first: if the event cannot be written, the adapter stays (fail closed).
+            await self.unregister(name, by)
+            del self._loaded[name]
             engine = self._life.engine
             if engine is not None:
                 await engine.remove_adapter(name)
-            del self._loaded[name]
-            await self.unregister(name, by)
             await asyncio.to_thread(files.remove, self._settings.adapters_dir, name)
         log.info("lora adapter unloaded", extra={"adapter": name})
 
@@ -216,7 +219,7 @@ class LoraService:
             self._audit.append_in(s, event)
             return True
 
-        return bool(await self._db.write("lora.unload", forget))
+        return bool(await self._audit.transaction("lora.unload", forget, "lora.unload"))
 
     async def restore(self, engine: Engine) -> None:
         """At boot, once the engine is up: load the registered adapters again."""

@@ -5,13 +5,26 @@ daemon calls ``tick`` once a minute."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import TYPE_CHECKING
+
+from deepseekd.obs.logs import anchor_logger
 
 if TYPE_CHECKING:
     from deepseekd.services.container import Services
 
 log = logging.getLogger("deepseekd")
+
+
+async def log_anchor(svc: Services) -> None:
+    """The audit chain's head, to the log whatever its level (an anchor outside the
+    database): ``deepseekd audit verify --expect-head ID:HASH`` checks a chain against it."""
+    seq, digest = await svc.audit.head()
+    anchor_logger().info(
+        "audit head", extra={"audit_seq": seq, "audit_hash": digest, "anchor": f"{seq}:{digest}"}
+    )
+
 
 TICK_S = 60.0
 
@@ -36,9 +49,14 @@ class Maintenance:
                 log.info("retention purge", extra={"conversations": purged})
             await svc.auth.prune()  # old failed attempts and ended sessions
         if self._due("head", settings.audit.head_log_interval_s, now):
-            seq, digest = await svc.audit.head()
-            log.info("audit head", extra={"audit_seq": seq, "audit_hash": digest})
-        if (
+            await log_anchor(svc)
+        if settings.keys.rotation_days and os.environ.get("CREDENTIALS_DIRECTORY"):
+            if self._due("rotation-off", float("inf"), now):
+                log.warning(
+                    "automatic master key rotation is off: the master key comes from "
+                    "systemd credentials (read-only); rotate on the host"
+                )
+        elif (
             settings.keys.rotation_days
             and self._due("rotation", 3600, now)
             and await svc.keys.current_key_age() >= settings.keys.rotation_days * 86400

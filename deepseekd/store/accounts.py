@@ -9,7 +9,14 @@ from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from deepseekd.store.dialect import rowcount
-from deepseekd.store.schema import AdminSession, ApiKey, AuthFailure, QuotaUsage, User
+from deepseekd.store.schema import (
+    AdminSession,
+    ApiKey,
+    LoginAttempt,
+    LoginLock,
+    QuotaUsage,
+    User,
+)
 
 _KEY_LOOKUP = (
     select(
@@ -39,6 +46,12 @@ def user_by_name(s: Session, name: str) -> User | None:
 
 def user_by_id(s: Session, user_id: int) -> User | None:
     return s.get(User, user_id)
+
+
+def user_for_update(s: Session, user_id: int) -> User | None:
+    """The user row, locked for this transaction: an erasure and a turn being stored wait
+    for each other (PostgreSQL; SQLite has one writer anyway)."""
+    return s.execute(select(User).where(User.id == user_id).with_for_update()).scalar_one_or_none()
 
 
 def count_users(s: Session) -> int:
@@ -80,6 +93,10 @@ def add_key(s: Session, user_id: int, key_hash: str, prefix: str, label: str, no
 def key_identity(s: Session, digest: str) -> Any:
     """The active user behind an active key: id, name, role, limits and key_id."""
     return s.connection().execute(_KEY_LOOKUP, {"digest": digest}).first()
+
+
+def key_id_of(s: Session, digest: str) -> int | None:
+    return s.execute(select(ApiKey.id).where(ApiKey.key_hash == digest)).scalar_one_or_none()
 
 
 def key_of_user(s: Session, digest: str, user_id: int) -> bool:
@@ -140,50 +157,118 @@ def session_with_user(s: Session, token_hash: str, kind: str) -> tuple[AdminSess
     return (row[0], row[1]) if row is not None else None
 
 
-def add_session(s: Session, token_hash: str, user_id: int, kind: str, now: float) -> None:
+def add_session(
+    s: Session, token_hash: str, user_id: int, kind: str, now: float, key_id: int | None = None
+) -> None:
     s.add(
         AdminSession(
-            token_hash=token_hash, user_id=user_id, kind=kind, created_at=now, last_seen_at=now
+            token_hash=token_hash,
+            user_id=user_id,
+            kind=kind,
+            created_at=now,
+            last_seen_at=now,
+            key_id=key_id,
         )
     )
 
 
-def end_session(s: Session, token_hash: str, now: float) -> None:
-    s.execute(
-        update(AdminSession)
-        .where(AdminSession.token_hash == token_hash, AdminSession.ended_at.is_(None))
-        .values(ended_at=now)
+def key_active(s: Session, key_id: int) -> bool:
+    return (
+        s.execute(select(ApiKey.id).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))).first()
+        is not None
     )
 
 
-def end_sessions_of(s: Session, user_id: int, now: float) -> int:
-    return int(
+def end_session(s: Session, token_hash: str, now: float) -> bool:
+    return bool(
         rowcount(
             s.execute(
                 update(AdminSession)
-                .where(AdminSession.user_id == user_id, AdminSession.ended_at.is_(None))
+                .where(AdminSession.token_hash == token_hash, AdminSession.ended_at.is_(None))
                 .values(ended_at=now)
             )
         )
     )
 
 
-# -- failed attempts -----------------------------------------------------------------
+def end_sessions_of(s: Session, user_id: int, now: float, *, keep: str | None = None) -> int:
+    """End every open session of the user (but the one whose token hash is ``keep``)."""
+    q = update(AdminSession).where(AdminSession.user_id == user_id, AdminSession.ended_at.is_(None))
+    if keep is not None:
+        q = q.where(AdminSession.token_hash != keep)
+    return rowcount(s.execute(q.values(ended_at=now)))
 
 
-def add_failure(s: Session, user_id: int, now: float, kind: str) -> None:
-    s.add(AuthFailure(user_id=user_id, at=now, kind=kind))
+def end_sessions_by_key(s: Session, key_id: int, now: float) -> int:
+    """End the sessions an API key opened (the key was revoked)."""
+    return rowcount(
+        s.execute(
+            update(AdminSession)
+            .where(AdminSession.key_id == key_id, AdminSession.ended_at.is_(None))
+            .values(ended_at=now)
+        )
+    )
+
+
+# -- sign-in attempts and locks --------------------------------------------------------
+
+
+def add_attempt(s: Session, name: str, source: str, path: str, now: float) -> None:
+    """Record a refused sign-in."""
+    s.add(LoginAttempt(name=name, source=source, path=path, at=now))
     s.flush()
 
 
-def failures_since(s: Session, user_id: int, since: float) -> int:
+def attempts_since(s: Session, name: str, source: str, path: str, since: float) -> int:
     return int(
         s.execute(
             select(func.count())
-            .select_from(AuthFailure)
-            .where(AuthFailure.user_id == user_id, AuthFailure.at > since)
+            .select_from(LoginAttempt)
+            .where(
+                LoginAttempt.name == name,
+                LoginAttempt.source == source,
+                LoginAttempt.path == path,
+                LoginAttempt.at > since,
+            )
         ).scalar_one()
     )
+
+
+def lock_until(s: Session, name: str, source: str, path: str) -> float | None:
+    return s.execute(
+        select(LoginLock.until).where(
+            LoginLock.name == name, LoginLock.source == source, LoginLock.path == path
+        )
+    ).scalar_one_or_none()
+
+
+def set_lock(s: Session, name: str, source: str, path: str, until: float) -> None:
+    row = s.get(LoginLock, (name, source, path))
+    if row is None:
+        s.add(LoginLock(name=name, source=source, path=path, until=until))
+    else:
+        row.until = until
+
+
+def live_locks(s: Session, name: str, now: float) -> int:
+    return int(
+        s.execute(
+            select(func.count())
+            .select_from(LoginLock)
+            .where(LoginLock.name == name, LoginLock.until > now)
+        ).scalar_one()
+    )
+
+
+def locked_names(s: Session, now: float) -> set[str]:
+    return set(s.execute(select(LoginLock.name).where(LoginLock.until > now)).scalars())
+
+
+def unlock(s: Session, name: str) -> int:
+    """Lift every lock on ``name`` and forget its refused attempts; returns the locks lifted
+    that were still in force."""
+    s.execute(delete(LoginAttempt).where(LoginAttempt.name == name))
+    return rowcount(s.execute(delete(LoginLock).where(LoginLock.name == name)))
 
 
 def claim_totp_step(s: Session, user_id: int, step: int) -> bool:
@@ -205,8 +290,9 @@ def claim_totp_step(s: Session, user_id: int, step: int) -> bool:
     )
 
 
-def prune(s: Session, failures_before: float, sessions_before: float) -> None:
-    s.execute(delete(AuthFailure).where(AuthFailure.at < failures_before))
+def prune(s: Session, attempts_before: float, sessions_before: float, now: float) -> None:
+    s.execute(delete(LoginAttempt).where(LoginAttempt.at < attempts_before))
+    s.execute(delete(LoginLock).where(LoginLock.until < now))
     s.execute(delete(AdminSession).where(AdminSession.last_seen_at < sessions_before))
 
 

@@ -20,6 +20,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -285,6 +286,37 @@ class Database:
         _make_sqlite_safe(engine, self._busy_timeout_ms, cache_kib)
         return engine
 
+    async def forget_deleted(self, tables: tuple[str, ...]) -> str:
+        """Make deleted rows unrecoverable from the database's own files as far as the
+        database allows; says what was done. SQLite: rows are zeroed on delete
+        (secure_delete), and a TRUNCATE checkpoint moves the WAL into the file and empties
+        it, so no old page copy stays in the WAL. PostgreSQL: VACUUM marks the dead rows'
+        space free for reuse; the bytes stay on disk until overwritten (VACUUM FULL would
+        rewrite the tables, at the cost of an exclusive lock)."""
+        if self.is_sqlite:
+            path = make_url(self.url).database or ""
+
+            def checkpoint() -> str:
+                conn = sqlite3.connect(path, timeout=self._busy_timeout_s, isolation_level=None)
+                try:
+                    busy, log_pages, done = conn.execute(
+                        "PRAGMA wal_checkpoint(TRUNCATE)"
+                    ).fetchone()
+                finally:
+                    conn.close()
+                return (
+                    "WAL checkpointed and truncated"
+                    if not busy
+                    else (f"WAL checkpoint incomplete ({done} of {log_pages} pages; readers busy)")
+                )
+
+            return await asyncio.to_thread(checkpoint)
+        assert self._async is not None
+        async with self._async.connect() as conn:
+            auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await auto.exec_driver_sql(f"VACUUM {', '.join(tables)}")
+        return f"VACUUM {', '.join(tables)}"
+
     @property
     def read_pool_size(self) -> int:
         """Reader connections (SQLite), or connections kept open (PostgreSQL)."""
@@ -395,6 +427,9 @@ def _make_sqlite_safe(sync_engine: Engine, busy_timeout_ms: int, cache_kib: int)
         cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
+        # Deleted rows are overwritten with zeros, not left in free pages: an erased user's
+        # wrapped data key must not survive in the file (see forget_deleted for the WAL).
+        cur.execute("PRAGMA secure_delete=ON")
         cur.close()
 
     @event.listens_for(sync_engine, "begin")

@@ -21,14 +21,7 @@ _TOUCH_CONVERSATION = (
     .where(_CONVERSATIONS.c.id == bindparam("cid"), _CONVERSATIONS.c.user_id == bindparam("uid"))
     .values(updated_at=bindparam("now"))
 )
-_INSERT_FIRST_TURN = insert(_TURNS)
-_INSERT_NEXT_TURN = insert(_TURNS).values(
-    seq=(
-        select(func.coalesce(func.max(_TURNS.c.seq), 0) + 1)
-        .where(_TURNS.c.conversation_id == bindparam("cid"))
-        .scalar_subquery()
-    )
-)
+_INSERT_TURN = insert(_TURNS)
 
 
 def owner(s: Session, conversation_id: str) -> int | None:
@@ -63,12 +56,23 @@ def touch(s: Session, conversation_id: str, user_id: int, now: float) -> bool:
     )
 
 
-def add_turn(s: Session, row: dict[str, Any], *, first: bool) -> None:
-    """Store a sealed turn; ``first`` in a new conversation, else after its last turn."""
-    if first:
-        s.connection().execute(_INSERT_FIRST_TURN, {**row, "seq": 1})
-    else:
-        s.connection().execute(_INSERT_NEXT_TURN, {**row, "cid": row["conversation_id"]})
+def next_seq(s: Session, conversation_id: str) -> int:
+    """The seq of the conversation's next request (1 for a new one)."""
+    last = s.execute(
+        select(func.max(Turn.seq)).where(Turn.conversation_id == conversation_id)
+    ).scalar_one_or_none()
+    return int(last or 0) + 1
+
+
+def add_turns(s: Session, rows: list[dict[str, Any]]) -> None:
+    """Store sealed turns (their seq and choice set by the caller)."""
+    s.connection().execute(_INSERT_TURN, rows)
+
+
+def set_state(s: Session, conversation_id: str, state_ct: bytes) -> None:
+    s.execute(
+        update(Conversation).where(Conversation.id == conversation_id).values(state_ct=state_ct)
+    )
 
 
 def conversations(
@@ -106,7 +110,11 @@ def conversation(s: Session, conversation_id: str) -> Conversation | None:
 
 def turns(s: Session, conversation_id: str) -> Sequence[Turn]:
     return (
-        s.execute(select(Turn).where(Turn.conversation_id == conversation_id).order_by(Turn.seq))
+        s.execute(
+            select(Turn)
+            .where(Turn.conversation_id == conversation_id)
+            .order_by(Turn.seq, Turn.choice)
+        )
         .scalars()
         .all()
     )

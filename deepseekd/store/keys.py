@@ -78,3 +78,10 @@ def user_keys_not_at(s: Session, version: int) -> list[UserKey]:
 
 def service_keys_not_at(s: Session, version: int) -> list[ServiceKey]:
     return list(s.execute(select(ServiceKey).where(ServiceKey.kek_version != version)).scalars())
+
+
+def versions_in_use(s: Session) -> set[int]:
+    """Master key versions some wrapped key still needs."""
+    return {int(v) for v in s.execute(select(UserKey.kek_version).distinct()).scalars()} | {
+        int(v) for v in s.execute(select(ServiceKey.kek_version).distinct()).scalars()
+    }

@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
 )
+from sqlalchemy import false as sa_false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 ROLES = ("admin", "user", "auditor", "metrics")
@@ -47,8 +48,14 @@ class User(Base):
     daily_request_limit: Mapped[int | None] = mapped_column(Integer)
     daily_token_limit: Mapped[int | None] = mapped_column(BigInteger)
     locked_until: Mapped[float | None] = mapped_column(Float)
+    """No longer written: locks are per name, source address and path (LoginAttempt)."""
     created_at: Mapped[float] = mapped_column(Float)
     erased_at: Mapped[float | None] = mapped_column(Float)
+    """Set by an erasure; from then on nothing of the user is stored again."""
+    must_change_password: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=sa_false()
+    )
+    """The password was set by an admin (a reset): it only opens a form to change it."""
 
 
 class ApiKey(Base):
@@ -75,17 +82,37 @@ class AdminSession(Base):
     last_seen_at: Mapped[float] = mapped_column(Float)
     ended_at: Mapped[float | None] = mapped_column(Float)
     kind: Mapped[str] = mapped_column(String(8), server_default="admin")
+    key_id: Mapped[int | None] = mapped_column(Integer)
+    """The API key that opened it (admin login with a key): revoking the key ends it."""
 
 
-class AuthFailure(Base):
-    __tablename__ = "auth_failures"
+class LoginAttempt(Base):
+    """A refused sign-in: by name (existing or not), source address and path ('password',
+    'key' or 'totp'). Locks and throttles are counted from these."""
+
+    __tablename__ = "login_attempts"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(String(16))
     at: Mapped[float] = mapped_column(Float)
-    kind: Mapped[str] = mapped_column(String(16))
 
-    __table_args__ = (Index("ix_auth_failures_user_at", "user_id", "at"),)
+    __table_args__ = (
+        Index("ix_login_attempts_name_source", "name", "source", "path", "at"),
+        Index("ix_login_attempts_source_at", "source", "at"),
+    )
+
+
+class LoginLock(Base):
+    """A name locked from one source address on one sign-in path until ``until``."""
+
+    __tablename__ = "login_locks"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source: Mapped[str] = mapped_column(String(64), primary_key=True)
+    path: Mapped[str] = mapped_column(String(16), primary_key=True)
+    until: Mapped[float] = mapped_column(Float)
 
 
 class QuotaUsage(Base):
@@ -144,6 +171,8 @@ class Conversation(Base):
     title_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float, index=True)
+    state_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
+    """The number of requests in the conversation, sealed: a dropped last turn shows."""
 
 
 class Turn(Base):
@@ -166,8 +195,17 @@ class Turn(Base):
     reasoning_hmac: Mapped[str | None] = mapped_column(String(64))
     """Only the reasoning's HMAC under the audit key ([reasoning] history = "hash")."""
     reasoning_tokens: Mapped[int | None] = mapped_column(Integer)
+    stopped: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
+    """The answer ended early: the client stopped it or left; the text is what it got."""
+    choice: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Which of a request's n answers (0 for the first); they share the seq."""
+    aad_version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    """1: associated data names user, conversation and turn; 2: also seq, choice, model,
+    token counts, created_at and stopped, so none of them can change unnoticed."""
 
-    __table_args__ = (Index("ix_turns_conversation_seq", "conversation_id", "seq", unique=True),)
+    __table_args__ = (
+        Index("ix_turns_conversation_seq", "conversation_id", "seq", "choice", unique=True),
+    )
 
 
 class AuditEvent(Base):

@@ -345,7 +345,8 @@ async def test_abandoned_stream_still_costs_tokens(make_daemon: MakeDaemon,
 
 async def test_quota_holds_under_concurrency(make_daemon: MakeDaemon, clock: FakeClock) -> None:
     # No backpressure limit: all 600 must reach the quota check.
-    d = await make_daemon(clock=clock, env={"DEEPSEEKD_SERVER__MAX_QUEUED_REQUESTS": "0"})
+    d = await make_daemon(clock=clock, env={"DEEPSEEKD_SERVER__MAX_QUEUED_REQUESTS": "0",
+                                            "DEEPSEEKD_SERVER__MAX_CONCURRENT_PER_USER": "0"})
     q = await d.app[ACCOUNTS].create_user("racer", "user", daily_request_limit=500)
     auth = bearer(q.api_key)
 

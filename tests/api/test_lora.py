@@ -219,3 +219,50 @@ async def test_adapters_come_back_after_a_restart(make_daemon: MakeDaemon, clock
     await Daemon(client3, app3, third, d.key, off).wait_ready()
     assert third.adapters == {} and app3[LORA].loaded() == []
     assert [r.name for r in await app3[LORA].registered()] == ["alpha"]
+
+
+async def test_adapter_files_must_be_regular_and_not_too_large(make_daemon: MakeDaemon,
+                                                               clock: FakeClock,
+                                                               tmp_path: Path) -> None:
+    """The copy followed symlinks (a link to /dev/zero would fill the disk) and had no size
+    limit."""
+    d = await make_daemon(clock=clock, env={**ON, "DEEPSEEKD_LORA__MAX_ADAPTER_BYTES": "4096"})
+    h = await admin(d, clock)
+    linked = make_adapter(inbox(d) / "linked")
+    real = tmp_path / "elsewhere.safetensors"
+    (linked / "adapter_model.safetensors").rename(real)
+    (linked / "adapter_model.safetensors").symlink_to(real)
+    err = await error(await d.client.post(LORA_API, headers=h, json={
+        "name": "linked", "path": "linked"}), 400, param="path")
+    assert "adapter_model.safetensors" in err["message"]
+    big = make_adapter(inbox(d) / "big", rank=64)  # 2 x 64 x 8 floats = 4 KiB + header
+    assert (big / "adapter_model.safetensors").stat().st_size > 4096
+    err = await error(await d.client.post(LORA_API, headers=h, json={
+        "name": "big", "path": "big"}), 400, param="path")
+    assert "above the limit of 4096" in err["message"]
+    assert d.engine.adapters == {}
+    assert not list(d.settings.adapters_dir.glob("*")) if d.settings.adapters_dir.exists() else True
+
+
+async def test_an_unload_is_audited_before_the_adapter_leaves_the_engine(
+        make_daemon: MakeDaemon, clock: FakeClock) -> None:
+    d = await make_daemon(clock=clock, env=ON)
+    h = await admin(d, clock)
+    make_adapter(inbox(d) / "tone")
+    await ok_json(await d.client.post(LORA_API, headers=h, json={"name": "tone",
+                                                                 "path": "tone"}), 201)
+    audit = d.app[AUDIT]
+    real = audit.append_in
+
+    def down(s, ev):  # type: ignore[no-untyped-def]
+        if ev.action == "lora.unload":
+            raise RuntimeError("audit write failed")
+        return real(s, ev)
+
+    audit.append_in = down  # type: ignore[method-assign]
+    resp = await d.client.delete(LORA_API + "/tone", headers=h)
+    assert resp.status == 503
+    assert "tone" in d.engine.adapters  # fail closed: not unloaded without its record
+    audit.append_in = real  # type: ignore[method-assign]
+    await ok_json(await d.client.delete(LORA_API + "/tone", headers=h))
+    assert d.engine.adapters == {}

@@ -372,34 +372,206 @@ async def test_older_step_after_newer_is_refused(accounts: Accounts,
 # --------------------------------------------------------------------------- lockout
 
 
+STRANGER, DESK = "203.0.113.9", "10.0.0.5"
+
+
 @pytest.mark.parametrize("kinds", ["ppppp", "ccccc", "pcpcp"])
-async def test_five_failures_lock_the_account(accounts: Accounts, clock: FakeClock,
-                                              kinds: str) -> None:
+async def test_five_failures_lock_the_name_from_that_address(accounts: Accounts,
+                                                             clock: FakeClock,
+                                                             kinds: str) -> None:
     admin, secret = await make_admin(accounts)
     for kind in kinds:
         clock.advance(40)  # a fresh step each time, so a right code would be fresh too
         good = code_at(secret, clock())
         with pytest.raises(AuthFailed):
             if kind == "p":
-                await accounts.login("root", password="not-the-password", code=good)
+                await accounts.login("root", password="not-the-password", code=good,
+                                     source=DESK)
             else:
                 bad = f"{(int(good) + 500_000) % 1_000_000:06d}"
-                await accounts.login("root", password=admin.password, code=bad)
+                await accounts.login("root", password=admin.password, code=bad, source=DESK)
     assert [u.locked for u in await accounts.list_users()] == [True]
     clock.advance(30)
-    with pytest.raises(AuthFailed):  # right password, right code: still refused
-        await accounts.login("root", password=admin.password, code=code_at(secret, clock()))
+    with pytest.raises(AuthFailed) as err:  # right password, right code: still refused here
+        await accounts.login("root", password=admin.password, code=code_at(secret, clock()),
+                             source=DESK)
+    assert err.value.locked_until == pytest.approx(clock() - 30 + 15 * MINUTE)
+    assert err.value.message.startswith("too many attempts; try again after ")
+    assert err.value.message.endswith("(UTC) or ask IT to unlock the account")
+    # The API key and its second factor are another path: not locked.
     who = await accounts.authenticate_key(admin.api_key)
-    assert who is not None  # API keys keep working; the admin second factor does not
+    assert who is not None
     clock.advance(30)
-    with pytest.raises(AuthFailed):
-        await accounts.verify_second_factor(who, code_at(secret, clock()))
+    await accounts.verify_second_factor(who, code_at(secret, clock()), DESK)
 
     clock.advance(15 * MINUTE - 60)  # 15 minutes after the fifth failure
     assert [u.locked for u in await accounts.list_users()] == [False]
     token, _ = await accounts.login("root", password=admin.password,
-                                    code=code_at(secret, clock()))
+                                    code=code_at(secret, clock()), source=DESK)
     assert await accounts.authenticate_session(token) is not None
+
+
+async def test_a_strangers_wrong_passwords_lock_out_no_one_else(accounts: Accounts,
+                                                               clock: FakeClock) -> None:
+    """The denial of service the review found: five wrong passwords on the open chat login
+    locked the admin out of every path. Now they lock the stranger's address only."""
+    admin, secret = await make_admin(accounts)
+    for _ in range(10):
+        clock.advance(1)
+        with pytest.raises(AuthFailed):
+            await accounts.web_login("root", "guess-guess-guess", source=STRANGER)
+    clock.advance(30)
+    token, _ = await accounts.login("root", password=admin.password,
+                                    code=code_at(secret, clock()), source=DESK)
+    assert token.startswith("dss-")
+    clock.advance(30)
+    token, _ = await accounts.login("root", api_key=admin.api_key,
+                                    code=code_at(secret, clock()), source=STRANGER)
+    assert token.startswith("dss-")  # the key path is not the password path
+    web, _ = await accounts.web_login("root", admin.password, source=DESK)
+    assert web.startswith("dss-")
+    with pytest.raises(AuthFailed) as err:
+        await accounts.web_login("root", admin.password, source=STRANGER)
+    assert err.value.locked_until is not None
+
+
+async def test_names_that_do_not_exist_lock_alike(accounts: Accounts, clock: FakeClock) -> None:
+    """A locked name says the same whether it exists or not: nothing is revealed."""
+    await make_admin(accounts)
+    messages = {}
+    for name in ("root", "ghost"):
+        for _ in range(5):
+            with pytest.raises(AuthFailed) as err:
+                await accounts.web_login(name, "wrong-wrong-wrong", source=STRANGER)
+            assert err.value.locked_until is None  # plain refusals until the lock
+        with pytest.raises(AuthFailed) as err:
+            await accounts.web_login(name, "wrong-wrong-wrong", source=STRANGER)
+        messages[name] = (err.value.message, err.value.locked_until)
+    assert messages["root"] == messages["ghost"]
+
+
+async def test_one_address_is_throttled_before_any_password_is_checked(
+        accounts: Accounts, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    from deepseekd.domain.errors import RateLimited
+    from deepseekd.security import passwords
+
+    await make_admin(accounts)
+    checked = []
+    real = passwords.verify_password
+    monkeypatch.setattr(passwords, "verify_password",
+                        lambda h, p: checked.append(p) or real(h, p))
+    for i in range(30):  # auth.login_attempts_per_minute
+        with pytest.raises(AuthFailed):
+            await accounts.web_login(f"flood{i}", "x" * 12, source=STRANGER)
+    with pytest.raises(RateLimited) as err:
+        await accounts.web_login("flood-x", "x" * 12, source=STRANGER)
+    assert err.value.code == "too_many_attempts" and 1 <= (err.value.retry_after or 0) <= 61
+    assert len(checked) == 30  # the 31st never reached Argon2
+    with pytest.raises(AuthFailed):  # another address is not affected
+        await accounts.web_login("flood-x", "x" * 12, source=DESK)
+
+
+async def test_api_key_sign_in_costs_the_same_for_any_name(
+        accounts: Accounts, clock: FakeClock, db, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The admin API-key sign-in took 6 ms for a known name and 28 ms for an unknown one
+    (Argon2 ran only for the unknown). Now both do the same work: no Argon2, the same
+    transactions."""
+    from deepseekd.security import passwords
+
+    admin, secret = await make_admin(accounts)
+    hashed: list[str] = []
+    monkeypatch.setattr(passwords, "verify_password", lambda h, p: hashed.append(p) or False)
+    runs: dict[str, list[str]] = {}
+    for name in ("root", "ghost"):
+        seen: list[str] = []
+        monkeypatch.setattr(db, "observe", lambda tx, _s, seen=seen: seen.append(tx))
+        with pytest.raises(AuthFailed):
+            await accounts.login(name, api_key="dsk-wrong", code="000000", source=DESK)
+        runs[name] = seen
+    assert runs["root"] == runs["ghost"] and hashed == []
+
+
+async def test_unlock_lifts_every_lock_on_the_name(accounts: Accounts, clock: FakeClock) -> None:
+    admin, secret = await make_admin(accounts)
+    for source in (STRANGER, DESK):
+        for _ in range(5):
+            with pytest.raises(AuthFailed):
+                await accounts.web_login("root", "wrong-wrong-wrong", source=source)
+    assert [u.locked for u in await accounts.list_users()] == [True]
+    assert await accounts.unlock("root") == 2
+    assert [u.locked for u in await accounts.list_users()] == [False]
+    token, _ = await accounts.web_login("root", admin.password, source=STRANGER)
+    assert token.startswith("dss-")
+    with pytest.raises(DomainError) as err:
+        await accounts.unlock("nobody")
+    assert from_domain(err.value).status == 404
+
+
+async def test_password_reset_is_one_time_and_must_be_changed(accounts: Accounts,
+                                                              clock: FakeClock) -> None:
+    from deepseekd.domain.errors import Forbidden, Invalid
+
+    admin, secret = await make_admin(accounts)
+    user = await accounts.create_user("nurse", "user")
+    old_session, _ = await accounts.web_login("nurse", user.password, source=DESK)
+    one_time = await accounts.reset_password("nurse")
+    assert one_time != user.password
+    assert await accounts.authenticate_session(old_session, "web") is None  # sessions end
+    with pytest.raises(AuthFailed):
+        await accounts.web_login("nurse", user.password, source=DESK)
+    token, who = await accounts.web_login("nurse", one_time, source=DESK)
+    assert who.password_change_required
+    session = await accounts.authenticate_session(token, "web")
+    assert session is not None and session.password_change_required
+    with pytest.raises(Invalid):
+        await accounts.change_password(session, one_time, "short", token)
+    with pytest.raises(AuthFailed):
+        await accounts.change_password(session, "not-the-one-time", "a-new-password-1", token)
+    await accounts.change_password(session, one_time, "a-new-password-1", token)
+    after = await accounts.authenticate_session(token, "web")
+    assert after is not None and not after.password_change_required  # this session stays
+    with pytest.raises(AuthFailed):
+        await accounts.web_login("nurse", one_time, source=DESK)
+    _, again = await accounts.web_login("nurse", "a-new-password-1", source=DESK)
+    assert not again.password_change_required
+    # An admin whose password was reset must change it before the console opens.
+    admin_once = await accounts.reset_password("root")
+    with pytest.raises(Forbidden):
+        await accounts.login("root", password=admin_once, code=code_at(secret, clock()),
+                             source=DESK)
+
+
+async def test_enable_again_but_not_after_erasure(accounts: Accounts) -> None:
+    user = await accounts.create_user("leaver", "user")
+    await accounts.disable_user("leaver")
+    assert await accounts.authenticate_key(user.api_key) is None
+    await accounts.enable_user("leaver")
+    assert await accounts.authenticate_key(user.api_key) is not None
+
+
+async def test_sessions_end_after_the_absolute_lifetime(accounts: Accounts,
+                                                        clock: FakeClock) -> None:
+    user = await accounts.create_user("busy", "user")
+    token, _ = await accounts.web_login("busy", user.password, source=DESK)
+    for _ in range(int(12 * 60 / 10) - 1):  # used every 10 minutes for (almost) 12 hours
+        clock.advance(10 * MINUTE)
+        assert await accounts.authenticate_session(token, "web") is not None
+    clock.advance(11 * MINUTE)
+    assert await accounts.authenticate_session(token, "web") is None
+
+
+async def test_revoking_the_key_ends_the_session_it_opened(accounts: Accounts,
+                                                          clock: FakeClock) -> None:
+    admin, secret = await make_admin(accounts)
+    key_id, key = await accounts.create_key("root", "console")
+    by_key, _ = await accounts.login("root", api_key=key, code=code_at(secret, clock()),
+                                     source=DESK)
+    clock.advance(30)
+    by_password, _ = await accounts.login("root", password=admin.password,
+                                          code=code_at(secret, clock()), source=DESK)
+    await accounts.revoke_key(key_id)
+    assert await accounts.authenticate_session(by_key) is None
+    assert await accounts.authenticate_session(by_password) is not None
 
 
 async def test_failures_outside_the_window_do_not_lock(accounts: Accounts,
@@ -430,12 +602,19 @@ async def test_four_failures_do_not_lock(accounts: Accounts, clock: FakeClock) -
 
 async def test_wrong_second_factor_on_api_key_calls_counts(accounts: Accounts,
                                                            clock: FakeClock) -> None:
+    """Wrong X-TOTP codes with a valid key lock the key path from that address; the
+    password path stays open (whoever holds the key is not the password's owner)."""
     admin, secret = await make_admin(accounts)
     who = await accounts.authenticate_key(admin.api_key)
     assert who is not None
     for _ in range(5):
         clock.advance(1)
         with pytest.raises(AuthFailed):
-            await accounts.verify_second_factor(who, "abcdef")
-    with pytest.raises(AuthFailed):
-        await accounts.login("root", password=admin.password, code=code_at(secret, clock()))
+            await accounts.verify_second_factor(who, "abcdef", STRANGER)
+    clock.advance(30)
+    with pytest.raises(AuthFailed) as err:
+        await accounts.verify_second_factor(who, code_at(secret, clock()), STRANGER)
+    assert err.value.locked_until is not None
+    token, _ = await accounts.login("root", password=admin.password,
+                                    code=code_at(secret, clock()), source=STRANGER)
+    assert token.startswith("dss-")

@@ -403,3 +403,51 @@ async def test_query_filters_and_pages(stack: Stack, clock: Any) -> None:
     assert [e["id"] for e in await stack.audit.query(since=t0 + 4, until=t0 + 7)] == [4, 5, 6]
     assert [e["id"] for e in await stack.audit.query(after_id=7, limit=2)] == [8, 9]
     assert await stack.audit.query(after_id=N_EVENTS) == []
+
+
+# --------------------------------------------------------------------------- the anchor
+
+
+@SQLITE_ONLY
+async def test_verify_against_an_anchor_kept_elsewhere(stack: Stack, clock: Any) -> None:
+    """`audit verify --expect-head ID:HASH`: a chain rewritten with the audit key verifies
+    on its own, but not against the head logged before the rewrite."""
+    await append_events(stack.audit, clock)
+    anchor = await stack.audit.head()
+    assert (await stack.audit.verify(expect=anchor)).ok
+    assert (await stack.audit.verify(expect=(4, (await raw_events(stack.db))[3]["hash"]))).ok
+    # Someone with the audit key rewrites event 4 and re-chains everything after it.
+    await sql(stack.db, "UPDATE audit_events SET outcome = 'denied' WHERE id = 4")
+    await _recompute_from(stack.db, 4, chain_hash, stack.keys.cached_audit_key())
+    assert (await stack.audit.verify()).ok
+    result = await stack.audit.verify(expect=anchor)
+    assert not result.ok and "rewritten" in (result.reason or "")
+    cut = await stack.audit.verify(expect=(N_EVENTS + 5, "0" * 64))
+    assert not cut.ok and "cut" in (cut.reason or "")
+
+
+async def test_the_anchor_is_logged_whatever_the_level(db: Database, tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """An admin could set obs.log_level = WARNING at run time and so switch the anchor
+    (logged at INFO) off."""
+    import logging
+
+    from deepseekd.obs.logs import ANCHOR_LOGGER
+    from deepseekd.services.maintenance import log_anchor
+
+    class Svc:
+        audit: Any
+
+    stack = await make_stack(db, tmp_path / "keys", lambda: 1_780_000_000.0)
+    svc = Svc()
+    svc.audit = stack.audit
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(logging.WARNING)
+    try:
+        await log_anchor(svc)  # type: ignore[arg-type]
+        logging.getLogger("deepseekd").info("an ordinary INFO line")  # filtered, as it should
+    finally:
+        root.setLevel(before)
+    assert [r.getMessage() for r in caplog.records] == ["audit head"]
+    assert caplog.records[0].name == ANCHOR_LOGGER

@@ -29,7 +29,10 @@ from deepseekd.http.errors import from_domain
 from tests.support.services import make_accounts
 from deepseekd.services.audit import AuditLog
 from deepseekd.store.db import Database
+from deepseekd.config import Settings
+from deepseekd.services.erasure import ErasureService
 from deepseekd.services.history import HistoryService, TurnRecord
+from deepseekd.services.turns import meta_of
 from deepseekd.services.keys import KeyService
 
 PROMPT = "my locker code is ZEBRA-QUARTZ-7781"
@@ -54,6 +57,7 @@ class Stack:
     clock: Any
     alice: Identity
     bob: Identity
+    erasure: ErasureService
 
 
 async def make_stack(db: Database, keys_dir: Path, clock: Any) -> Stack:
@@ -68,8 +72,17 @@ async def make_stack(db: Database, keys_dir: Path, clock: Any) -> Stack:
         await accounts.create_user(name, "user")
         uid = (await sql(db, "SELECT id FROM users WHERE name = :n", n=name))[0][0]
         people.append(Identity(uid, name, "user", "api_key"))
+    keys.audit = audit
+    erasure = ErasureService(Settings(), db, keys, audit, NoChat(), clock)  # type: ignore[arg-type]
     return Stack(db, keys, audit, HistoryService(db, keys, audit, clock), accounts, keys_dir,
-                 clock, *people)
+                 clock, *people, erasure=erasure)
+
+
+class NoChat:
+    """No requests in flight: the erasures here run beside no daemon."""
+
+    async def stop_user(self, user_id: int, reason: str) -> int:
+        return 0
 
 
 @pytest.fixture
@@ -305,20 +318,24 @@ async def test_erase_user_crypto_shreds(stack: Stack) -> None:
     s = stack
     cid = await two_turns(s, s.alice)
     bobs = await two_turns(s, s.bob)
-    row = (await sql(s.db, "SELECT id, answer_ct FROM turns WHERE conversation_id = :c AND "
-                     "seq = 1", c=cid))[0]
-    turn_id, backup_ct = row[0], bytes(row[1])
+    row = (await sql(s.db, "SELECT id, conversation_id, seq, choice, model, prompt_tokens, "
+                     "completion_tokens, reasoning_tokens, created_at, stopped, answer_ct "
+                     "FROM turns WHERE conversation_id = :c AND seq = 1", c=cid))[0]
+    backup_ct = bytes(row.answer_ct)
     backup_key_row = (await sql(s.db, "SELECT kek_version, wrapped FROM user_keys WHERE "
                                 "user_id = :u", u=s.alice.user_id))[0]
-    aad = f"turn:{s.alice.user_id}:{cid}:{turn_id}:answer".encode()
+    aad = meta_of(row, s.alice.user_id).aad("answer")
     old_key = await s.db.read("test", lambda session: s.keys.user_key(
         session, s.alice.user_id, create=False))
     assert old_key is not None
     assert open_sealed(old_key, backup_ct, aad) == ANSWER.encode()  # the backup is real
 
-    result = await s.history.erase_user("alice")
-    assert result == {"name": "alice", "erased": True, "data_key_destroyed": True,
-                      "conversations_deleted": 1}
+    result = await s.erasure.erase("alice")
+    assert {k: result[k] for k in ("name", "erased", "data_key_destroyed",
+                                   "conversations_deleted", "requests_cancelled")} == {
+        "name": "alice", "erased": True, "data_key_destroyed": True,
+        "conversations_deleted": 1, "requests_cancelled": 0}
+    assert result["master_key_version"] == 2  # the epoch: master key v1 is gone
 
     # The data key is gone from the database, and from the service's cache.
     assert await sql(s.db, "SELECT user_id FROM user_keys WHERE user_id = :u",
@@ -341,9 +358,11 @@ async def test_erase_user_crypto_shreds(stack: Stack) -> None:
         assert key != old_key
         with pytest.raises(Unreadable):
             open_sealed(key, backup_ct, aad)
-    # (The backed-up wrapped key row would still unwrap with the master key: erasure
-    # relies on that backup row being gone, which is why the key goes first.)
+    # And the backed-up wrapped key row no longer unwraps: its master key version was
+    # retired by the erasure (the file is gone).
     assert backup_key_row[0] == 1
+    with pytest.raises(KeyringError, match="not available"):
+        s.keys.keyring.unwrap(1, bytes(backup_key_row[1]), b"user-key:%d" % s.alice.user_id)
 
     # Rows and account.
     for table in ("conversations", "turns"):
@@ -360,14 +379,15 @@ async def test_erase_user_crypto_shreds(stack: Stack) -> None:
     assert (await s.history.get_conversation(s.bob, bobs))["messages"][-1]["content"] == ANSWER2
     events = await s.audit.query(action="user.erase")
     assert len(events) == 1 and events[0]["target"] == "user:alice"
-    assert events[0]["role"] == "cli" and events[0]["detail"] == "1 conversations"
+    assert events[0]["role"] == "cli" and events[0]["detail"] == (
+        "1 conversations, 0 requests cancelled, data key destroyed: True")
     assert (await s.audit.verify()).ok
 
     # Erasing again is harmless; an unknown user is a 404.
-    again = await s.history.erase_user("alice")
+    again = await s.erasure.erase("alice")
     assert again["data_key_destroyed"] is False and again["conversations_deleted"] == 0
     with pytest.raises(DomainError) as err:
-        await s.history.erase_user("nobody")
+        await s.erasure.erase("nobody")
     assert from_domain(err.value).status == 404
 
 
@@ -375,7 +395,7 @@ async def test_erase_user_crypto_shreds(stack: Stack) -> None:
 async def test_erase_by_an_admin_names_the_admin(stack: Stack) -> None:
     admin = Identity(999, "root", "admin", "session")
     await two_turns(stack)
-    await stack.history.erase_user("alice", by=admin)
+    await stack.erasure.erase("alice", by=admin)
     ev = (await stack.audit.query(action="user.erase"))[0]
     assert (ev["actor"], ev["actor_id"], ev["role"]) == ("root", 999, "admin")
 
@@ -410,7 +430,7 @@ async def test_export_user(stack: Stack) -> None:
 @SQLITE_ONLY
 async def test_export_after_erasure_is_empty(stack: Stack) -> None:
     await two_turns(stack)
-    await stack.history.erase_user("alice")
+    await stack.erasure.erase("alice")
     data = await stack.history.export_user("alice")
     assert data["conversations"] == [] and data["user"]["disabled"] is True
     assert data["user"]["erased_at"] is not None

@@ -252,6 +252,8 @@ def _daemon_env(url: str, data_dir: Path, port: int) -> dict[str, str]:
         "DEEPSEEKD_SERVER__PORT": str(port),
         "DEEPSEEKD_WARMUP__REQUESTS": "1",
         "DEEPSEEKD_WARMUP__MAX_TOKENS": "2",
+        # One user races 600 requests at once: no per-identity cap here.
+        "DEEPSEEKD_SERVER__MAX_CONCURRENT_PER_USER": "0",
     })
     return env
 

@@ -15,12 +15,17 @@ from deepseekd.http.middleware.types import Handler
 from deepseekd.http.state import AUTH, IDENTITY, QUOTA, QUOTA_STATE, ROUTES, SESSION_TOKEN, SETTINGS
 from deepseekd.security.apikeys import SESSION_PREFIX, csrf_matches
 from deepseekd.security.tls import peer_common_name
+from deepseekd.services.auth import with_client
 
 log = logging.getLogger("deepseekd.http")
 
 ADMIN_COOKIE = "deepseekd_admin"
 WEB_COOKIE = "deepseekd_session"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+CHANGE_PASSWORD = frozenset(
+    {("GET", "/auth/session"), ("POST", "/auth/password"), ("POST", "/auth/logout")}
+)
+"""What a session opened with a password an admin reset may do: change it (or leave)."""
 
 
 def _bearer(request: web.Request) -> str | None:
@@ -76,6 +81,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise unauthorized("missing API key: send 'Authorization: Bearer <key>'", "missing_api_key")
     if who is None:
         raise unauthorized("invalid, revoked or expired credentials", "invalid_api_key")
+    who = with_client(who, request.remote)
     request[IDENTITY] = who
     if cookie is not None:
         request[SESSION_TOKEN] = cookie
@@ -85,6 +91,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             raise APIError(
                 403, "missing or wrong X-CSRF-Token header for a cookie session", code="csrf_failed"
             )
+    if who.password_change_required and (method, resource.canonical) not in CHANGE_PASSWORD:
+        raise APIError(
+            403,
+            "set a new password first: this one was set by an admin (POST /auth/password)",
+            code="password_change_required",
+        )
     if who.role not in access.roles:
         raise APIError(
             403,
@@ -100,9 +112,11 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
                 "totp_required",
             )
         try:
-            await request.app[AUTH].verify_second_factor(who, code)
-        except AuthFailed:
-            raise unauthorized(AuthFailed.PUBLIC_MESSAGE, "second_factor_failed") from None
+            await request.app[AUTH].verify_second_factor(who, code, request.remote)
+        except AuthFailed as exc:
+            if exc.locked_until is None:
+                raise unauthorized(AuthFailed.PUBLIC_MESSAGE, "second_factor_failed") from None
+            raise
     if not access.quota:  # inference routes are counted (and say so) when admitted
         request[QUOTA_STATE] = await request.app[QUOTA].peek(who)
     return await handler(request)

@@ -80,11 +80,22 @@ class Preparer:
         )
         return Prepared(model, prompt_ids, options, engine.reasoning_parser), sent
 
-    async def completion(self, engine: Engine, req: CompletionRequest) -> Prepared:
+    async def completion(
+        self, engine: Engine, req: CompletionRequest, *, hide_reasoning: bool = False
+    ) -> Prepared:
+        """``hide_reasoning``: the caller may not see a reasoning model's reasoning, so the
+        output is split and only the answer is returned (and no logprobs)."""
         self.check_model(engine, req.model)
         if not req.prompt:
             raise Invalid("prompt: must not be empty", field="prompt")
         prompt_ids = await engine.encode_text(req.prompt)
+        parser = engine.reasoning_parser if hide_reasoning else None
+        if parser is not None and req.logprobs is not None:
+            raise Invalid(
+                "logprobs: not available to your role with this reasoning model "
+                "(they would spell out its reasoning)",
+                field="logprobs",
+            )
         model, options = self._for_model(
             req.model,
             engine,
@@ -92,7 +103,7 @@ class Preparer:
                 req, engine, prompt_ids, req.max_tokens, "max_tokens", req.logprobs, "logprobs"
             ),
         )
-        return Prepared(model, prompt_ids, options)
+        return Prepared(model, prompt_ids, options, parser)
 
     async def simple(self, engine: Engine, prompt: str, max_tokens: int | None) -> Prepared:
         prompt_ids = await engine.encode_chat([{"role": "user", "content": prompt}])

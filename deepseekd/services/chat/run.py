@@ -1,17 +1,27 @@
 """One admitted inference request, from its first engine step to its closing record.
 
-``async with run:`` guarantees the close, whatever happens inside: the engine request is
-aborted if it is still running, the tokens produced are charged (a client that leaves does
-not dodge its token limit), and the request is recorded — the sealed turn with its
-``inference`` audit event once it is complete, or an error event when it failed. The
-closing work is shielded from the caller's cancellation and counted as in flight, so a
-drain waits for it.
+``async with run:`` guarantees the close, whatever happens inside, and exactly one closing
+audit event:
+
+* completed: the answer(s), every choice, sealed into the history with the ``inference``
+  event in one transaction (a completion: its ``inference.completion`` event);
+* stopped: the client stopped reading or left, a stream stalled, the user was erased: the
+  engine request is aborted and an ``<action>.abort`` event records the tokens produced; a
+  chat's partial answer is sealed too, marked stopped, so the question is not lost and the
+  conversation goes on (not for an erased user: nothing of theirs is stored again);
+* failed: the engine or the audit log failed: an ``<action>`` event with outcome error.
+
+The tokens produced are charged in every case (leaving does not dodge a token limit). The
+close runs as a task of its own, shielded from the caller's cancellation and counted in the
+drain, so a client that read every chunk and then left still gets its turn recorded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
@@ -24,9 +34,11 @@ from deepseekd.obs.metrics import Metrics
 from deepseekd.services.audit import AuditLog
 from deepseekd.services.chat.reasoning import ReasoningPolicy, ReasoningSplits
 from deepseekd.services.chat.request import Caller, Prepared
-from deepseekd.services.history import HistoryService, TurnRecord
+from deepseekd.services.history import Erased, HistoryService, TurnRecord
 from deepseekd.services.lifecycle import Lifecycle
 from deepseekd.services.usage import QuotaService
+
+log = logging.getLogger("deepseekd.chat")
 
 
 @dataclass
@@ -102,9 +114,14 @@ class ChatRun:
         self._first_token_at: float | None = None
         self._gen: AsyncGenerator[GenerationStep, None] | None = None
         self._started: asyncio.Future[None] | None = None
+        self._done = False
         self._error: BaseException | None = None
+        self._stop_reason: str | None = None
         self._charged = False
-        self._closed = False
+        self._closing: asyncio.Task[None] | None = None
+        self._closed = asyncio.Event()
+        self._task = asyncio.current_task()
+        self.on_closed: Callable[[ChatRun], None] = lambda run: None
         deps.life.begin_work()
 
     # -- what the protocol layer renders -------------------------------------------------
@@ -165,6 +182,7 @@ class ChatRun:
             self._error = exc
             raise
         if step is None:
+            self._done = True
             return None
         if self._first_token_at is None and any(d.token_count for d in step.choices):
             self._first_token_at = time.monotonic()
@@ -176,7 +194,11 @@ class ChatRun:
     async def audit_started(self) -> None:
         """Streams: wait until the ``.start`` audit event is committed (Unavailable if not)."""
         if self._started is not None:
-            await self._started
+            try:
+                await self._started
+            except DomainError as exc:
+                self._error = exc
+                raise
 
     async def _audit_start(self) -> None:
         conv = self.conversation
@@ -195,16 +217,20 @@ class ChatRun:
         await self.finish()
 
     async def finish(self) -> None:
-        """The answer is complete: charge it, then make it durable and audited. Raises
-        Unavailable (audit or database) when it cannot: the answer is not given as saved."""
-        try:
-            await self._charge()
-            await self._complete()
-        except DomainError as exc:
-            self._error = exc
-            await self._close()
-            raise
-        self._closed = True
+        """The answer is complete: charge it, make it durable and audited. Raises Unavailable
+        (audit or database) when it cannot: the answer is not given as saved."""
+        await asyncio.shield(self._close_task())
+
+    def stop(self, reason: str) -> None:
+        """End the run from outside (the user is being erased): its request is cancelled,
+        the generation aborted, and the close records why."""
+        self._stop_reason = reason
+        if self._task is not None and self._closing is None:
+            self._task.cancel()
+
+    async def closed(self) -> None:
+        """Wait until the run's close is done (whatever its outcome)."""
+        await self._closed.wait()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
@@ -214,25 +240,57 @@ class ChatRun:
         try:
             if self._gen is not None:
                 await self._gen.aclose()  # aborts the engine request if it still runs
-            if not self._closed:
-                if isinstance(exc, DomainError) and self._error is None:
-                    self._error = exc
-                await asyncio.shield(self._close())
+            if isinstance(exc, DomainError) and self._error is None:
+                self._error = exc
+            with contextlib.suppress(DomainError):  # the caller has its own error to give
+                await asyncio.shield(self._close_task())
         finally:
             self._release()
-            self._deps.life.end_work()
 
     # -- closing ---------------------------------------------------------------------
 
+    def _close_task(self) -> asyncio.Task[None]:
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+
+            def done(task: asyncio.Task[None]) -> None:
+                if not task.cancelled() and task.exception() is not None:
+                    log.debug("run closed with an error", extra={"request_id": self.id})
+                self._deps.life.end_work()
+                self._closed.set()
+                self.on_closed(self)
+
+            self._closing.add_done_callback(done)
+        return self._closing
+
     async def _close(self) -> None:
-        """A run that did not finish: charge what it produced; record the failure."""
-        self._closed = True
         await self._charge()
-        if self._error is not None and not isinstance(self._error, AuditUnavailable):
-            with contextlib.suppress(AuditUnavailable):
-                await self._deps.audit.append(
-                    self._event(self.action, outcome="error", detail=type(self._error).__name__)
+        if self._error is not None:
+            await self._failed(self._error)
+            return
+        if not self._done or self._stop_reason is not None:
+            await self._stopped()
+            return
+        try:
+            await self._complete()
+        except DomainError as exc:
+            self._error = exc
+            await self._failed(exc)
+            raise
+
+    async def _failed(self, error: BaseException) -> None:
+        if isinstance(error, AuditUnavailable):
+            return  # nothing can be recorded; the metric counted it
+        with contextlib.suppress(DomainError):
+            await self._deps.audit.append(
+                self._event(
+                    self.action,
+                    outcome="error",
+                    detail=type(error).__name__,
+                    prompt_tokens=self.prompt_tokens,
+                    completion_tokens=self.completion_tokens,
                 )
+            )
 
     async def _charge(self) -> None:
         """Count the tokens produced, finished or not, where the caller has a token limit."""
@@ -250,9 +308,59 @@ class ChatRun:
         )
         who, state, usage = self.caller.identity, self.caller.quota, self._deps.usage
         if state is not None and usage.charges_tokens(who):
-            await usage.add_tokens(
-                who, state.day, self.prompt_tokens + completion, reasoning_tokens=thinking
+            with contextlib.suppress(DomainError):  # a busy database must not lose the close
+                await usage.add_tokens(
+                    who, state.day, self.prompt_tokens + completion, reasoning_tokens=thinking
+                )
+
+    def _answers(self, stopped: bool) -> list[TurnRecord]:
+        who, parser = self.caller.identity, self.prepared.reasoning_parser
+        conv = self.conversation
+        assert conv is not None
+        mode = self._deps.policy.history_mode(who.role)
+        return [
+            TurnRecord(
+                conv.messages,
+                a.text,
+                self.prepared.model,
+                self.prompt_tokens,
+                a.tokens,
+                self.caller.request_id,
+                self.caller.client,
+                reasoning=a.reasoning if parser is not None else "",
+                reasoning_tokens=a.reasoning_tokens if parser is not None else None,
+                reasoning_history=mode if parser is not None else "drop",
+                choice=i,
+                stopped=stopped,
             )
+            for i, a in enumerate(self.acc)
+        ]
+
+    def _record_event(self, action: str, answers: list[TurnRecord], **fields: Any) -> Event:
+        """The closing event of a chat request: HMACs of the prompt and of the answers."""
+        conv = self.conversation
+        assert conv is not None
+        event = self._deps.history.turn_event(self.caller.identity, conv.id, answers[0], action)
+        event.completion_tokens = self.completion_tokens
+        event.detail = (
+            ", ".join(
+                x
+                for x in (
+                    f"reasoning_tokens={self.reasoning_tokens}"
+                    if self.reasoning_tokens is not None
+                    else "",
+                    f"choices={len(answers)}" if len(answers) > 1 else "",
+                    fields.pop("detail", ""),
+                )
+                if x
+            )
+            or None
+        )
+        if len(answers) > 1:  # one HMAC over every answer, in choice order
+            event.answer_hmac = self._deps.audit.content_hmac(
+                json.dumps([a.answer for a in answers], ensure_ascii=False)
+            )
+        return event
 
     async def _complete(self) -> None:
         d, conv, who = self._deps, self.conversation, self.caller.identity
@@ -266,35 +374,48 @@ class ChatRun:
                 )
             )
             return
-        reasoning: dict[str, Any] = {}
-        if self.prepared.reasoning_parser is not None:
-            reasoning = {
-                "reasoning": self.acc[0].reasoning,
-                "reasoning_tokens": self.reasoning_tokens,
-                "reasoning_history": d.policy.history_mode(who.role),
-            }
-        await d.history.record_turn(
-            who,
-            conv.id,
-            conv.new,
-            TurnRecord(
-                conv.messages,
-                self.acc[0].text,
-                self.prepared.model,
-                self.prompt_tokens,
-                self.completion_tokens,
-                self.caller.request_id,
-                self.caller.client,
-                **reasoning,
-            ),
+        answers = self._answers(stopped=False)
+        await d.audit.write_with(
+            "turn.seal",
+            self._record_event(self.action, answers),
+            lambda s: d.history.seal_in(s, who, conv.id, conv.new, answers),
         )
 
+    async def _stopped(self) -> None:
+        """Record a run that ended early: the abort event, and for a chat the partial
+        answer marked stopped (not for an erased user)."""
+        d, conv, who = self._deps, self.conversation, self.caller.identity
+        reason = self._stop_reason or "the client left or stopped reading"
+        action = f"{self.action}.abort"
+        try:
+            if conv is None or self._stop_reason == "erased":
+                raise Erased("not stored")
+            answers = self._answers(stopped=True)
+            await d.audit.write_with(
+                "turn.stop",
+                self._record_event(action, answers, detail=reason),
+                lambda s: d.history.seal_in(s, who, conv.id, conv.new, answers),
+            )
+        except Erased:
+            with contextlib.suppress(DomainError):
+                await d.audit.append(
+                    self._event(
+                        action,
+                        outcome="stopped",
+                        detail=reason,
+                        prompt_tokens=self.prompt_tokens,
+                        completion_tokens=self.completion_tokens,
+                    )
+                )
+        except DomainError:
+            log.error("a stopped answer could not be recorded", extra={"request_id": self.id})
+
     def _event(self, action: str, **fields: Any) -> Event:
+        fields.setdefault("client", self.caller.client)
         return Event.by(
             self.caller.identity,
             action,
             request_id=self.caller.request_id,
-            client=self.caller.client,
             model=self.prepared.model,
             **fields,
         )

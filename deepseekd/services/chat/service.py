@@ -1,15 +1,21 @@
-"""Admitting an inference request: the engine must be able to take work, the server must
-have room (``server.max_queued_requests``), the request must be valid for this model, and
-the caller must have quota left — in that order, so a request refused for any reason but
-its quota costs none."""
+"""Admitting an inference request: the engine must be able to take work, the server and the
+caller must have room (``server.max_queued_requests``, ``server.max_concurrent_per_user``),
+the request must be valid for this model, and the caller must have quota left — in that
+order, so a request refused for any reason but its quota costs none. A quota refusal is
+audited (``inference.refused``). The runs in flight are known per user, so an erasure can
+stop them (``stop_user``)."""
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
 import time
 import uuid
 from collections.abc import Callable
 
 from deepseekd.config import Settings
+from deepseekd.domain.audit import Event
 from deepseekd.domain.errors import RateLimited, Unavailable
 from deepseekd.engine.types import Engine
 from deepseekd.obs.metrics import Metrics
@@ -24,6 +30,8 @@ from deepseekd.services.lora import LoraService
 from deepseekd.services.usage import QuotaService
 
 RETRY_AFTER_S = 1
+STOP_WAIT_S = 30.0
+"""How long an erasure waits for the user's stopped runs to finish closing."""
 
 
 class ChatService:
@@ -41,6 +49,7 @@ class ChatService:
         self._life = life
         self._usage = usage
         self._history = history
+        self._audit = audit
         self._metrics = metrics
         self._now = clock
         self._prepare = Preparer(settings.api, lora)
@@ -49,7 +58,10 @@ class ChatService:
         )
         self.limit = settings.server.max_queued_requests
         """Inference requests admitted at once (generating or waiting); 0 = no limit."""
+        self.per_user = settings.server.max_concurrent_per_user
         self.admitted = 0
+        self._by_user: collections.Counter[int] = collections.Counter()
+        self._runs: dict[int, set[ChatRun]] = collections.defaultdict(set)
 
     @property
     def policy(self) -> ReasoningPolicy:
@@ -60,7 +72,7 @@ class ChatService:
     async def chat(self, caller: Caller, req: ChatRequest, *, stream: bool) -> ChatRun:
         """``POST /v1/chat/completions``: the turn goes into the caller's history."""
         engine = self._engine()
-        release = self._admit()
+        release = self._admit(caller)
         try:
             prepared, messages = await self._prepare.chat(engine, req)
             conv = await self._conversation(caller, req.conversation_id, messages)
@@ -71,11 +83,13 @@ class ChatService:
         return self._run(engine, caller, prepared, "inference", "chatcmpl-", stream, conv, release)
 
     async def completion(self, caller: Caller, req: CompletionRequest, *, stream: bool) -> ChatRun:
-        """``POST /v1/completions``: audited, not kept in history."""
+        """``POST /v1/completions``: audited, not kept in history. A role that may not see
+        a reasoning model's reasoning gets the answer without it here too."""
         engine = self._engine()
-        release = self._admit()
+        release = self._admit(caller)
         try:
-            prepared = await self._prepare.completion(engine, req)
+            hide = not self.policy.shown(caller.identity.role)
+            prepared = await self._prepare.completion(engine, req, hide_reasoning=hide)
             await self._count(caller)
         except BaseException:
             release()
@@ -89,7 +103,7 @@ class ChatService:
     ) -> ChatRun:
         """The original design's ``POST /chat``: one user message, kept in history."""
         engine = self._engine()
-        release = self._admit()
+        release = self._admit(caller)
         try:
             prepared = await self._prepare.simple(engine, prompt, max_tokens)
             conv = await self._conversation(
@@ -106,8 +120,10 @@ class ChatService:
     def _engine(self) -> Engine:
         return self._life.engine_for_work()  # a 503 while warming up costs no quota
 
-    def _admit(self) -> Callable[[], None]:
-        """Take an admission slot; the returned function gives it back (once)."""
+    def _admit(self, caller: Caller) -> Callable[[], None]:
+        """Take an admission slot (the server's and the caller's); the returned function
+        gives them back (once)."""
+        uid = caller.identity.user_id
         if self.limit and self.admitted >= self.limit:
             self._metrics.overload_rejections.inc()
             raise Unavailable(
@@ -116,7 +132,15 @@ class ChatService:
                 code="server_overloaded",
                 retry_after=RETRY_AFTER_S,
             )
+        if self.per_user and self._by_user[uid] >= self.per_user:
+            raise RateLimited(
+                f"{self.per_user} of your requests are in progress, the most "
+                "one identity may have at once; wait for one to finish",
+                code="too_many_concurrent_requests",
+                retry_after=RETRY_AFTER_S,
+            )
         self.admitted += 1
+        self._by_user[uid] += 1
         released = False
 
         def release() -> None:
@@ -124,6 +148,9 @@ class ChatService:
             if not released:
                 released = True
                 self.admitted -= 1
+                self._by_user[uid] -= 1
+                if not self._by_user[uid]:
+                    del self._by_user[uid]
 
         return release
 
@@ -138,15 +165,26 @@ class ChatService:
     async def _count(self, caller: Caller) -> None:
         state = await self._usage.consume(caller.identity)
         caller.quota = state
-        if not state.allowed:
-            self._metrics.quota_rejections.inc()
-            what = "requests" if state.reason == "requests" else "tokens"
-            raise RateLimited(
-                f"daily quota of {what} reached; it resets at "
-                f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(state.reset_at))}",
-                code="daily_quota_exceeded",
-                retry_after=max(1, state.reset_at - int(self._now())),
+        if state.allowed:
+            return
+        self._metrics.quota_rejections.inc()
+        what = "requests" if state.reason == "requests" else "tokens"
+        await self._audit.append(
+            Event.by(
+                caller.identity,
+                "inference.refused",
+                outcome="denied",
+                client=caller.client,
+                request_id=caller.request_id,
+                detail=f"daily quota of {what} reached",
             )
+        )
+        raise RateLimited(
+            f"daily quota of {what} reached; it resets at "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(state.reset_at))}",
+            code="daily_quota_exceeded",
+            retry_after=max(1, state.reset_at - int(self._now())),
+        )
 
     def _run(
         self,
@@ -159,7 +197,7 @@ class ChatService:
         conv: Conversation | None,
         release: Callable[[], None],
     ) -> ChatRun:
-        return ChatRun(
+        run = ChatRun(
             self._deps,
             engine,
             caller,
@@ -170,3 +208,28 @@ class ChatService:
             conversation=conv,
             release=release,
         )
+        uid = caller.identity.user_id
+        self._runs[uid].add(run)
+
+        def closed(done: ChatRun) -> None:
+            runs = self._runs.get(uid)
+            if runs is not None:
+                runs.discard(done)
+                if not runs:
+                    del self._runs[uid]
+
+        run.on_closed = closed
+        return run
+
+    # -- erasure ---------------------------------------------------------------------
+
+    async def stop_user(self, user_id: int, reason: str) -> int:
+        """Stop every run of the user in flight here and wait (up to STOP_WAIT_S) until each
+        has closed; returns how many were stopped."""
+        runs = list(self._runs.get(user_id, ()))
+        for run in runs:
+            run.stop(reason)
+        if runs:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*(r.closed() for r in runs)), STOP_WAIT_S)
+        return len(runs)
