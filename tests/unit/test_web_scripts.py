@@ -42,13 +42,6 @@ REGEX_AFTER_CHARS = set("(,=:[!&|?{};+-*%<>~^")
 REGEX_AFTER_WORDS = {"return", "typeof", "case", "do", "else", "in", "of", "new", "delete",
                      "void", "throw", "yield", "await"}
 WORD = re.compile(r"[A-Za-z0-9_$]")
-NOT_YET_SPLIT = {
-    # The Markdown renderer was left out of the refactor that split the pages' scripts: its
-    # block and inline parsers are one loop each over the input. Split them, or give each a
-    # "// long: <reason>" comment, and drop the entry (the test fails on a stale one).
-    ("markdown.js", "appendInline"),
-    ("markdown.js", "renderBlocks"),
-}
 
 
 @dataclass
@@ -288,13 +281,8 @@ def test_a_long_comment_excuses_a_long_function() -> None:
 def test_no_function_is_longer_than_60_lines(path: Path) -> None:
     bodies, comments = function_bodies(path.read_text(encoding="utf-8"))
     assert bodies, f"no functions found in {path.name}: the scan is broken"
-    rel = path.relative_to(STATIC).as_posix()
-    long = [b for b in bodies if b.lines > MAX_LINES and not _excused(b, comments)]
-    listed = {name for f, name in NOT_YET_SPLIT if f == rel}
-    assert listed <= {b.name for b in long}, (
-        f"{rel}: {sorted(listed)} in NOT_YET_SPLIT are no longer too long: drop the entries")
-    too_long = [f"{b.name} (line {b.open_line}, {b.lines} lines)" for b in long
-                if b.name not in listed]
+    too_long = [f"{b.name} (line {b.open_line}, {b.lines} lines)" for b in bodies
+                if b.lines > MAX_LINES and not _excused(b, comments)]
     assert not too_long, (
         f"{path.name}: functions over {MAX_LINES} lines; split them, or say why not in a "
         f"'// long: <reason>' comment beside the opening line: {too_long}")

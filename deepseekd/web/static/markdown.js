@@ -53,108 +53,144 @@ function findClosing(text, marker, from) {
   return -1;
 }
 
-function appendInline(parent, text, depth = 0, inLink = false) {
-  let plain = "";
-  const flush = () => {
-    if (plain) {
-      parent.appendChild(document.createTextNode(plain));
-      plain = "";
+/** Where inline output goes: runs of plain text become one text node each. */
+class InlineOut {
+  constructor(parent) {
+    this.parent = parent;
+    this.plain = "";
+  }
+
+  text(s) {
+    this.plain += s;
+  }
+
+  node(el) {
+    this.flush();
+    this.parent.appendChild(el);
+  }
+
+  flush() {
+    if (this.plain) {
+      this.parent.appendChild(document.createTextNode(this.plain));
+      this.plain = "";
     }
-  };
+  }
+}
+
+// Each read* function below handles the construct that may start at text[i]: it writes
+// what it read to `out` and returns the index just after it, or -1 when the construct
+// does not start there (the character is then plain text).
+
+/** A backslash escape of Markdown punctuation. */
+function readEscape(out, text, i) {
+  if (i + 1 >= text.length || !ESCAPABLE.includes(text[i + 1])) return -1;
+  out.text(text[i + 1]);
+  return i + 2;
+}
+
+/** A `code` span (any run length of backticks, closed by the same run). */
+function readCodeSpan(out, text, i) {
+  let run = 1;
+  while (text[i + run] === "`") run++;
+  const fence = "`".repeat(run);
+  const end = text.indexOf(fence, i + run);
+  if (end === -1) {
+    out.text(fence);
+    return i + run;
+  }
+  const code = document.createElement("code");
+  let body = text.slice(i + run, end);
+  if (body.length > 2 && body.startsWith(" ") && body.endsWith(" ")) body = body.slice(1, -1);
+  code.textContent = body;
+  out.node(code);
+  return end + run;
+}
+
+const LINK = /^\[([^\]\n]{1,500})\]\(\s*(<[^>\n]*>|[^()\s]*(?:\([^()\s]*\)[^()\s]*)*)(?:\s+"[^"\n]*")?\s*\)/;
+
+/** A [text](url) link: only safe absolute URLs become <a>; otherwise the source is plain text. */
+function readLink(out, text, i, depth) {
+  const m = LINK.exec(text.slice(i));
+  if (!m) return -1;
+  let target = m[2];
+  if (target.startsWith("<") && target.endsWith(">")) target = target.slice(1, -1);
+  const href = safeUrl(target);
+  if (href) {
+    const a = document.createElement("a");
+    a.setAttribute("href", href);
+    a.setAttribute("rel", "noopener noreferrer nofollow");
+    a.setAttribute("target", "_blank");
+    appendInline(a, m[1], depth + 1, true);
+    out.node(a);
+  } else {
+    out.text(m[0]);
+  }
+  return i + m[0].length;
+}
+
+const WORD_CHAR = /[\p{L}\p{N}]/u;
+
+/** Where the emphasis opened by `marker` at text[i] closes, or -1 when it is no emphasis. */
+function emphasisEnd(text, i, marker) {
+  const c = marker[0];
+  const start = i + marker.length;
+  const next = text[start];
+  // An opening marker must be followed by a non-space; "_" inside words is literal.
+  const wordBefore = i > 0 && WORD_CHAR.test(text[i - 1]);
+  if (next === undefined || /\s/.test(next) || (c === "_" && wordBefore)) return -1;
+  const end = findClosing(text, marker, start);
+  const after = end >= 0 ? text[end + marker.length] : undefined;
+  const wordAfter = after !== undefined && WORD_CHAR.test(after);
+  return end > start && !(c === "_" && wordAfter) ? end : -1;
+}
+
+/** **bold** / __bold__ and *italic* / _italic_; an unmatched marker is plain text. */
+function readEmphasis(out, text, i, depth, inLink) {
+  const c = text[i];
+  const doubled = text[i + 1] === c;
+  const marker = doubled ? c + c : c;
+  const start = i + marker.length;
+  const end = emphasisEnd(text, i, marker);
+  if (end < 0) {
+    out.text(marker);
+    return start;
+  }
+  const el = document.createElement(doubled ? "strong" : "em");
+  appendInline(el, text.slice(start, end), depth + 1, inLink);
+  out.node(el);
+  return end + marker.length;
+}
+
+/** A newline inside a paragraph is a line break. */
+function readLineBreak(out, text, i) {
+  out.node(document.createElement("br"));
+  return i + 1;
+}
+
+/** The construct that may start at text[i] (see read* above), or -1. */
+function readConstruct(out, text, i, depth, inLink) {
+  const c = text[i];
+  if (c === "\\") return readEscape(out, text, i);
+  if (c === "`") return readCodeSpan(out, text, i);
+  if (c === "[" && !inLink) return readLink(out, text, i, depth);
+  if ((c === "*" || c === "_") && depth < MAX_DEPTH) return readEmphasis(out, text, i, depth, inLink);
+  if (c === "\n") return readLineBreak(out, text, i);
+  return -1;
+}
+
+function appendInline(parent, text, depth = 0, inLink = false) {
+  const out = new InlineOut(parent);
   let i = 0;
   while (i < text.length) {
-    const c = text[i];
-
-    // Backslash escape of Markdown punctuation.
-    if (c === "\\" && i + 1 < text.length && ESCAPABLE.includes(text[i + 1])) {
-      plain += text[i + 1];
-      i += 2;
-      continue;
-    }
-
-    // `code` spans (any run length of backticks, closed by the same run).
-    if (c === "`") {
-      let run = 1;
-      while (text[i + run] === "`") run++;
-      const fence = "`".repeat(run);
-      const end = text.indexOf(fence, i + run);
-      if (end !== -1) {
-        flush();
-        const code = document.createElement("code");
-        let body = text.slice(i + run, end);
-        if (body.length > 2 && body.startsWith(" ") && body.endsWith(" ")) body = body.slice(1, -1);
-        code.textContent = body;
-        parent.appendChild(code);
-        i = end + run;
-        continue;
-      }
-      plain += fence;
-      i += run;
-      continue;
-    }
-
-    // Links: [text](url) — only safe absolute URLs become <a>; otherwise plain text.
-    if (c === "[" && !inLink) {
-      const m = /^\[([^\]\n]{1,500})\]\(\s*(<[^>\n]*>|[^()\s]*(?:\([^()\s]*\)[^()\s]*)*)(?:\s+"[^"\n]*")?\s*\)/
-        .exec(text.slice(i));
-      if (m) {
-        let target = m[2];
-        if (target.startsWith("<") && target.endsWith(">")) target = target.slice(1, -1);
-        const href = safeUrl(target);
-        if (href) {
-          flush();
-          const a = document.createElement("a");
-          a.setAttribute("href", href);
-          a.setAttribute("rel", "noopener noreferrer nofollow");
-          a.setAttribute("target", "_blank");
-          appendInline(a, m[1], depth + 1, true);
-          parent.appendChild(a);
-        } else {
-          plain += m[0];
-        }
-        i += m[0].length;
-        continue;
-      }
-    }
-
-    // **bold** / __bold__ and *italic* / _italic_.
-    if ((c === "*" || c === "_") && depth < MAX_DEPTH) {
-      const doubled = text[i + 1] === c;
-      const marker = doubled ? c + c : c;
-      const start = i + marker.length;
-      const next = text[start];
-      // An opening marker must be followed by a non-space; "_" inside words is literal.
-      const wordBefore = i > 0 && /[\p{L}\p{N}]/u.test(text[i - 1]);
-      if (next !== undefined && !/\s/.test(next) && !(c === "_" && wordBefore)) {
-        const end = findClosing(text, marker, start);
-        const after = end >= 0 ? text[end + marker.length] : undefined;
-        const wordAfter = after !== undefined && /[\p{L}\p{N}]/u.test(after);
-        if (end > start && !(c === "_" && wordAfter)) {
-          flush();
-          const el = document.createElement(doubled ? "strong" : "em");
-          appendInline(el, text.slice(start, end), depth + 1, inLink);
-          parent.appendChild(el);
-          i = end + marker.length;
-          continue;
-        }
-      }
-      plain += marker;
-      i += marker.length;
-      continue;
-    }
-
-    // A newline inside a paragraph is a line break.
-    if (c === "\n") {
-      flush();
-      parent.appendChild(document.createElement("br"));
+    const next = readConstruct(out, text, i, depth, inLink);
+    if (next >= 0) {
+      i = next;
+    } else {
+      out.text(text[i]);
       i += 1;
-      continue;
     }
-
-    plain += c;
-    i += 1;
   }
-  flush();
+  out.flush();
 }
 
 // ------------------------------------------------------------------------- blocks
@@ -171,132 +207,158 @@ function isBlockStart(line) {
     QUOTE.test(line) || RULE.test(line);
 }
 
+// Each render* function below renders the block that starts at lines[i] into `parent` and
+// returns the index of the first line after it.
+
+/** A fenced code block: everything up to the closing fence (or the end) is literal text. */
+function renderFence(parent, lines, i) {
+  const fence = FENCE.exec(lines[i]);
+  const marker = fence[1];
+  const body = [];
+  i++;
+  while (i < lines.length) {
+    const close = lines[i].trim();
+    if (close.startsWith(marker[0].repeat(marker.length)) && /^([`~])\1*$/.test(close)) {
+      i++;
+      break;
+    }
+    body.push(lines[i]);
+    i++;
+  }
+  const pre = document.createElement("pre");
+  const code = document.createElement("code");
+  if (fence[2]) code.dataset.lang = fence[2];
+  code.textContent = body.join("\n");
+  pre.appendChild(code);
+  parent.appendChild(pre);
+  return i;
+}
+
+function renderHeading(parent, lines, i) {
+  const heading = HEADING.exec(lines[i]);
+  const h = document.createElement("h" + heading[1].length);
+  appendInline(h, heading[2]);
+  parent.appendChild(h);
+  return i + 1;
+}
+
+function renderRule(parent, lines, i) {
+  parent.appendChild(document.createElement("hr"));
+  return i + 1;
+}
+
+/** Consecutive "> " lines, rendered as blocks of their own inside a <blockquote>. */
+function renderQuote(parent, lines, i, depth) {
+  const inner = [];
+  while (i < lines.length && QUOTE.test(lines[i])) {
+    inner.push(QUOTE.exec(lines[i])[1]);
+    i++;
+  }
+  const q = document.createElement("blockquote");
+  renderBlocks(q, inner, depth + 1);
+  parent.appendChild(q);
+  return i;
+}
+
+/** `lines` without the leading spaces they all share. */
+function dedent(lines) {
+  const indentOf = (l) => /^ */.exec(l)[0].length;
+  const indent = Math.min(...lines.filter((l) => l.trim()).map(indentOf));
+  return lines.map((l) => l.slice(Math.min(indent, indentOf(l))));
+}
+
+/** One <li>: its own lines are inline text; nested lists inside it are blocks. */
+function renderListItem(itemLines, depth) {
+  const item = document.createElement("li");
+  const nestedAt = itemLines.findIndex((l, k) => k > 0 && (BULLET.test(l) || ORDERED.test(l)));
+  const own = nestedAt < 0 ? itemLines : itemLines.slice(0, nestedAt);
+  appendInline(item, own.join("\n").trim());
+  if (nestedAt >= 0 && depth < MAX_DEPTH) {
+    renderBlocks(item, dedent(itemLines.slice(nestedAt)), depth + 1);
+  }
+  return item;
+}
+
+/**
+ * The lines of each item of the list starting at lines[start] (an item's first line without
+ * its marker), and the index of the first line after the list.
+ */
+function collectListItems(lines, start, pattern, baseIndent) {
+  const items = [];
+  let itemLines = [];
+  let i = start;
+  while (i < lines.length) {
+    const l = lines[i];
+    const m = pattern.exec(l);
+    if (m && m[1].length <= baseIndent + 1) {
+      itemLines = [pattern === ORDERED ? m[3] : m[2]];
+      items.push(itemLines);
+      i++;
+      continue;
+    }
+    if (!l.trim()) {
+      // A blank line ends the list unless the next line continues it.
+      const nextLine = lines[i + 1];
+      if (nextLine !== undefined && (pattern.test(nextLine) || /^ {2,}\S/.test(nextLine))) {
+        i++;
+        continue;
+      }
+      break;
+    }
+    // Indented lines (nested lists, continuations) belong to the current item.
+    if (/^\s/.test(l) || (!isBlockStart(l) && items.length > 0)) {
+      itemLines.push(l);
+      i++;
+      continue;
+    }
+    break;
+  }
+  return { items, end: i };
+}
+
+/** A bullet (<ul>) or numbered (<ol>) list. */
+function renderList(parent, lines, i, depth) {
+  const bullet = BULLET.exec(lines[i]);
+  const ordered = ORDERED.exec(lines[i]);
+  const isOrdered = !bullet;
+  const list = document.createElement(isOrdered ? "ol" : "ul");
+  if (isOrdered && ordered[2] !== "1") list.setAttribute("start", String(parseInt(ordered[2], 10)));
+  const baseIndent = (bullet || ordered)[1].length;
+  const { items, end } = collectListItems(lines, i, isOrdered ? ORDERED : BULLET, baseIndent);
+  for (const itemLines of items) list.appendChild(renderListItem(itemLines, depth));
+  parent.appendChild(list);
+  return end;
+}
+
+/** A paragraph: consecutive lines until a blank line or another block starts. */
+function renderParagraph(parent, lines, i) {
+  const para = [lines[i]];
+  i++;
+  while (i < lines.length && lines[i].trim() && !isBlockStart(lines[i])) {
+    para.push(lines[i]);
+    i++;
+  }
+  const p = document.createElement("p");
+  appendInline(p, para.map((l) => l.trim()).join("\n"));
+  parent.appendChild(p);
+  return i;
+}
+
+/** The block starting at lines[i] (not a blank line); returns the index after it. */
+function renderBlock(parent, lines, i, depth) {
+  const line = lines[i];
+  if (FENCE.test(line)) return renderFence(parent, lines, i);
+  if (HEADING.test(line)) return renderHeading(parent, lines, i);
+  if (RULE.test(line)) return renderRule(parent, lines, i);
+  if (QUOTE.test(line) && depth < MAX_DEPTH) return renderQuote(parent, lines, i, depth);
+  if (BULLET.test(line) || ORDERED.test(line)) return renderList(parent, lines, i, depth);
+  return renderParagraph(parent, lines, i);
+}
+
 function renderBlocks(parent, lines, depth) {
   let i = 0;
   while (i < lines.length) {
-    const line = lines[i];
-
-    if (!line.trim()) {
-      i++;
-      continue;
-    }
-
-    // Fenced code block: everything up to the closing fence (or the end) is literal text.
-    const fence = FENCE.exec(line);
-    if (fence) {
-      const marker = fence[1];
-      const body = [];
-      i++;
-      while (i < lines.length) {
-        const close = lines[i].trim();
-        if (close.startsWith(marker[0].repeat(marker.length)) && /^([`~])\1*$/.test(close)) {
-          i++;
-          break;
-        }
-        body.push(lines[i]);
-        i++;
-      }
-      const pre = document.createElement("pre");
-      const code = document.createElement("code");
-      if (fence[2]) code.dataset.lang = fence[2];
-      code.textContent = body.join("\n");
-      pre.appendChild(code);
-      parent.appendChild(pre);
-      continue;
-    }
-
-    const heading = HEADING.exec(line);
-    if (heading) {
-      const h = document.createElement("h" + heading[1].length);
-      appendInline(h, heading[2]);
-      parent.appendChild(h);
-      i++;
-      continue;
-    }
-
-    if (RULE.test(line)) {
-      parent.appendChild(document.createElement("hr"));
-      i++;
-      continue;
-    }
-
-    if (QUOTE.test(line) && depth < MAX_DEPTH) {
-      const inner = [];
-      while (i < lines.length && QUOTE.test(lines[i])) {
-        inner.push(QUOTE.exec(lines[i])[1]);
-        i++;
-      }
-      const q = document.createElement("blockquote");
-      renderBlocks(q, inner, depth + 1);
-      parent.appendChild(q);
-      continue;
-    }
-
-    const bullet = BULLET.exec(line);
-    const ordered = ORDERED.exec(line);
-    if (bullet || ordered) {
-      const isOrdered = !bullet;
-      const list = document.createElement(isOrdered ? "ol" : "ul");
-      if (isOrdered && ordered[2] !== "1") list.setAttribute("start", String(parseInt(ordered[2], 10)));
-      const baseIndent = (bullet || ordered)[1].length;
-      const pattern = isOrdered ? ORDERED : BULLET;
-      let item = null;
-      let itemLines = [];
-      const finishItem = () => {
-        if (!item) return;
-        // An item's own lines are inline text; nested lists inside it are blocks.
-        const nestedAt = itemLines.findIndex((l, k) => k > 0 && (BULLET.test(l) || ORDERED.test(l)));
-        const own = nestedAt < 0 ? itemLines : itemLines.slice(0, nestedAt);
-        appendInline(item, own.join("\n").trim());
-        if (nestedAt >= 0 && depth < MAX_DEPTH) {
-          const rest = itemLines.slice(nestedAt);
-          const indent = Math.min(...rest.filter((l) => l.trim()).map((l) => /^ */.exec(l)[0].length));
-          renderBlocks(item, rest.map((l) => l.slice(Math.min(indent, /^ */.exec(l)[0].length))), depth + 1);
-        }
-        list.appendChild(item);
-      };
-      while (i < lines.length) {
-        const l = lines[i];
-        const m = pattern.exec(l);
-        if (m && m[1].length <= baseIndent + 1) {
-          finishItem();
-          item = document.createElement("li");
-          itemLines = [isOrdered ? m[3] : m[2]];
-          i++;
-          continue;
-        }
-        if (!l.trim()) {
-          // A blank line ends the list unless the next line continues it.
-          const nextLine = lines[i + 1];
-          if (nextLine !== undefined && (pattern.test(nextLine) || /^ {2,}\S/.test(nextLine))) {
-            i++;
-            continue;
-          }
-          break;
-        }
-        // Indented lines (nested lists, continuations) belong to the current item.
-        if (/^\s/.test(l) || (!isBlockStart(l) && item)) {
-          itemLines.push(l);
-          i++;
-          continue;
-        }
-        break;
-      }
-      finishItem();
-      parent.appendChild(list);
-      continue;
-    }
-
-    // Paragraph: consecutive lines until a blank line or another block starts.
-    const para = [line];
-    i++;
-    while (i < lines.length && lines[i].trim() && !isBlockStart(lines[i])) {
-      para.push(lines[i]);
-      i++;
-    }
-    const p = document.createElement("p");
-    appendInline(p, para.map((l) => l.trim()).join("\n"));
-    parent.appendChild(p);
+    i = lines[i].trim() ? renderBlock(parent, lines, i, depth) : i + 1;
   }
 }
 
