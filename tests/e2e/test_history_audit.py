@@ -207,3 +207,98 @@ def test_sigkill_under_load_loses_no_acknowledged_turn(data_env: tuple[dict, str
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+
+
+def _stream_a_few_chunks(daemon: Daemon, key: str, content: str, chunks: int) -> str:
+    """Start a long streamed answer, read ``chunks`` events, leave; the conversation id."""
+    with httpx.stream("POST", daemon.url + "/v1/chat/completions", timeout=180,
+                      headers={"Authorization": f"Bearer {key}"},
+                      json={"messages": [{"role": "user", "content": content}],
+                            "max_tokens": 400, "ignore_eos": True, "stream": True}) as r:
+        assert r.status_code == 200
+        cid = r.headers["X-Conversation-Id"]
+        seen = 0
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                seen += 1
+                if seen >= chunks:
+                    break
+    return cid
+
+
+def _wait(predicate, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_a_stopped_first_answer_keeps_its_question(daemon: Daemon) -> None:
+    """Stopping the first answer of a new chat used to lose the question, and every
+    follow-up failed with `no conversation`."""
+    user = json.loads(cli("user", "add", "ward.nurse", "--role", "user", env=daemon.env).stdout)
+    h = {"Authorization": f"Bearer {user['api_key']}"}
+    cid = _stream_a_few_chunks(daemon, user["api_key"], "Describe the ward round.", 4)
+
+    def listed() -> bool:
+        data = httpx.get(daemon.url + "/v1/conversations", headers=h, timeout=30).json()["data"]
+        return cid in [c["id"] for c in data]
+
+    _wait(listed)
+    conv = httpx.get(f"{daemon.url}/v1/conversations/{cid}", headers=h, timeout=30).json()
+    (turn,) = conv["turns"]
+    assert turn["stopped"] is True and turn["messages"][0]["content"] == "Describe the ward round."
+    assert turn["usage"]["completion_tokens"] >= 2
+    follow = _chat(daemon, user["api_key"], "Shorter, please.", conversation_id=cid)
+    assert follow.status_code == 200, follow.text
+    conv = httpx.get(f"{daemon.url}/v1/conversations/{cid}", headers=h, timeout=30).json()
+    assert [t["seq"] for t in conv["turns"]] == [1, 2]
+
+
+def test_an_erasure_while_the_answer_streams_stores_nothing_more(daemon: Daemon) -> None:
+    """`deepseekd user erase` (another process) while the daemon streams the user's answer:
+    the fence it commits first keeps the daemon from storing a new key, conversation or
+    turn afterwards."""
+    data_dir = Path(daemon.env["DEEPSEEKD_DATA_DIR"])
+    user = json.loads(cli("user", "add", "leaving.doctor", "--role", "user",
+                          env=daemon.env).stdout)
+    done = threading.Event()
+    outcome: list[object] = []
+
+    def stream() -> None:
+        try:
+            with httpx.stream("POST", daemon.url + "/v1/chat/completions", timeout=300,
+                              headers={"Authorization": f"Bearer {user['api_key']}"},
+                              json={"messages": [{"role": "user", "content": "Summarise "
+                                                  "the discharge letter of bed 4."}],
+                                    "max_tokens": 300, "ignore_eos": True,
+                                    "stream": True}) as r:
+                outcome.append(r.status_code)
+                for _ in r.iter_lines():
+                    pass
+        except httpx.HTTPError as exc:
+            outcome.append(exc)
+        finally:
+            done.set()
+
+    t = threading.Thread(target=stream)
+    t.start()
+    _wait(lambda: bool(outcome), 120)  # the stream is open: the answer is being generated
+    res = cli("user", "erase", "leaving.doctor", env=daemon.env)
+    assert res.returncode == 0, res.stderr
+    done.wait(300)
+    t.join(30)
+    time.sleep(1)  # the daemon's close of that request (its abort event) is done by now
+    import sqlite3
+
+    conn = sqlite3.connect(data_dir / "deepseekd.db")
+    try:
+        (uid,), = conn.execute("SELECT id FROM users WHERE name = 'leaving.doctor'")
+        for table in ("user_keys", "conversations", "turns"):
+            assert conn.execute(f"SELECT count(*) FROM {table} WHERE user_id = ?",
+                                (uid,)).fetchone() == (0,), table
+    finally:
+        conn.close()
+    after = json.loads(cli("export", "leaving.doctor", env=daemon.env).stdout)
+    assert after["conversations"] == [] and after["user"]["erased_at"]
+    assert cli("audit", "verify", env=daemon.env).returncode == 0

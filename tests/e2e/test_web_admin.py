@@ -440,6 +440,171 @@ def test_csrf_is_required_for_cookie_posts(admin: Page) -> None:
     assert "ui.csrf" not in [u["name"] for u in users]
 
 
+# ------------------------------------------------------------------------- account recovery
+
+def _chat_sign_in(page: Page, name: str, password: str) -> None:
+    """Fill in and send the chat page's sign-in form (the page shows it); return once the
+    page has handled the answer (a refusal shows the same words each time)."""
+    expect(page.locator("#login-view")).to_be_visible()
+    page.fill("#login-username", name)
+    page.fill("#login-password", password)
+    with page.expect_response(lambda r: r.url.endswith("/auth/login")):
+        page.click("#login-submit")
+    expect(page.locator("#login-submit")).to_be_enabled()
+
+
+def _state_cell(admin: Page, name: str) -> Locator:
+    return admin.locator(f'#users-table tr[data-user="{name}"] td').nth(1)
+
+
+def test_reset_password_then_the_user_chooses_a_new_one(admin: Page, browser: Browser,
+                                                         daemon: Daemon) -> None:
+    clerk = _new_user(daemon, "ui.clerk", "user")
+    ctx = _context(browser, daemon)
+    try:
+        page = _watch(ctx.new_page())
+        page.goto("/")
+        _chat_sign_in(page, "ui.clerk", clerk["password"])
+        expect(page.locator("#chat-view")).to_be_visible(timeout=15_000)
+
+        # The admin resets the password: asked first, then shown a one-time password once.
+        _manage(admin, "ui.clerk")
+        admin.click("#user-reset-password")
+        expect(admin.locator("#confirm-text")).to_contain_text("ui.clerk")
+        admin.click("#confirm-ok")
+        expect(admin.locator("#secrets")).to_be_visible()
+        one_time = admin.locator("#secret-password").inner_text().strip()
+        assert len(one_time) >= 12 and one_time != clerk["password"]
+        expect(admin.locator("#secrets-note")).to_contain_text(
+            "must choose a new password at the next sign-in")
+        expect(admin.locator("#user-detail-msg")).to_contain_text("was reset")
+        expect(_state_cell(admin, "ui.clerk")).to_have_text("new password pending")
+        shoot(admin, "reset-password")
+        admin.click("#secrets-dismiss")
+        assert admin.locator("#secret-password").count() == 0  # gone from the DOM
+        expect(admin.locator("#secrets-note")).to_be_hidden()
+
+        # The clerk's session ended: the next send brings the sign-in form; the old password
+        # is refused; the one-time password leads to "Choose a new password", not the chat.
+        page.fill("#composer-input", "Is the pharmacy open?")
+        page.press("#composer-input", "Enter")
+        expect(page.locator("#login-notice")).to_contain_text("Your session ended")
+        _chat_sign_in(page, "ui.clerk", clerk["password"])
+        expect(page.locator("#login-error")).to_contain_text("Wrong username or password")
+        _chat_sign_in(page, "ui.clerk", one_time)
+        expect(page.locator("#password-view")).to_be_visible(timeout=15_000)
+        expect(page.locator("#chat-view")).to_be_hidden()
+        expect(page.locator("#password-title")).to_have_text("Choose a new password")
+        expect(page.locator("#password-notice")).to_contain_text("set by an administrator")
+        expect(page.locator("#password-cancel")).to_be_hidden()  # no way around it
+        expect(page.locator("#change-password")).to_be_hidden()
+        assert page.request.get("/v1/conversations").status == 403  # nothing else works
+
+        new_password = "night shift handover 4"
+        page.fill("#password-current", one_time)
+        page.fill("#password-new", new_password)
+        page.fill("#password-repeat", "night shift handover 5")
+        page.click("#password-submit")
+        expect(page.locator("#password-repeat-error")).to_contain_text("do not match")
+        page.fill("#password-new", one_time)
+        page.fill("#password-repeat", one_time)
+        page.click("#password-submit")
+        expect(page.locator("#password-new-error")).to_contain_text("new_password")
+        page.screenshot(path=str(ARTIFACTS / "chat-password-required-errors.png"), full_page=True)
+        page.fill("#password-new", new_password)
+        page.fill("#password-repeat", new_password)
+        page.click("#password-submit")
+
+        # Into the chat, with the question that found the session ended still in the box.
+        expect(page.locator("#chat-view")).to_be_visible(timeout=15_000)
+        expect(page.locator("#composer-input")).to_have_value("Is the pharmacy open?")
+        page.fill("#composer-input", "Say OK.")
+        page.press("#composer-input", "Enter")
+        expect(page.locator(".msg-assistant .answer").last).not_to_be_empty(timeout=240_000)
+        expect(page.locator("#stop")).to_be_hidden(timeout=240_000)
+        expect(page.locator("#chat-error")).to_be_hidden()
+        assert page.request.get("/auth/session").json()["password_change_required"] is False
+        admin.click("#tab-users")  # the list is read again: the reset is no longer pending
+        expect(_state_cell(admin, "ui.clerk")).to_have_text("active")
+
+        # Reset again: a reload in the middle of the form asks again (from /auth/session).
+        res = admin.request.post("/admin/api/users/ui.clerk/reset-password",
+                                 headers={"X-CSRF-Token": _csrf(admin)})
+        assert res.ok, res.text()
+        page.reload()
+        _chat_sign_in(page, "ui.clerk", res.json()["password"])
+        expect(page.locator("#password-view")).to_be_visible(timeout=15_000)
+        page.reload()
+        expect(page.locator("#password-view")).to_be_visible(timeout=15_000)
+        expect(page.locator("#chat-view")).to_be_hidden()
+        page.fill("#password-current", res.json()["password"])
+        page.fill("#password-new", "day shift handover 7")
+        page.fill("#password-repeat", "day shift handover 7")
+        page.click("#password-submit")
+        expect(page.locator("#chat-view")).to_be_visible(timeout=15_000)
+        expect(page.locator(".conv-item")).to_have_count(1)  # the conversation from before
+    finally:
+        ctx.close()
+
+
+def test_locked_user_is_unlocked_from_the_console(admin: Page, browser: Browser,
+                                                  daemon: Daemon) -> None:
+    porter = _new_user(daemon, "ui.porter", "user")
+    ctx = _context(browser, daemon)
+    try:
+        page = _watch(ctx.new_page())
+        page.goto("/")
+        for _ in range(5):  # the lock threshold: five refusals of one name from one address
+            _chat_sign_in(page, "ui.porter", "not-the-password")
+            expect(page.locator("#login-error")).to_contain_text("Wrong username or password")
+
+        admin.click("#tab-users")  # reloads the table
+        expect(_state_cell(admin, "ui.porter")).to_have_text("locked")
+        _manage(admin, "ui.porter")
+        expect(admin.locator("#user-detail-summary")).to_contain_text("locked")
+        expect(admin.locator("#user-unlock")).to_be_visible()
+        shoot(admin, "user-locked")
+
+        # Locked: even the right password gets the lockout message, which says what to do.
+        _chat_sign_in(page, "ui.porter", porter["password"])
+        error = page.locator("#login-error")
+        expect(error).to_contain_text(re.compile(r"^Too many attempts; try again after \d\d:\d\d"))
+        expect(error).to_contain_text("ask IT to unlock the account")
+        expect(page.locator("#chat-view")).to_be_hidden()
+        page.screenshot(path=str(ARTIFACTS / "chat-login-locked.png"), full_page=True)
+
+        admin.click("#user-unlock")
+        expect(admin.locator("#user-detail-msg")).to_contain_text("ui.porter is unlocked")
+        expect(_state_cell(admin, "ui.porter")).to_have_text("active")
+        expect(admin.locator("#user-unlock")).to_be_hidden()
+
+        _chat_sign_in(page, "ui.porter", porter["password"])
+        expect(page.locator("#chat-view")).to_be_visible(timeout=15_000)
+    finally:
+        ctx.close()
+
+
+def test_disable_and_enable_again(admin: Page) -> None:
+    _manage(admin, "ui.porter")
+    admin.click("#user-disable")
+    admin.click("#confirm-ok")
+    expect(admin.locator("#user-detail-msg")).to_contain_text("ui.porter is disabled")
+    expect(_state_cell(admin, "ui.porter")).to_have_text("disabled")
+    expect(admin.locator("#user-disable")).to_be_hidden()
+    expect(admin.locator("#user-enable")).to_be_visible()
+    admin.click("#user-enable")
+    expect(admin.locator("#user-detail-msg")).to_contain_text("ui.porter is enabled again")
+    expect(_state_cell(admin, "ui.porter")).to_have_text("active")
+    expect(admin.locator("#user-enable")).to_be_hidden()
+    expect(admin.locator("#user-disable")).to_be_visible()
+    # An erased account stays off: the server's refusal is shown.
+    _manage(admin, "ui.temp")
+    admin.click("#user-enable")
+    expect(admin.locator("#user-detail-error")).to_contain_text("erased")
+    expect(_state_cell(admin, "ui.temp")).to_have_text("disabled")
+    admin.click("#user-close")
+
+
 # ------------------------------------------------------------------------- auditor
 
 @pytest.fixture(scope="module")

@@ -229,12 +229,33 @@ def test_real_keyboard_stop_and_logout(browser: Any, daemon: Daemon) -> None:
         assert page.is_visible("#send") and not page.is_visible("#stop")
         assert "Stopped" in (page.text_content(".msg-assistant") or "")
         assert (last_answer(page).text_content() or "").strip()  # what arrived is kept
+        assert page.locator(".msg-assistant .msg-stopped").is_visible()  # the mark
         shot(page, "stopped-desktop")
         page.set_viewport_size(PHONE)
         shot(page, "stopped-phone")
         page.set_viewport_size(DESKTOP)
 
-        # The stopped conversation was recorded; the daemon is free for the next request.
+        # The stopped first answer kept the new conversation: listed, marked after a reload,
+        # and a follow-up question continues it.
+        page.wait_for_selector(".conv-item.active", timeout=15_000)
+        page.reload()
+        page.wait_for_selector(".conv-item .conv-open")
+        assert page.locator(".conv-item").count() == 1
+        page.click(".conv-item .conv-open")
+        page.wait_for_selector(".msg-assistant .msg-stopped")
+        assert "Stopped" in (page.text_content(".msg-assistant .msg-stopped") or "")
+        assert (last_answer(page).text_content() or "").strip()
+        send(page, "Now say OK.")
+        assert page.is_hidden("#chat-error"), page.text_content("#chat-error")
+        assert page.locator(".msg-assistant").count() == 2
+        assert page.locator(".msg-assistant").nth(1).locator(".msg-stopped").count() == 0
+        assert (last_answer(page).text_content() or "").strip()
+        assert page.locator(".conv-item").count() == 1
+        conv = page.request.get(daemon.url + "/v1/conversations").json()["data"][0]["id"]
+        turns = page.request.get(f"{daemon.url}/v1/conversations/{conv}").json()["turns"]
+        assert [bool(t.get("stopped")) for t in turns] == [True, False]
+
+        # The daemon is free for the next request.
         page.click("#logout")
         page.wait_for_selector("#login-view:not([hidden])")
         assert page.is_visible("#login-username")

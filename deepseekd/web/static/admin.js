@@ -38,6 +38,13 @@ function setMsg(node, text) {
   if (node.classList.contains("error")) node.hidden = !text;
 }
 
+/** "too many attempts; try again after 14:05 (UTC)" as a sentence. */
+function sentence(text) {
+  const s = String(text || "").trim();
+  if (!s) return s;
+  return s[0].toUpperCase() + s.slice(1) + (/[.!?)]$/.test(s) ? "" : ".");
+}
+
 function fmtTime(ts) {
   if (ts === null || ts === undefined || ts === "") return { text: "—", iso: "" };
   const d = fromUnix(ts);
@@ -173,6 +180,9 @@ for (const ev of ["keydown", "pointerdown", "wheel", "touchstart"]) {
   document.addEventListener(ev, () => { state.lastActivity = Date.now(); }, { passive: true });
 }
 
+const CHANGE_PASSWORD_FIRST = "Your password was set by an administrator. Choose a new one "
+  + "on the chat page (/) first, then sign in here.";
+
 async function resume() {
   try {
     const s = await apiJson("GET", "/admin/api/session", undefined, { allow401: true });
@@ -181,6 +191,7 @@ async function resume() {
   } catch (e) { /* not an admin session */ }
   try {
     const s = await apiJson("GET", "/auth/session", undefined, { allow401: true });
+    if (s.role === "auditor" && s.password_change_required) { showLogin(CHANGE_PASSWORD_FIRST); return; }
     if (s.role === "auditor") { startSession("auditor", s); return; }
   } catch (e) { /* no session */ }
   showLogin();
@@ -207,14 +218,14 @@ async function login(ev) {
       startSession("admin", info);
     } else {
       const r = await apiJson("POST", "/auth/login", { username, password }, { allow401: true });
-      if (r.role === "auditor") {
+      if (r.role === "auditor" && !r.password_change_required) {
         startSession("auditor", r);
       } else {
         // A chat session is no use here: close it again.
         setCsrfToken(r.csrf_token);
         try { await apiJson("POST", "/auth/logout", undefined, { allow401: true }); } catch (e) { /* ignore */ }
         setCsrfToken(null);
-        setMsg(err, r.role === "admin"
+        setMsg(err, r.password_change_required ? CHANGE_PASSWORD_FIRST : r.role === "admin"
           ? "Administrators must also enter the 6-digit code from their authenticator app."
           : "This console is for administrators and auditors. Use the chat page instead.");
       }
@@ -223,6 +234,8 @@ async function login(ev) {
     if (e.status === 401 || e.code === "login_failed") {
       setMsg(err, "Sign-in failed: check the username, password and code. "
         + "(Auditors leave the code empty.)");
+    } else if (e.status === 429 && e.code === "too_many_attempts") {
+      setMsg(err, sentence(e.message)); // says when to try again, or whom to ask
     } else if (e.status === 429) {
       setMsg(err, "Too many attempts. Wait a moment and try again.");
     } else {
@@ -276,8 +289,9 @@ function tabKeys(ev) {
 
 // ---------------------------------------------------------------- one-time secrets
 
-function showSecrets(title, entries, qrSvg) {
+function showSecrets(title, entries, qrSvg, note = "") {
   $("secrets-title").textContent = title;
+  setNote($("secrets-note"), note);
   const dl = $("secrets-list");
   dl.replaceChildren();
   for (const [label, value, id] of entries) {
@@ -308,7 +322,13 @@ function showSecrets(title, entries, qrSvg) {
   box.focus();
 }
 
+function setNote(node, text) {
+  node.textContent = text || "";
+  show(node, !!text);
+}
+
 function hideSecrets() {
+  setNote($("secrets-note"), "");
   $("secrets-list").replaceChildren();
   $("secrets-qr").removeAttribute("src");
   show($("secrets-qr-wrap"), false);
@@ -317,10 +337,24 @@ function hideSecrets() {
 
 // ---------------------------------------------------------------- users
 
-function userState(u) {
-  if (u.disabled) return "disabled";
-  if (u.locked) return "locked";
-  return "active";
+/** "active", or what stops the account: "disabled", "locked" (sign-ins refused for a while
+ * after too many wrong passwords), or both; "new password pending" after a reset until the
+ * user has chosen one. */
+function userStates(u) {
+  const states = [];
+  if (u.disabled) states.push("disabled");
+  if (u.locked) states.push("locked");
+  if (u.must_change_password) states.push("new password pending");
+  return states.length ? states : ["active"];
+}
+
+function stateCell(u) {
+  const td = el("td", { className: "states" });
+  userStates(u).forEach((st, i) => {
+    if (i) td.append(" ");
+    td.append(el("span", { className: `badge ${st}`, text: st }));
+  });
+  return td;
 }
 
 function fmtLimit(v) { return v === null || v === undefined ? "default" : String(v); }
@@ -345,7 +379,6 @@ function renderUsers() {
   const tbody = $("users-table").tBodies[0];
   tbody.replaceChildren();
   for (const u of state.users) {
-    const st = userState(u);
     // The name opens the user's actions (first column: reachable on a narrow screen).
     const manage = el("button", { type: "button", className: "linklike", text: u.name,
       title: `Manage ${u.name}` });
@@ -354,7 +387,7 @@ function renderUsers() {
     const tr = el("tr", { "data-user": u.name },
       el("th", { scope: "row" }, manage),
       el("td", { text: u.role }),
-      el("td", {}, el("span", { className: `badge ${st}`, text: st })),
+      stateCell(u),
       el("td", { text: u.role === "admin" ? (u.totp_enrolled ? "yes" : "no") : (u.totp_enrolled ? "yes" : "—") }),
       el("td", { className: "num", text: fmtLimit(u.daily_request_limit) }),
       el("td", { className: "num", text: String(u.active_keys ?? "") }),
@@ -388,11 +421,21 @@ function closeUser() {
 function renderUserDetail(u, resetInputs = false) {
   $("user-detail-title").textContent = `User ${u.name}`;
   $("user-detail-summary").textContent =
-    `Role ${u.role}; ${userState(u)}; daily limit ${fmtLimit(u.daily_request_limit)}; ` +
+    `Role ${u.role}; ${userStates(u).join(", ")}; daily limit ${fmtLimit(u.daily_request_limit)}; ` +
     `${u.active_keys} active key(s).`;
   if (resetInputs) $("limit-input").value = u.daily_request_limit ?? "";
+  const focused = document.activeElement;
   $("user-totp").hidden = u.role !== "admin";
-  $("user-disable").disabled = !!u.disabled;
+  $("user-unlock").hidden = !u.locked;
+  $("user-reset-password").hidden = u.role === "metrics"; // API keys only, no password
+  $("user-disable").hidden = !!u.disabled;
+  $("user-enable").hidden = !u.disabled;
+  // A button that just hid itself keeps the focus in the panel: on its opposite (Disable and
+  // Enable), else on the panel.
+  if (focused && focused.hidden && $("user-detail").contains(focused)) {
+    const twin = { "user-disable": "user-enable", "user-enable": "user-disable" }[focused.id];
+    (twin && !$(twin).hidden ? $(twin) : $("user-detail")).focus();
+  }
   $("key-form").querySelector("button").disabled = !!u.disabled;
 }
 
@@ -432,6 +475,36 @@ async function disableUser() {
   const name = state.selectedUser;
   if (!(await confirmDialog("Disable user", `Disable ${name}? They can no longer sign in and their keys stop working.`, "Disable"))) return;
   await userAction(() => apiJson("POST", `/admin/api/users/${enc(name)}/disable`), `${name} is disabled.`);
+}
+
+async function enableUser() {
+  const name = state.selectedUser;
+  await userAction(() => apiJson("POST", `/admin/api/users/${enc(name)}/enable`),
+    `${name} is enabled again.`);
+}
+
+async function unlockUser() {
+  const name = state.selectedUser;
+  await userAction(() => apiJson("POST", `/admin/api/users/${enc(name)}/unlock`),
+    (r) => `${name} is unlocked (${r.locks_lifted} sign-in lock(s) lifted).`);
+}
+
+async function resetPassword() {
+  const name = state.selectedUser;
+  const ok = await confirmDialog("Reset password",
+    `Reset the password of ${name}? Their current password stops working and their sessions ` +
+    "end. You get a one-time password to hand over; they must choose a new password at " +
+    "their next sign-in.", "Reset password");
+  if (!ok) return;
+  const r = await userAction(() => apiJson("POST", `/admin/api/users/${enc(name)}/reset-password`),
+    `The password of ${name} was reset.`);
+  if (!r) return;
+  showSecrets(`One-time password for ${name}`, [
+    ["User", r.name, "secret-name"],
+    ["One-time password", r.password, "secret-password"],
+  ], null, `${name} must choose a new password at the next sign-in (on the chat page): ` +
+    "this one only opens the form for that. Their sessions have ended and any sign-in " +
+    "locks on the name were lifted.");
 }
 
 async function resetTotp() {
@@ -822,6 +895,9 @@ function wire() {
   $("create-form").addEventListener("submit", createUser);
   $("limit-form").addEventListener("submit", setLimit);
   $("user-disable").addEventListener("click", disableUser);
+  $("user-enable").addEventListener("click", enableUser);
+  $("user-unlock").addEventListener("click", unlockUser);
+  $("user-reset-password").addEventListener("click", resetPassword);
   $("user-totp").addEventListener("click", resetTotp);
   $("user-erase").addEventListener("click", eraseUser);
   $("user-close").addEventListener("click", closeUser);

@@ -15,6 +15,7 @@ import {
   setCsrfToken,
 } from "./lib/api.js";
 import { StreamError, sseEvents } from "./lib/sse.js";
+import { clearPasswordForm, openPasswordForm, setupPasswordForm } from "./account.js";
 import { renderMarkdown } from "./markdown.js";
 
 const state = {
@@ -26,15 +27,30 @@ const state = {
   busy: false,
   controller: null,
   conversations: [],
+  chatGen: 0, // bumped whenever another chat is put on screen: older turns must not write to it
+  turn: null, // the send in progress
+  syncing: null, // a stopped answer being read back from the server (the next send waits)
+  sendQueued: false, // a send is waiting for that
 };
+
+// What the user was doing when their session ended, given back when the same user signs in
+// again (dropped for anyone else): {user, convId, draft}.
+let keptForSameUser = null;
+// Where "Cancel" and a finished voluntary password change go back to ("chat-view" or
+// "auditor-view"); null while a change is required.
+let passwordReturn = null;
 
 // ------------------------------------------------------------------------- views
 
+const VIEWS = ["loading", "login-view", "password-view", "auditor-view", "chat-view"];
+
 function showOnly(view) {
-  for (const id of ["loading", "login-view", "auditor-view", "chat-view"]) $(id).hidden = id !== view;
-  const signedIn = view === "auditor-view" || view === "chat-view";
+  for (const id of VIEWS) $(id).hidden = id !== view;
+  const working = view === "auditor-view" || view === "chat-view";
+  const signedIn = working || view === "password-view";
   $("logout").hidden = !signedIn;
   $("whoami").hidden = !signedIn;
+  $("change-password").hidden = !working;
   $("quota").hidden = view !== "chat-view" || !state.quota;
   $("sidebar-toggle").hidden = view !== "chat-view";
 }
@@ -46,6 +62,9 @@ function showLogin(notice) {
   state.role = null;
   state.quota = null;
   resetChat();
+  $("composer-input").value = ""; // kept aside for the same user by sessionEnded, if at all
+  clearPasswordForm();
+  passwordReturn = null;
   $("conv-list").replaceChildren();
   const note = $("login-notice");
   note.textContent = notice || "";
@@ -61,7 +80,28 @@ let endedShown = false;
 function sessionEnded() {
   if (endedShown) return;
   endedShown = true;
+  keepForSameUser();
   showLogin("Your session ended — please log in again.");
+}
+
+// The typed text (or the message whose sending found the session ended) and the open
+// conversation, for when the same user signs in again.
+function keepForSameUser() {
+  if (!state.user || state.role === "auditor") return;
+  const turn = state.turn;
+  const unsent = turn && !turn.started && turn.gen === state.chatGen ? turn.text : "";
+  keptForSameUser = {
+    user: state.user,
+    convId: state.convId,
+    draft: $("composer-input").value || unsent,
+  };
+}
+
+/** What was kept for `user` (null for anyone else); forgotten either way. */
+function takeKept(user) {
+  const kept = keptForSameUser;
+  keptForSameUser = null;
+  return kept && kept.user === user ? kept : null;
 }
 
 function applySession(data) {
@@ -71,6 +111,11 @@ function applySession(data) {
   if (data.quota) state.quota = { ...data.quota };
   endedShown = false;
   $("whoami").textContent = `Signed in as ${data.user}`;
+  if (data.password_change_required) {
+    showPasswordForm(true); // nothing else works until then; what was kept waits too
+    return;
+  }
+  const kept = takeKept(data.user);
   if (data.role === "auditor") {
     showOnly("auditor-view");
     return;
@@ -79,6 +124,10 @@ function applySession(data) {
   renderQuota();
   resetChat();
   loadConversations();
+  if (kept) {
+    $("composer-input").value = kept.draft;
+    if (kept.convId) openConversation(kept.convId);
+  }
   $("composer-input").focus();
 }
 
@@ -101,6 +150,19 @@ function renderQuota() {
 
 // ------------------------------------------------------------------------- login / logout
 
+/** Why a sign-in was refused, in the words to show. A locked name's refusal (429
+ * too_many_attempts) says when to try again and whom to ask: the server's own words. */
+function loginRefusal(resp, info) {
+  if (resp.status === 401) return "Wrong username or password.";
+  if (resp.status !== 429) return info.message;
+  if (info.code === "too_many_attempts" && info.message) {
+    const text = info.message.trim();
+    return `${text[0].toUpperCase()}${text.slice(1)}${/[.!?]$/.test(text) ? "" : "."}`;
+  }
+  const retry = resp.headers.get("Retry-After");
+  return retry ? `Too many attempts; try again in ${retry} s.` : `Too many attempts. ${info.message}`;
+}
+
 async function onLogin(ev) {
   ev.preventDefault();
   const username = $("login-username").value.trim();
@@ -118,8 +180,7 @@ async function onLogin(ev) {
     const resp = await api("POST", "/auth/login", { username, password }, { allow401: true });
     if (!resp.ok) {
       const info = await readError(resp);
-      err.textContent = resp.status === 401 ? "Wrong username or password." :
-        resp.status === 429 ? `Too many attempts. ${info.message}` : info.message;
+      err.textContent = loginRefusal(resp, info);
       err.hidden = false;
       $("login-password").value = "";
       $("login-password").focus();
@@ -156,7 +217,37 @@ async function onLogout() {
     /* logged out locally anyway */
   }
   endedShown = false;
+  keptForSameUser = null;
   showLogin("You have logged out.");
+}
+
+// ------------------------------------------------------------------------- password
+
+/** The "Choose a new password" form instead of the chat: `required` after an admin's reset
+ * (no way around it), else the user's own choice (Cancel goes back). */
+function showPasswordForm(required) {
+  passwordReturn = required ? null : ($("auditor-view").hidden ? "chat-view" : "auditor-view");
+  showOnly("password-view");
+  setSidebarOpen(false);
+  openPasswordForm({ user: state.user, required });
+}
+
+function leavePasswordForm(changed) {
+  const view = passwordReturn;
+  passwordReturn = null;
+  if (!view) {
+    // A required change is done: the session now works normally; go on into the chat.
+    resume();
+    return;
+  }
+  showOnly(view);
+  if (view === "chat-view") {
+    renderQuota();
+    if (changed) setStatus("Your password was changed.");
+    $("composer-input").focus();
+  } else {
+    $("change-password").focus();
+  }
 }
 
 async function resume() {
@@ -322,6 +413,53 @@ async function deleteConversation(c) {
   }
 }
 
+/** A stored conversation's messages the page shows and resends (user, assistant, system). */
+function storedMessages(data) {
+  const msgs = Array.isArray(data.messages) ? data.messages : [];
+  return msgs.filter((m) => m && typeof m.content === "string"
+    && ["user", "assistant", "system"].includes(m.role));
+}
+
+/** The positions in `msgs` of the answers that were stopped: each readable turn's answer
+ * (first choice) is the next assistant message with its text, in order. */
+function stoppedPositions(data, msgs) {
+  const marks = new Set();
+  let pos = 0;
+  for (const t of Array.isArray(data.turns) ? data.turns : []) {
+    if (!t || t.unreadable || t.choice || typeof t.answer !== "string") continue;
+    let i = pos;
+    while (i < msgs.length && !(msgs[i].role === "assistant" && msgs[i].content === t.answer)) i += 1;
+    if (i >= msgs.length) continue;
+    if (t.stopped) marks.add(i);
+    pos = i + 1;
+  }
+  return marks;
+}
+
+function renderStored(data) {
+  const msgs = storedMessages(data);
+  const stopped = stoppedPositions(data, msgs);
+  msgs.forEach((m, i) => {
+    state.messages.push({ role: m.role, content: m.content });
+    if (m.role !== "assistant") {
+      addPlainBubble(m.role, m.content);
+      return;
+    }
+    const bubble = addAssistantBubble();
+    // A reasoning model's stored reasoning (history keeps it when [reasoning] history = "store").
+    renderAnswer(bubble, m.content, typeof m.reasoning_content === "string" ? m.reasoning_content : "");
+    if (stopped.has(i)) markStopped(bubble, true);
+  });
+  const unreadable = Array.isArray(data.turns) ? data.turns.filter((t) => t && t.unreadable).length : 0;
+  if (unreadable) {
+    const note = document.createElement("p");
+    note.className = "msg-note";
+    note.textContent = `${unreadable} earlier turn(s) could not be read and are not shown.`;
+    $("messages").appendChild(note);
+  }
+  $("empty-hint").hidden = state.messages.length > 0 || unreadable > 0;
+}
+
 async function openConversation(id) {
   if (state.busy) abortGeneration();
   clearChatError();
@@ -331,27 +469,7 @@ async function openConversation(id) {
     resetChat();
     state.convId = data.id || id;
     $("chat-title").textContent = convTitle(data);
-    const msgs = Array.isArray(data.messages) ? data.messages : [];
-    const unreadable = Array.isArray(data.turns) ? data.turns.filter((t) => t && t.unreadable).length : 0;
-    for (const m of msgs) {
-      if (!m || typeof m.content !== "string") continue;
-      if (!["user", "assistant", "system"].includes(m.role)) continue;
-      state.messages.push({ role: m.role, content: m.content });
-      if (m.role === "assistant") {
-        const bubble = addAssistantBubble();
-        // A reasoning model's stored reasoning (history keeps it when [reasoning] history = "store").
-        renderAnswer(bubble, m.content, typeof m.reasoning_content === "string" ? m.reasoning_content : "");
-      } else {
-        addPlainBubble(m.role, m.content);
-      }
-    }
-    if (unreadable) {
-      const note = document.createElement("p");
-      note.className = "msg-note";
-      note.textContent = `${unreadable} earlier turn(s) could not be read and are not shown.`;
-      $("messages").appendChild(note);
-    }
-    $("empty-hint").hidden = state.messages.length > 0 || unreadable > 0;
+    renderStored(data);
     setStatus("");
     renderConversations();
     setSidebarOpen(false);
@@ -367,6 +485,7 @@ async function openConversation(id) {
 // ------------------------------------------------------------------------- messages
 
 function resetChat() {
+  state.chatGen += 1;
   state.convId = null;
   state.messages = [];
   const box = $("messages");
@@ -457,6 +576,26 @@ function renderAnswer(bubble, content, reasoning) {
   bubble.querySelector(".answer").replaceChildren(renderMarkdown(split.answer));
 }
 
+/** The mark of an answer that ended early (Stop, or the page was left): shown on the answer,
+ * read out with it. */
+function markStopped(bubble, on) {
+  let mark = bubble.querySelector(".msg-stopped");
+  if (!on) {
+    if (mark) mark.remove();
+    delete bubble.dataset.stopped;
+    return;
+  }
+  if (!mark) {
+    mark = document.createElement("p");
+    mark.className = "msg-stopped";
+    const label = document.createElement("strong");
+    label.textContent = "Stopped";
+    mark.append(label, " — the answer above is incomplete.");
+    bubble.querySelector(".answer").after(mark);
+  }
+  bubble.dataset.stopped = "true";
+}
+
 function addBubbleNote(bubble, text, isError = false) {
   const p = document.createElement("p");
   p.className = isError ? "msg-error" : "msg-note";
@@ -531,11 +670,14 @@ function startTurn(text) {
   state.controller = controller;
   setBusy(true);
   setStatus("Waiting for the model…");
-  return {
+  const turn = {
     text, outgoing, body, userBubble, bubble, controller,
+    gen: state.chatGen, convId: state.convId,
     content: "", reasoning: "", started: false, stopped: false, streamError: null,
     renderQueued: false,
   };
+  state.turn = turn;
+  return turn;
 }
 
 // Nothing was generated: take the message back out so the user can resend it.
@@ -555,7 +697,11 @@ async function refuseTurn(turn, resp) {
 
 function beginAnswer(turn, resp) {
   turn.started = true;
+  // The conversation the server keeps this turn in (a new chat's from its first answer on:
+  // even a stopped answer is kept there).
   const newId = resp.headers.get("X-Conversation-Id");
+  if (newId) turn.convId = newId;
+  if (turn.gen !== state.chatGen) return; // the user has moved on to another chat
   const isNew = !state.convId;
   if (newId) state.convId = newId;
   if (isNew && newId) $("chat-title").textContent = turn.text.trim().split("\n")[0].slice(0, 80);
@@ -613,21 +759,82 @@ function finishAnswer(turn) {
   const { bubble, content, reasoning, stopped, streamError } = turn;
   bubble.classList.remove("msg-pending");
   renderAnswer(bubble, content, reasoning);
-  if (stopped) addBubbleNote(bubble, "Stopped — the answer above is incomplete.");
+  if (stopped) markStopped(bubble, true);
   if (streamError) addBubbleNote(bubble, streamError, true);
   if (!content && !reasoning && !stopped && !streamError) addBubbleNote(bubble, "(empty answer)");
-  state.messages = turn.outgoing.concat(content ? [{ role: "assistant", content }] : []);
-  setStatus(stopped ? "Stopped." : streamError ? "" : "Answer complete.");
+  if (turn.gen === state.chatGen) {
+    state.messages = turn.outgoing.concat(content ? [{ role: "assistant", content }] : []);
+    setStatus(stopped ? "Stopped." : streamError ? "" : "Answer complete.");
+  }
+  if (stopped && turn.convId) {
+    const syncing = syncStopped(turn).finally(() => {
+      if (state.syncing === syncing) state.syncing = null;
+    });
+    state.syncing = syncing;
+  } else {
+    loadConversations();
+  }
+}
+
+// ------------------------------------------------------------------------- stopped answers
+
+const SYNC_TRIES = 20;
+const SYNC_PAUSE_MS = 250;
+
+/** The stored turn of `turn` in a conversation read from the server: its last readable
+ * first-choice turn, when that asked this turn's question; else null. */
+function storedTurn(data, turn) {
+  const turns = (Array.isArray(data.turns) ? data.turns : [])
+    .filter((t) => t && !t.unreadable && !t.choice);
+  const last = turns[turns.length - 1];
+  const msgs = last && Array.isArray(last.messages) ? last.messages : [];
+  const asked = msgs[msgs.length - 1];
+  const same = msgs.length === turn.outgoing.length && asked && asked.content === turn.text;
+  return same && typeof last.answer === "string" ? last : null;
+}
+
+/** Show the stored answer (the server keeps what it had generated when the stream ended,
+ * which may run a few words past what reached the page) and continue from it. */
+function adoptStored(turn, data, stored) {
+  const reasoning = typeof stored.reasoning_content === "string" ? stored.reasoning_content
+    : turn.reasoning;
+  if (stored.answer !== turn.content) renderAnswer(turn.bubble, stored.answer, reasoning);
+  turn.content = stored.answer;
+  markStopped(turn.bubble, !!stored.stopped);
+  if (turn.gen !== state.chatGen || state.convId !== turn.convId || state.busy) return;
+  state.messages = storedMessages(data).map((m) => ({ role: m.role, content: m.content }));
+}
+
+/** After Stop: wait until the server has stored the stopped turn (it does so once it notices
+ * the stream was left), take its stored form, and list the conversation. */
+async function syncStopped(turn) {
+  const path = `/v1/conversations/${encodeURIComponent(turn.convId)}`;
+  for (let i = 0; i < SYNC_TRIES; i += 1) {
+    try {
+      const data = await apiJson("GET", path);
+      const stored = storedTurn(data, turn);
+      if (stored) {
+        adoptStored(turn, data, stored);
+        break;
+      }
+    } catch (e) {
+      if (e instanceof SessionEnded) return;
+      if (e.status !== 404) break; // 404: a new conversation not stored yet
+    }
+    await new Promise((resolve) => setTimeout(resolve, SYNC_PAUSE_MS));
+  }
   loadConversations();
 }
 
 function endTurn(turn) {
   if (state.controller === turn.controller) state.controller = null;
+  if (state.turn === turn) state.turn = null;
   setBusy(false);
   if (turn.started) {
     finishAnswer(turn);
-  } else if (turn.stopped) {
-    // Stopped before the server answered: nothing was generated.
+  } else if (turn.stopped && state.user) {
+    // Stopped before the server answered: nothing was generated. (Not after the session
+    // ended: then the text waits for the same user, see keepForSameUser.)
     takeBack(turn);
     setStatus("Stopped.");
     if (!state.messages.length) $("empty-hint").hidden = false;
@@ -637,8 +844,25 @@ function endTurn(turn) {
   document.body.dataset.sends = String(Number(document.body.dataset.sends || 0) + 1);
 }
 
+/** Wait for a stopped answer still being read back, so the next question continues the
+ * conversation as stored; false when a send is already waiting or running. */
+async function afterSync() {
+  if (!state.syncing) return true;
+  if (state.sendQueued) return false;
+  state.sendQueued = true;
+  setStatus("Saving the stopped answer…");
+  try {
+    await state.syncing;
+  } finally {
+    state.sendQueued = false;
+    setStatus("");
+  }
+  return !state.busy;
+}
+
 async function sendMessage() {
   if (state.busy) return;
+  if (!(await afterSync())) return;
   const input = $("composer-input");
   const text = input.value;
   if (!text.trim()) {
@@ -667,6 +891,12 @@ async function sendMessage() {
 
 function init() {
   onSessionEnded(sessionEnded);
+  setupPasswordForm({
+    done: () => leavePasswordForm(true),
+    cancel: () => leavePasswordForm(false),
+    ended: sessionEnded,
+  });
+  $("change-password").addEventListener("click", () => showPasswordForm(false));
   $("login-form").addEventListener("submit", onLogin);
   $("logout").addEventListener("click", onLogout);
   $("new-chat").addEventListener("click", () => {
