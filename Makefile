@@ -70,6 +70,7 @@ test-e2e: $(TEST_INSTALLED)
 bench: $(TEST_INSTALLED)
 	-$(MAKE) bench-llamacpp
 	$(BIN)/python bench/side_by_side.py
+	$(BIN)/python bench/login_flood.py --out bench/results/login_flood.json
 
 # llama.cpp's server for the comparison, in a venv of its own (compiled from the PyPI sdist,
 # ~15 min on 2 cores). Portable x86-64 kernels: the native build's AVX-512/AMX code died with

@@ -22,7 +22,7 @@ from deepseekd.http.openai.protocol import (
     ConversationTitle,
     SimpleChatRequest,
 )
-from deepseekd.http.state import BODY, ROUTES
+from deepseekd.http.state import AUTH, BODY, QUIET, ROUTES
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -42,6 +42,9 @@ class Route:
     (201 JSON), 'html', 'static' or 'text'."""
     query: tuple[tuple[str, str, str], ...] = ()
     """Query parameters for the document: (name, JSON type, description)."""
+    sign_in: bool = False
+    """A sign-in: an address over its attempts is refused before the body is read, and
+    not logged line by line (one warning a minute per address, and a counter)."""
 
 
 AUDIT_QUERY = (
@@ -66,8 +69,8 @@ TABLE: tuple[Route, ...] = (
     Route("GET", "/admin", pages.admin_page, OPEN, answers="html"),
     Route("GET", "/static/{filename}", pages.static_file, OPEN, answers="static"),
     Route("GET", "/static/lib/{filename}", pages.static_lib_file, OPEN, answers="static"),
-    Route("POST", "/auth/login", pages.login, OPEN, body=pages.WebLogin),
-    Route("POST", "/admin/api/login", admin.login, OPEN, body=admin.LoginBody),
+    Route("POST", "/auth/login", pages.login, OPEN, body=pages.WebLogin, sign_in=True),
+    Route("POST", "/admin/api/login", admin.login, OPEN, body=admin.LoginBody, sign_in=True),
     # -- browser sessions
     Route("GET", "/auth/session", pages.session, SIGNED_IN),
     Route("POST", "/auth/logout", pages.logout, SIGNED_IN),
@@ -180,6 +183,11 @@ def _with_body(route: Route) -> Handler:
         return route.handler
 
     async def handler(request: web.Request) -> web.StreamResponse:
+        if route.sign_in:
+            refused = request.app[AUTH].throttle.over(request.remote or "unknown")
+            if refused is not None:
+                request[QUIET] = True
+                raise refused
         request[BODY] = validate(model, await read_json(request, optional=route.body_optional))
         return await route.handler(request)
 

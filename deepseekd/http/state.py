@@ -78,6 +78,8 @@ SESSION_TOKEN = web.RequestKey("session_token", str)
 BODY = web.RequestKey("body", object)
 """The validated body, for routes whose table entry names a body model."""
 CALLER = web.RequestKey("caller", Caller)
+QUIET = web.RequestKey("quiet", bool)
+"""Not logged line by line (a throttled sign-in: the flood is counted, not logged)."""
 
 
 def caller(request: web.Request) -> Caller:

@@ -85,6 +85,11 @@ class Metrics:
             "deepseekd_auth_failures", "Refused credentials, logins and second factors.", registry=r
         )
         self.lockouts = Counter("deepseekd_lockouts", "Accounts locked after failures.", registry=r)
+        self.sign_ins_throttled = Counter(
+            "deepseekd_sign_ins_throttled",
+            "Sign-in attempts refused because their address made too many.",
+            registry=r,
+        )
         self.quota_rejections = Counter(
             "deepseekd_quota_rejections", "Requests refused by a daily quota.", registry=r
         )

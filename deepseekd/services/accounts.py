@@ -60,6 +60,8 @@ class UserInfo:
     locked: bool
     created_at: float
     active_keys: int
+    must_change_password: bool = False
+    """A password reset is pending: the next sign-in must choose a new password."""
 
 
 @dataclass(frozen=True)
@@ -204,6 +206,7 @@ class AccountService:
                 u.name in locked,
                 u.created_at,
                 n,
+                bool(u.must_change_password),
             )
             for u, n in rows
         ]

@@ -78,6 +78,7 @@ class Services:
         accounts = AccountService(db, settings.auth, clock, audit, SecretBox(keys.cached_totp_key))
         auth = AuthService(db, settings.auth, clock, audit, accounts, settings.quota)
         auth.on_lockout = metrics.lockouts.inc
+        auth.throttle.on_refused = metrics.sign_ins_throttled.inc
         usage = QuotaService(db, settings.quota, clock)
         history = HistoryService(db, keys, audit, clock)
         lora = LoraService(settings, db, audit, life, clock)

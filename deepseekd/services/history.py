@@ -75,7 +75,8 @@ class TurnRecord:
     choice: int = 0
     """Which of the request's n answers."""
     stopped: bool = False
-    """The answer ended early (the client stopped it or left): it is what the client got."""
+    """The answer ended early (the client stopped it or left): the text is what the engine
+    had produced by then (a client may have dropped the last chunks in flight)."""
 
 
 class HistoryService:

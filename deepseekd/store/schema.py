@@ -196,7 +196,8 @@ class Turn(Base):
     """Only the reasoning's HMAC under the audit key ([reasoning] history = "hash")."""
     reasoning_tokens: Mapped[int | None] = mapped_column(Integer)
     stopped: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
-    """The answer ended early: the client stopped it or left; the text is what it got."""
+    """The answer ended early: the client stopped it or left; the text is what the engine
+    had produced by then."""
     choice: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     """Which of a request's n answers (0 for the first); they share the seq."""
     aad_version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")

@@ -10,7 +10,7 @@ import uuid
 from aiohttp import web
 
 from deepseekd.http.middleware.types import OPEN_PATHS, Handler, route_of
-from deepseekd.http.state import IDENTITY, METRICS, REQUEST_ID, REQUEST_START, TRACING
+from deepseekd.http.state import IDENTITY, METRICS, QUIET, REQUEST_ID, REQUEST_START, TRACING
 
 log = logging.getLogger("deepseekd.http")
 
@@ -44,7 +44,7 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
             span.end()
         elapsed = time.monotonic() - start
         request.app[METRICS].observe_http(route, request.method, status, elapsed)
-        if request.path not in OPEN_PATHS:
+        if request.path not in OPEN_PATHS and not request.get(QUIET):
             who = request.get(IDENTITY)
             log.info(
                 "request",
