@@ -6,6 +6,7 @@ kind of caller against it, and the auth middleware refuses any route missing fro
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -25,6 +26,8 @@ from deepseekd.http.openai.protocol import (
 from deepseekd.http.state import AUTH, BODY, QUIET, ROUTES
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+THROTTLED_WAIT_S = 1.0
+"""How long a sign-in from an address over its attempts waits for its 429."""
 
 
 @dataclass(frozen=True)
@@ -187,6 +190,9 @@ def _with_body(route: Route) -> Handler:
             refused = request.app[AUTH].throttle.over(request.remote or "unknown")
             if refused is not None:
                 request[QUIET] = True
+                # A tarpit: a flooding address waits before each refusal, so it cannot keep
+                # the event loop busy answering it (a sleeping request costs nothing).
+                await asyncio.sleep(THROTTLED_WAIT_S)
                 raise refused
         request[BODY] = validate(model, await read_json(request, optional=route.body_optional))
         return await route.handler(request)
