@@ -61,6 +61,11 @@ SEVERITIES = {"critical", "warning", "info"}
 
 # The original design's latency alert, kept in its form.
 HIGH_LATENCY = 'avg(rate(http_request_duration_seconds_sum{service="deepseek"}[1m])) > 0.5'
+# The engine reserves engine.gpu_memory_utilization of each GPU (0.90 in the GPU profiles) and
+# keeps it, so GPU memory is watched as bytes left free (under 512 MiB), never as a share used.
+GPU_MEMORY_EXHAUSTED = (
+    "deepseekd_gpu_memory_total_bytes - deepseekd_gpu_memory_used_bytes < 536870912"
+)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -206,6 +211,20 @@ def test_high_latency_keeps_the_original_form() -> None:
     assert rule["expr"].strip() == HIGH_LATENCY
     assert seconds(rule["for"]) == 60
     assert rule["labels"]["severity"] == "critical"
+
+
+def test_gpu_memory_alert_watches_free_bytes_not_the_share_in_use() -> None:
+    """A used/total ratio alert (the former GPUMemoryHigh, > 90%) fired on every GPU box at
+    rest: the engine's 0.90 share plus its CUDA context is over 90% by design."""
+    rules = alert_rules()
+    gpu_memory = {"deepseekd_gpu_memory_used_bytes", "deepseekd_gpu_memory_total_bytes"}
+    ratios = [r["alert"] for r in rules
+              if gpu_memory & metric_names(r["expr"]) and "/" in r["expr"]]
+    assert not ratios, f"alerts on the share of GPU memory in use: {ratios}"
+    (rule,) = [r for r in rules if r["alert"] == "GPUMemoryExhausted"]
+    assert rule["expr"].strip() == GPU_MEMORY_EXHAUSTED
+    assert seconds(rule["for"]) == 300
+    assert rule["labels"]["severity"] == "warning"
 
 
 def test_every_alert_has_a_firing_and_a_silent_case() -> None:
