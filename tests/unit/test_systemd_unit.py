@@ -75,6 +75,38 @@ def test_unit_leaves_out_what_breaks_cuda() -> None:
     assert values("PrivateDevices") in ([], ["no"], ["false"])
 
 
+def test_unit_allows_what_nccl_needs_for_several_gpus() -> None:
+    # Tensor parallelism: one vLLM worker per GPU, talking through NCCL (and Gloo).
+    families = " ".join(values("RestrictAddressFamilies")).split()
+    assert not any(f.startswith("~") for f in families), families  # an allow list
+    assert {"AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"} <= set(families), families
+    # NCCL's and Gloo's bootstrap sockets on loopback, which IPAddressAllow= permits.
+    env = dict(v.split("=", 1) for v in values("Environment"))
+    assert env["NCCL_SOCKET_IFNAME"] == "lo"
+    assert env["GLOO_SOCKET_IFNAME"] == "lo"
+    assert env["VLLM_HOST_IP"] == "127.0.0.1"
+    assert values("IPAddressDeny") == ["any"]
+    assert values("IPAddressAllow") == ["localhost"]
+
+
+def _covers(entry: str, target: str) -> bool:
+    """Whether a path setting's entry (-/+ prefixes, SRC:DEST, PATH:OPTIONS) covers target."""
+    paths = [p.rstrip("/") or "/" for p in entry.lstrip("-+").split(":") if p.startswith("/")]
+    return any(p == "/" or target == p or target.startswith(p + "/") for p in paths)
+
+
+def test_dev_shm_stays_writable() -> None:
+    # vLLM's shared-memory message queue and NCCL's buffers between workers live there.
+    assert values("PrivateDevices") in ([], ["no"], ["false"])
+    assert _covers("-/dev:ro", "/dev/shm") and not _covers("/dev/shmem", "/dev/shm")
+    for key in ("InaccessiblePaths", "ReadOnlyPaths", "TemporaryFileSystem",
+                "BindReadOnlyPaths"):
+        covering = [p for v in values(key) for p in v.split() if _covers(p, "/dev/shm")]
+        assert covering == [], f"{key}= covers /dev/shm: {covering}"
+    # strict/full/yes make /usr, /boot, /etc (or all of /) read-only, never /dev.
+    assert values("ProtectSystem") == ["strict"]
+
+
 # ---------------------------------------------------------------------- systemd-analyze
 
 
