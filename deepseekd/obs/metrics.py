@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -164,19 +165,32 @@ class Metrics:
 
 class GpuCollector(Collector):
     """Per-GPU memory, utilisation, temperature and power through NVML. On a box without a
-    GPU (or without the driver) it yields nothing, so the metrics are simply absent."""
+    GPU (or without the driver) it yields nothing, so the metrics are simply absent.
+    ``nvml`` replaces ``pynvml`` in tests."""
 
-    def __init__(self) -> None:
-        self._nvml = None
+    def __init__(self, nvml: Any = None) -> None:
+        self._nvml: Any = None
+        self._count = 0
+        started = False
         try:
-            import pynvml
+            if nvml is None:
+                import pynvml
 
-            pynvml.nvmlInit()
-            self._nvml = pynvml
-            self._count = pynvml.nvmlDeviceGetCount()
+                nvml = pynvml
+            nvml.nvmlInit()
+            started = True
+            # Count first: only a collector that knows its GPUs is switched on, so a driver
+            # that fails here leaves the metrics absent instead of breaking every scrape.
+            self._count = int(nvml.nvmlDeviceGetCount())
+            self._nvml = nvml
             log.info("NVML found", extra={"gpus": self._count})
         except Exception as exc:  # ImportError, NVMLError_LibraryNotFound, driver errors
             log.info("no GPU metrics", extra={"reason": type(exc).__name__})
+            if started:
+                try:
+                    nvml.nvmlShutdown()
+                except Exception:
+                    pass
 
     def snapshot(self) -> list[dict[str, float]]:
         """Memory per GPU for the admin console; [] without a GPU."""
@@ -214,13 +228,23 @@ class GpuCollector(Collector):
                 used.add_metric([str(i)], float(mem.used))
                 total.add_metric([str(i)], float(mem.total))
                 util.add_metric([str(i)], nv.nvmlDeviceGetUtilizationRates(h).gpu / 100.0)
-                temp.add_metric(
-                    [str(i)], float(nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU))
-                )
+                temp.add_metric([str(i)], float(_temperature(nv, h)))
                 power.add_metric([str(i)], nv.nvmlDeviceGetPowerUsage(h) / 1000.0)
             except Exception as exc:  # one bad GPU must not break the scrape
                 log.warning("NVML read failed", extra={"gpu": i, "error": type(exc).__name__})
         return [used, total, util, temp, power]
+
+
+def _temperature(nv: Any, handle: Any) -> int:
+    """nvmlDeviceGetTemperature is deprecated (removed with CUDA 14); drivers older than the
+    V call (or bindings without it) still answer the old one."""
+    getter = getattr(nv, "nvmlDeviceGetTemperatureV", None)
+    if getter is not None:
+        try:
+            return int(getter(handle, nv.NVML_TEMPERATURE_GPU))
+        except nv.NVMLError_FunctionNotFound:
+            pass
+    return int(nv.nvmlDeviceGetTemperature(handle, nv.NVML_TEMPERATURE_GPU))
 
 
 def bind_gauges(

@@ -1,9 +1,11 @@
 """The memory and quantization checks before loading: real config.json files of the models
 the profiles suggest, checkpoints of their real tensor sizes (sparse files: a safetensors
-header, then a hole), and NVML readings of the real cards."""
+header, then a hole), and NVML readings recorded on the real cards
+(tests/support/fake_nvml.py), read through deepseekd.engine.gpus as on a GPU box."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 from pathlib import Path
@@ -12,20 +14,30 @@ import pytest
 
 from deepseekd.config import EngineSettings, load_settings
 from deepseekd.engine import preflight as pf
-from deepseekd.engine.preflight import GIB, GpuInfo, PreflightError
+from deepseekd.engine.gpus import Gpu, read_nvml
+from deepseekd.engine.preflight import GIB, PreflightError
 from deepseekd.profiles import PROFILES
+from tests.support import fake_nvml
+from tests.support.fake_nvml import BOXES, Box, Card
 
 CONFIGS = Path(__file__).parent / "model_configs"
 MIB = 1024 ** 2
 
-# What NVML reports on the cards the profiles are sized for (total; an idle card with a
-# driver shows a few hundred MiB in use).
-RTX4090 = GpuInfo("NVIDIA GeForce RTX 4090", 24564 * MIB, 24080 * MIB, (8, 9))
-A100_40 = GpuInfo("NVIDIA A100-SXM4-40GB", 40960 * MIB, 40420 * MIB, (8, 0))
-A100_80 = GpuInfo("NVIDIA A100-SXM4-80GB", 81920 * MIB, 81230 * MIB, (8, 0))
-RTX4080 = GpuInfo("NVIDIA GeForce RTX 4080", 16376 * MIB, 15900 * MIB, (8, 9))
-V100 = GpuInfo("Tesla V100-SXM2-32GB", 32768 * MIB, 32300 * MIB, (7, 0))
-CARDS = {"rtx4090": RTX4090, "a100-40gb": A100_40, "a100": A100_80}
+
+def gpus_of(box: Box) -> list[Gpu]:
+    reading = read_nvml(fake_nvml.FakeNvml(box))
+    assert reading is not None and reading.error is None
+    return list(reading.gpus)
+
+
+def card(c: Card) -> Gpu:
+    return gpus_of(Box("580.95.05", 13000, (c,)))[0]
+
+
+RTX4090 = card(fake_nvml.RTX4090)
+A100_80 = card(fake_nvml.A100_80)
+RTX4080 = card(fake_nvml.RTX4080)
+V100 = card(fake_nvml.V100)
 
 
 def qwen2_tensors(cfg: dict) -> dict[str, list[int]]:
@@ -112,20 +124,28 @@ def test_mla_kv_cache_of_deepseek_v3(tmp_path: Path) -> None:
     assert "does not fit" in msg and "weights 641.3 GiB" in msg and "72.0 GiB" in msg
 
 
-@pytest.mark.parametrize("name", sorted(CARDS))
-def test_each_gpu_profile_fits_its_card(tmp_path: Path, name: str) -> None:
+GPU_PROFILES = sorted(n for n, p in PROFILES.items() if p.gpus)
+
+
+def test_every_gpu_profile_has_a_recorded_box() -> None:
+    assert set(GPU_PROFILES) <= set(BOXES)
+
+
+@pytest.mark.parametrize("name", GPU_PROFILES)
+def test_each_gpu_profile_fits_its_box(tmp_path: Path, name: str) -> None:
+    """The profile's model, on the box it is sized for (as NVML reads it), passes preflight
+    with the profile's own settings, on as many GPUs as the profile says."""
     profile = PROFILES[name]
     settings = load_settings(None, env={"DEEPSEEKD_ENGINE__PROFILE": name,
                                         "DEEPSEEKD_DATA_DIR": str(tmp_path)})
-    card = CARDS[name]
-    assert card.total / GIB == pytest.approx(profile.gpu_memory_gib, abs=0.01)
+    gpus = gpus_of(BOXES[name])
+    assert len(gpus) == profile.gpus
+    assert gpus[0].total / GIB == pytest.approx(profile.gpu_memory_gib, abs=0.01)
     folder = real_model(tmp_path, settings.engine.model)
-    shape = pf.read_model(folder)
-    assert pf.check_quantization(settings.engine.quantization, "cuda", card.capability,
-                                 shape) is None or card.capability < (8, 9)
-    p = pf.plan(shape, settings.engine, reserve=pf.GPU_RESERVE_BYTES)
-    summary = pf.check_gpu_fit(p, card, settings.engine.gpu_memory_utilization)
-    assert summary.startswith("fits ")
+    result = pf.preflight(settings.engine, folder, "cuda", gpus)
+    assert result.tensor_parallel_size == profile.gpus
+    assert all(line.startswith("fits ") for line in result.notes[: profile.gpus])
+    assert len([n for n in result.notes if n.startswith("fits ")]) == profile.gpus
 
 
 def test_a_model_too_big_for_the_card_is_refused_with_the_numbers(tmp_path: Path) -> None:
@@ -137,7 +157,7 @@ def test_a_model_too_big_for_the_card_is_refused_with_the_numbers(tmp_path: Path
     msg = str(info.value)
     assert msg.startswith("engine.model does not fit: needs weights 14.2 GiB + KV cache 3.5 GiB")
     assert "(4 × 16384 tokens × 56.0 KiB/token)" in msg
-    assert "the engine may use 14.4 GiB (0.9 of NVIDIA GeForce RTX 4080 (16.0 GiB total" in msg
+    assert "the engine may use 14.4 GiB (0.9 of GPU 0 (NVIDIA GeForce RTX 4080), 16.0 GiB total" in msg
     assert "the KV cache would hold 0 tokens" in msg
     # The same model with FP8 weights fits that card.
     fp8 = pf.plan(shape, engine(dtype="bfloat16", max_model_len=16384, max_num_seqs=32,
@@ -148,12 +168,28 @@ def test_a_model_too_big_for_the_card_is_refused_with_the_numbers(tmp_path: Path
 def test_a_busy_gpu_is_refused(tmp_path: Path) -> None:
     shape = pf.read_model(real_model(tmp_path, "deepseek-r1-distill-qwen-7b"))
     p = pf.plan(shape, engine(dtype="bfloat16"), reserve=pf.GPU_RESERVE_BYTES)
-    busy = GpuInfo(RTX4090.name, RTX4090.total, 12 * GIB, (8, 9))
+    busy = dataclasses.replace(RTX4090, free=12 * GIB)
     with pytest.raises(PreflightError) as info:
         pf.check_gpu_fit(p, busy, 0.9)
     assert str(info.value).startswith(
-        "engine.gpu_memory_utilization: 0.9 of NVIDIA GeForce RTX 4090 (24.0 GiB total, "
-        "12.0 GiB free) is 21.6 GiB, but only 12.0 GiB is free (another process holds 12.0 GiB)")
+        "engine.gpu_memory_utilization: 0.9 of GPU 0 (NVIDIA GeForce RTX 4090) is 21.6 GiB, "
+        "and vLLM's CUDA context takes about 0.5 GiB before it measures, but only 12.0 GiB "
+        "of 24.0 GiB is free (other processes hold 12.0 GiB; see nvidia-smi)")
+    assert pf.check_gpu_fit(p, busy, 0.9, free=False).startswith("fits ")  # capacity only
+
+
+def test_a_desktop_gpu_with_2_gib_in_use_is_refused_before_vllm_would_fail() -> None:
+    """NVML's free memory is read before any CUDA context exists; vLLM measures after it
+    created one (~0.5 GiB). A 4090 driving a desktop (2.1 GiB in use) has 21.9 GiB free:
+    more than 0.9 × 24 GiB = 21.6 GiB, but not once vLLM's context is there."""
+    (desktop,) = gpus_of(BOXES["rtx4090-desktop"])
+    assert desktop.free > int(desktop.total * 0.9)  # the old check passed it
+    with pytest.raises(PreflightError) as info:
+        pf.check_gpu_free(desktop, 0.9)
+    assert "lower gpu_memory_utilization to at most 0.89" in str(info.value)
+    assert pf.check_gpu_free(desktop, 0.89).startswith("GPU 0 (NVIDIA GeForce RTX 4090): 21.9")
+    (idle,) = gpus_of(BOXES["rtx4090"])
+    assert pf.check_gpu_free(idle, 0.9)
 
 
 # --------------------------------------------------------------------------- quantization
@@ -167,6 +203,11 @@ def test_fp8_needs_a_gpu(tmp_path: Path) -> None:
     with pytest.raises(PreflightError) as info:
         pf.check_quantization("fp8", "cuda", V100.capability, shape)
     assert "compute capability 7.5 or newer in vLLM 0.32; this GPU has 7.0" in str(info.value)
+    # compressed-tensors runs from 7.0 (CompressedTensorsConfig.get_min_capability() == 70)
+    ct = dataclasses.replace(shape, prequantized="compressed-tensors")
+    assert pf.check_quantization("compressed-tensors", "cuda", (7, 0), ct) is None
+    with pytest.raises(PreflightError, match="capability 7.0 or newer"):
+        pf.check_quantization("compressed-tensors", "cuda", (6, 0), ct)
     assert "weight-only" in (pf.check_quantization("fp8", "cuda", (8, 0), shape) or "")
     assert pf.check_quantization("fp8", "cuda", (8, 9), shape) is None
     assert pf.check_quantization("none", "cpu", None, shape) is None

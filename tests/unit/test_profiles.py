@@ -69,9 +69,23 @@ def test_which_settings_were_explicit(tmp_path: Path) -> None:
 
 def test_an_unknown_profile_names_the_choices(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
-        load(tmp_path, '[engine]\nprofile = "h100"\n')
+        load(tmp_path, '[engine]\nprofile = "b200"\n')
     assert str(info.value) == ("engine.profile: expected one of 'none', 'cpu-small', "
-                               "'rtx4090', 'a100-40gb', 'a100', got 'h100'")
+                               "'rtx4090', 'a100-40gb', 'a100', 'h100', 'h200', 'a100x8', "
+                               "got 'b200'")
+
+
+def test_the_multi_gpu_and_hopper_profiles(tmp_path: Path) -> None:
+    x8 = load(tmp_path, '[engine]\nprofile = "a100x8"\n')
+    assert (x8.engine.model, x8.engine.quantization, x8.engine.tensor_parallel_size,
+            x8.engine.max_num_seqs) == ("deepseek-r1-distill-llama-70b", "fp8", 8, 128)
+    assert PROFILES["a100x8"].gpus == 8 and PROFILES["h200"].gpus == 1
+    h200 = load(tmp_path, '[engine]\nprofile = "h200"\n')
+    assert (h200.engine.model, h200.engine.tensor_parallel_size) == (
+        "deepseek-r1-distill-llama-70b", 1)
+    # An explicit size wins over the profile's, as for every engine setting.
+    four = load(tmp_path, '[engine]\nprofile = "a100x8"\n', engine__tensor_parallel_size="4")
+    assert four.engine.tensor_parallel_size == 4
 
 
 @pytest.mark.parametrize("name", PROFILE_NAMES)
