@@ -211,6 +211,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(settings)
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Exit 0: every check passed; 1: warnings only; 2: a check failed (or doctor itself)."""
+    from deepseekd.services import doctor
+
+    settings = _settings(args)
+    try:
+        facts = doctor.gather(settings)
+        report = doctor.diagnose(settings, facts)
+    except Exception as exc:  # a crash must not read as "warnings only" (exit 1)
+        _say(f"doctor could not check this box: {type(exc).__name__}: {exc}")
+        return 2
+    if args.json:
+        print(json.dumps(doctor.as_json(report, facts), indent=2))
+    else:
+        print(doctor.render(report))
+    return report.exit_code
+
+
 def cmd_model_import(args: argparse.Namespace) -> int:
     from deepseekd.engine import models
     from deepseekd.services.setup import prepare_data_dir
@@ -497,6 +515,15 @@ def build_parser() -> argparse.ArgumentParser:
         "prepare the data dir and default model; prints the first admin's key once",
     )
     _command(sub, common, "migrate", cmd_migrate, "upgrade the database schema to head")
+    _command(
+        sub,
+        common,
+        "doctor",
+        cmd_doctor,
+        "check the box before anything loads (driver, GPUs, model fit, compilers, disk, "
+        "clock); exit 0 ok, 1 warnings, 2 failures",
+        JSON,
+    )
     _user_commands(sub, common)
     _store_commands(sub, common)
     _bench_command(sub)

@@ -16,7 +16,6 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
-from pathlib import Path
 
 from aiohttp import web
 
@@ -31,6 +30,7 @@ from deepseekd.obs.metrics import Metrics, bind_gauges
 from deepseekd.obs.systemd import Notifier
 from deepseekd.obs.tracing import Tracing
 from deepseekd.security.tls import TlsError, TlsReloader
+from deepseekd.services import doctor
 from deepseekd.services.container import Services
 from deepseekd.services.lifecycle import Lifecycle, Phase
 from deepseekd.services.maintenance import TICK_S, Maintenance, log_anchor
@@ -348,9 +348,11 @@ def serve(settings: Settings) -> int:
     )
     if not settings.store.url and not (settings.data_dir / "deepseekd.db").exists():
         raise ServeError(f"{settings.data_dir} is not initialised; run `deepseekd init` first")
-    os.environ.update(engine_environment(settings))
+    report = _doctor(settings)
+    sampler = report.sampler.value if report.sampler else None
+    os.environ.update(engine_environment(settings, flashinfer_sampler=sampler))
 
-    # Only now import vLLM: its environment is set and the config is known to be good.
+    # Only now import vLLM: its environment is set and the box is known to be good.
     from deepseekd.engine.reasoning import ReasoningError
     from deepseekd.engine.vllm_engine import EngineSpec, VllmEngine, device_kind
     from deepseekd.engine.vllm_reasoning import check_parser_name
@@ -365,31 +367,42 @@ def serve(settings: Settings) -> int:
             "engine.device: 'cuda' was asked for, but no GPU is visible to vLLM "
             "(allowed: 'auto', 'cpu', 'cuda')"
         )
-    kv_cache_gib = _preflight(settings, model_path, "cpu" if device == "cpu" else "cuda")
-    if kv_cache_gib is not None and not settings.engine.kv_cache_gib:
+    if settings.engine.device == "cpu" and device != "cpu":
+        raise ServeError(
+            f"engine.device: 'cpu' was asked for, but the installed vLLM runs on {device}"
+        )
+    fit = report.fit
+    assert fit is not None  # a model that did not fit failed the doctor above
+    if fit.kv_cache_gib is not None and not settings.engine.kv_cache_gib:
         # The size preflight picked and checked. Read by vLLM when the engine is built
         # (below), and by its spawned engine process.
-        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(fit.kv_cache_gib)
+    engine = dataclasses.replace(settings.engine, tensor_parallel_size=fit.tensor_parallel_size)
     spec = EngineSpec(
-        model_path, model_name, settings.engine, settings.api.max_logprobs, settings.lora
+        model_path,
+        model_name,
+        engine,
+        settings.api.max_logprobs,
+        settings.lora,
+        quantization=fit.quantization,
     )
     app = build_app(settings, lambda: VllmEngine(spec), model_name, model_sha256=model_sha)
     return asyncio.run(run_daemon(app))
 
 
-def _preflight(settings: Settings, model_path: Path, device: str) -> int | None:
-    """Refuse, before loading, a model or quantization this box cannot run; returns the CPU
-    KV-cache size it checked (None on a GPU)."""
-    from deepseekd.engine.preflight import PreflightError, preflight
-
+def _doctor(settings: Settings) -> doctor.Report:
+    """``deepseekd doctor``'s checks, logged; a failure stops the start with its fix."""
     if settings.engine.profile != "none":
         log.info(
             "profile", extra={"profile": settings.engine.profile, "model": settings.engine.model}
         )
-    try:
-        result = preflight(settings.engine, model_path, device)
-    except PreflightError as exc:
-        raise ServeError(str(exc)) from None
-    for line in result.notes:
-        log.info("preflight", extra={"check": line})
-    return result.kv_cache_gib
+    report = doctor.diagnose(settings, doctor.gather(settings))
+    for c in report.checks:
+        level = logging.WARNING if c.status in (doctor.WARN, doctor.FAIL) else logging.INFO
+        log.log(level, "doctor", extra={"check": c.name, "status": c.status, "detail": c.detail})
+    failures = report.failures()
+    if failures:
+        raise ServeError(
+            "; ".join(c.detail + (f" (fix: {c.fix})" if c.fix else "") for c in failures)
+        )
+    return report

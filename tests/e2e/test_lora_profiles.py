@@ -1,6 +1,7 @@
 """LoRA with the real engine: a tiny adapter made with peft for the embedded SmolLM2 changes
 greedy output, unloading restores the base, and a restart loads it again. Also the checks
-`serve` makes before loading: FP8 on this CPU box and a profile whose model is missing."""
+`serve` makes before loading: FP8 on a CPU box (refused) or a GPU box (served), and a profile
+whose model is missing."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pyotp
 import pytest
 
 from tests.e2e.conftest import Daemon, cli, start_daemon
+from tests.support import box
 
 MAKE_LORA = Path(__file__).resolve().parents[1] / "support" / "make_lora.py"
 MODEL = "smollm2-135m-instruct"
@@ -103,12 +105,34 @@ def test_a_peft_adapter_changes_the_answer_and_unloading_restores_the_base(
     assert verify.returncode == 0, verify.stdout
 
 
+@pytest.mark.cpu_only
 def test_fp8_on_this_cpu_box_stops_serve_before_loading(data_env: tuple[dict, str]) -> None:
     env, _ = data_env
     res = cli("serve", env={**env, "DEEPSEEKD_ENGINE__QUANTIZATION": "fp8"}, timeout=300)
     assert res.returncode == 2
     assert res.stderr.startswith("deepseekd: engine.quantization: 'fp8' needs an NVIDIA GPU")
     assert "Loading weights" not in res.stdout + res.stderr
+
+
+@pytest.mark.gpu_only
+def test_fp8_serves_on_this_gpu_box(data_env: tuple[dict, str], tmp_path: Path) -> None:
+    """FP8 weights (vLLM's fp8_per_tensor for this 16-bit checkpoint): native on compute
+    capability 8.9 and newer (RTX 4090, H100), weight-only Marlin from 7.5 (A100)."""
+    env, key = data_env
+    cap = box.capability()
+    assert cap is not None
+    if cap < (7, 5):
+        res = cli("serve", env={**env, "DEEPSEEKD_ENGINE__QUANTIZATION": "fp8"}, timeout=300)
+        assert res.returncode == 2 and "compute capability 7.5 or newer" in res.stderr
+        return
+    d = start_daemon(env, key, tmp_path / "fp8.log", DEEPSEEKD_ENGINE__QUANTIZATION="fp8")
+    try:
+        r = httpx.post(d.url + "/v1/completions", headers=d.headers(), json={**PROMPT, "model": MODEL},
+                       timeout=120)
+        assert r.status_code == 200 and r.json()["choices"][0]["text"]
+        assert ("weight-only" in d.log()) == (cap < (8, 9))
+    finally:
+        assert d.stop() == 0
 
 
 def test_a_gpu_profile_names_the_model_to_import(data_env: tuple[dict, str]) -> None:

@@ -10,11 +10,11 @@ tested on token sequences in tests/unit/test_reasoning_split.py."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import openai
@@ -22,6 +22,7 @@ import pytest
 
 from tests.e2e.conftest import Daemon, cli, start_daemon
 from tests.support import tiny_models
+from tests.support.process import clean_env
 
 MODELS = {"tiny-r1-deepseek-v3": "deepseek_v3", "tiny-r1-distill-qwen2": "qwen2"}
 PROMPT = [{"role": "user", "content": "What is 2 + 2?"}]
@@ -33,7 +34,7 @@ def r1_env(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], st
     work = tmp_path_factory.mktemp("tiny-r1")
     base = tiny_models.base_tokenizer(work / "smollm2-tokenizer")
     data = work / "data"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPSEEKD_")}
+    env = clean_env()  # on a GPU box: a small share of the GPU
     env.update({
         "DEEPSEEKD_DATA_DIR": str(data),
         "DEEPSEEKD_ENGINE__ENFORCE_EAGER": "true",

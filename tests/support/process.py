@@ -29,8 +29,12 @@ def free_port() -> int:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without any DEEPSEEKD_* setting, plus ``extra``."""
+    """This process's environment without any DEEPSEEKD_* setting, plus what every test
+    daemon gets on this box (a small GPU share on a GPU box), plus ``extra``."""
+    from tests.support.box import engine_env
+
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPSEEKD_")}
+    env.update(engine_env())
     env.update(extra)
     return env
 
