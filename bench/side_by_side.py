@@ -156,12 +156,22 @@ def prepare_deepseekd(workdir: Path) -> tuple[dict[str, str], str, Path, Any]:
 
 
 def vllm_flags(settings: Any, model_dir: Path, name: str) -> tuple[list[str], dict[str, str]]:
-    """The raw vLLM server's flags and environment: exactly the engine deepseekd builds."""
-    from deepseekd.engine.environment import engine_environment
-    from deepseekd.engine.vllm_engine import EngineSpec, engine_args
+    """The raw vLLM server's flags and environment: exactly the engine deepseekd builds
+    (the same doctor checks and decisions `serve` makes: tensor parallel size, vLLM's
+    quantization name, the sampler, the CPU KV-cache size)."""
     from vllm.engine.arg_utils import AsyncEngineArgs
 
-    args = engine_args(EngineSpec(model_dir, name, settings.engine, settings.api.max_logprobs))
+    from deepseekd.engine.environment import engine_environment
+    from deepseekd.engine.vllm_engine import EngineSpec, engine_args
+    from deepseekd.services import doctor
+
+    report = doctor.diagnose(settings, doctor.gather(settings))
+    if report.fit is None or report.failures():
+        raise SystemExit("bench: deepseekd doctor fails on this box:\n" + doctor.render(report))
+    fit = report.fit
+    engine = dataclasses.replace(settings.engine, tensor_parallel_size=fit.tensor_parallel_size)
+    args = engine_args(EngineSpec(model_dir, name, engine, settings.api.max_logprobs,
+                                  quantization=fit.quantization))
     defaults = AsyncEngineArgs(model=args.model)
     flags: list[str] = []
     for f in dataclasses.fields(AsyncEngineArgs):
@@ -175,12 +185,12 @@ def vllm_flags(settings: Any, model_dir: Path, name: str) -> tuple[list[str], di
             flags += [flag, *map(str, value)]
         else:
             flags += [flag, str(value)]
-    env = engine_environment(settings)
-    if "VLLM_CPU_KVCACHE_SPACE" not in env and not shutil.which("nvidia-smi"):
-        from deepseekd.engine.preflight import resolve_kv_cache_gib
-
+    env = engine_environment(
+        settings, flashinfer_sampler=report.sampler.value if report.sampler else None
+    )
+    if "VLLM_CPU_KVCACHE_SPACE" not in env and fit.kv_cache_gib is not None:
         # deepseekd sizes its KV cache at start (kv_cache_gib = 0): give vLLM the same.
-        env["VLLM_CPU_KVCACHE_SPACE"] = str(resolve_kv_cache_gib(settings.engine, model_dir))
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(fit.kv_cache_gib)
     return [args.model, *flags], env
 
 
