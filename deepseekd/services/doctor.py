@@ -457,7 +457,8 @@ def _check_clock(settings: Settings, facts: Facts, report: Report) -> Check:
             "site's NTP server",
         )
     err = f", maximum error {c.max_error_s * 1000:.0f} ms" if c.max_error_s is not None else ""
-    return Check("clock", PASS, f"synchronised (NTP){err}; TOTP allows ±{window} s")
+    how = f" ({c.reason})" if c.reason else ""
+    return Check("clock", PASS, f"synchronised (NTP){err}{how}; TOTP allows ±{window} s")
 
 
 # --------------------------------------------------------------------------- output

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import struct
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -107,11 +108,17 @@ def test_the_kernels_answer_is_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
     assert libc.calls == 1
 
 
-def test_a_refused_adjtimex_is_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_refused_adjtimex_is_unknown(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """systemd's SystemCallFilter=~@privileged can refuse adjtimex with EPERM."""
+    monkeypatch.setattr(clock, "TIMESYNCD_MARK", tmp_path / "synchronized")
     with_libc(monkeypatch, Libc(-1), err=errno.EPERM)
     assert clock.clock_state() == ClockState(
         None, reason="adjtimex refused: Operation not permitted")
+    # Under the unit the doctor still learns from systemd-timesyncd's mark.
+    (tmp_path / "synchronized").touch()
+    assert clock.clock_state() == ClockState(
+        True, reason="adjtimex refused: Operation not permitted; systemd-timesyncd has "
+        "synchronised it")
 
 
 def test_no_adjtimex_is_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
