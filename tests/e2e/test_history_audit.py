@@ -190,6 +190,7 @@ def test_sigkill_under_load_loses_no_acknowledged_turn(data_env: tuple[dict, str
         time.sleep(0.2)
     d.proc.send_signal(signal.SIGKILL)
     d.proc.wait(30)
+    d.reap()  # the killed daemon's engine processes would live on
     stop.set()
     for t in threads:
         t.join(60)
