@@ -166,6 +166,23 @@ class EngineSettings:
         "default), on smaller boxes every core computes (measured ~20% faster on 2).",
         min=0,
     )
+    structured_outputs_backend: str = _f(
+        "auto",
+        "Guided decoding for response_format, guided_* and required/named tool calls: "
+        "auto (xgrammar, falling back to guidance for what it lacks), xgrammar or guidance.",
+        choices=("auto", "xgrammar", "guidance"),
+    )
+    structured_outputs_compact: bool = _f(
+        False,
+        "Guided JSON without whitespace between tokens, so a weak model cannot spend its "
+        "tokens on blanks; needs structured_outputs_backend xgrammar or guidance.",
+    )
+    tool_parser: str = _f(
+        "auto",
+        "Reads tool calls out of the model's free text (tool_choice auto): auto (picked from "
+        "the chat template's tool-call markers), none, or a vLLM tool parser name such as "
+        "hermes, deepseek_v3, llama3_json.",
+    )
     reasoning_parser: str = _f(
         "auto",
         "Splits <think> reasoning from the answer: auto (from the model's chat template "
@@ -213,6 +230,16 @@ class ApiSettings:
         5, "Largest top_logprobs / logprobs a request may ask for.", min=0, max=20
     )
     max_messages: int = _f(1000, "Most messages one chat request may carry.", min=1)
+    max_schema_bytes: int = _f(
+        65536,
+        "Largest JSON schema (response_format, guided_json, a tool's parameters) in bytes "
+        "of compact JSON; larger is a 400.",
+        min=64,
+        max=10 * 1024 * 1024,
+    )
+    max_schema_depth: int = _f(
+        32, "Deepest nesting of objects and arrays a JSON schema may have.", min=2, max=1000
+    )
 
 
 @dataclass(frozen=True)
@@ -621,6 +648,18 @@ def _check_cross_field(settings: Settings) -> None:
         raise ConfigError(
             f"engine.reasoning_parser: expected 'auto', 'none' or a vLLM reasoning parser name "
             f"such as 'deepseek_r1', got {parser!r}"
+        )
+    tool_parser = settings.engine.tool_parser
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", tool_parser):
+        raise ConfigError(
+            f"engine.tool_parser: expected 'auto', 'none' or a vLLM tool parser name such as "
+            f"'hermes', got {tool_parser!r}"
+        )
+    e = settings.engine
+    if e.structured_outputs_compact and e.structured_outputs_backend == "auto":
+        raise ConfigError(
+            "engine.structured_outputs_compact: needs structured_outputs_backend 'xgrammar' "
+            "or 'guidance' (vLLM's auto choice cannot promise compact JSON)"
         )
     url = settings.store.url
     if url and not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):

@@ -4,9 +4,21 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from deepseekd.domain.errors import Invalid, Unavailable
+
+
+@dataclass(frozen=True)
+class Structured:
+    """A constraint on the output, enforced by the engine's guided decoding."""
+
+    kind: str
+    """"json_schema", "json_object", "choice", "regex" or "grammar"."""
+    value: Any = None
+    """The JSON schema (a dict), the choices (a tuple of strings), the regex or the grammar."""
+    param: str = "response_format"
+    """The request field it came from: errors name it."""
 
 
 @dataclass(frozen=True)
@@ -26,6 +38,18 @@ class GenerationOptions:
     ignore_eos: bool = False
     adapter: str | None = None
     """A loaded LoRA adapter's name, or None for the base model."""
+    structured: Structured | None = None
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    """(token id, bias) pairs added to the logits, as OpenAI's ``logit_bias``."""
+    top_k: int = 0
+    """0: off (vLLM's top_k, an extension)."""
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    cache_salt: str | None = None
+    """Separates the prefix cache: requests share cached blocks only with the same salt
+    (one per user, so no user learns another's prompt from cache hits)."""
+    skip_special_tokens: bool = True
+    """False when a tool parser reads markers that are special tokens."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +74,20 @@ class ChoiceDelta:
     """New reasoning text, filled in by a ReasoningSplitter (see engine/reasoning.py)."""
     reasoning_tokens: int | None = None
     """Reasoning tokens of this choice so far (cumulative); None without a reasoning split."""
+    tool_calls: list[ToolCallDelta] = field(default_factory=list)
+    """New tool-call output, filled in by a tool-call splitter (services/chat/tools.py)."""
+
+
+@dataclass
+class ToolCallDelta:
+    """New output of one tool call of a choice: the first delta of a call carries its id and
+    name, later ones more of its arguments (JSON text)."""
+
+    index: int
+    """Which call of the choice (0, 1, ... in the order the model made them)."""
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
 
 
 @dataclass
@@ -59,6 +97,8 @@ class GenerationStep:
     choices: list[ChoiceDelta]
     prompt_tokens: int
     finished: bool
+    cached_tokens: int | None = None
+    """Prompt tokens found in the prefix cache (None: the engine does not say)."""
 
 
 @dataclass
@@ -97,6 +137,10 @@ class Engine(Protocol):
         """Context window in tokens."""
 
     @property
+    def vocab_size(self) -> int:
+        """Token ids run from 0 to this minus one (logit_bias is checked against it)."""
+
+    @property
     def device(self) -> str:
         """'cpu', 'cuda', ...: picks defaults such as the warmup count."""
 
@@ -111,8 +155,35 @@ class Engine(Protocol):
     def reasoning_splitter(self) -> Splitter | None:
         """A fresh splitter for one choice's output, or None for a plain model."""
 
-    async def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        """Apply the model's chat template and tokenize."""
+    async def encode_chat(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        tools: Sequence[dict[str, Any]] | None = None,
+        continue_final: bool = False,
+    ) -> list[int]:
+        """Apply the model's chat template and tokenize. ``tools``: OpenAI function tools
+        for the template; ``continue_final``: the last (assistant) message is a prefix the
+        answer continues, instead of a new turn."""
+
+    @property
+    def chat_template_knows_tools(self) -> bool:
+        """Whether the chat template renders a ``tools`` list (else the caller describes
+        the tools in the system prompt)."""
+
+    @property
+    def tool_parser(self) -> str | None:
+        """The tool-call parser in use (e.g. 'hermes'), or None: no calls are read from
+        free text (tool_choice "auto" is refused)."""
+
+    @property
+    def tool_parser_keeps_special_tokens(self) -> bool:
+        """The tool parser reads markers that are special tokens: keep them in the text."""
+
+    def tool_call_splitter(
+        self, tools: Sequence[dict[str, Any]], *, stream: bool
+    ) -> Splitter | None:
+        """A fresh splitter that moves one choice's tool calls out of its text (``auto``)."""
 
     async def encode_text(self, prompt: str) -> list[int]:
         """Tokenize a raw completion prompt."""

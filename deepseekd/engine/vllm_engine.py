@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 from collections.abc import AsyncGenerator, Sequence
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vllm.config.structured_outputs import StructuredOutputsConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import GracefulHTTPError, VLLMClientError
 from vllm.inputs import TokensPrompt
@@ -23,6 +25,7 @@ from vllm.v1.metrics.loggers import StatLoggerBase
 from deepseekd.config import EngineSettings, LoraSettings
 from deepseekd.engine.reasoning import Reasoning, ReasoningSplitter
 from deepseekd.engine.sampling import to_sampling_params
+from deepseekd.engine.tools import ToolCallSplitter
 from deepseekd.engine.types import (
     ChoiceDelta,
     EngineRejected,
@@ -32,7 +35,8 @@ from deepseekd.engine.types import (
     GenerationStep,
     TokenLogprob,
 )
-from deepseekd.engine.vllm_reasoning import load_reasoning
+from deepseekd.engine.vllm_reasoning import load_reasoning, reasoning_parser_name
+from deepseekd.engine.vllm_tools import ToolParsing, load_tool_parsing
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,9 @@ class EngineSpec:
     lora: LoraSettings = LoraSettings()
     quantization: str | None = None
     """vLLM's name for the quantization (``preflight.vllm_quantization``)."""
+    reasoning_parser: str | None = None
+    """The reasoning parser picked before the engine is built (guided decoding then
+    constrains the answer, not the reasoning)."""
 
 
 class _StatsSink(StatLoggerBase):
@@ -96,7 +103,13 @@ def engine_args(spec: EngineSpec, device: str | None = None) -> AsyncEngineArgs:
         max_logprobs=max(spec.max_logprobs, 1),
         disable_log_stats=False,  # the stats feed our metrics; vLLM's log lines stay off
         enable_log_requests=False,  # request logs would carry prompts
+        structured_outputs_config=StructuredOutputsConfig(
+            backend=s.structured_outputs_backend,  # type: ignore[arg-type]
+            disable_any_whitespace=s.structured_outputs_compact,
+        ),
     )
+    if spec.reasoning_parser:
+        kwargs["reasoning_parser"] = spec.reasoning_parser
     if (device or device_kind()) != "cpu":
         kwargs["gpu_memory_utilization"] = s.gpu_memory_utilization
         # One engine process per GPU (vLLM's multiprocessing executor); NCCL between them.
@@ -127,6 +140,8 @@ class VllmEngine:
         self._loras: dict[str, LoRARequest] = {}
         self._lora_ids = itertools.count(1)
         self._reasoning: Reasoning | None = None
+        self._tools: ToolParsing | None = None
+        self._template = ""
 
     async def __aenter__(self) -> VllmEngine:
         # Building AsyncLLM spawns the engine core and loads the weights: keep the loop free.
@@ -135,6 +150,11 @@ class VllmEngine:
         sink = lambda vllm_config, engine_index=0: _StatsSink(  # noqa: E731
             vllm_config, engine_index, self._stats
         )
+        if self._spec.reasoning_parser is None and self._spec.settings.reasoning_parser != "none":
+            picked = await asyncio.to_thread(
+                reasoning_parser_name, self._spec.settings.reasoning_parser, self._spec.model_path
+            )
+            self._spec = dataclasses.replace(self._spec, reasoning_parser=picked)
         building = asyncio.ensure_future(
             asyncio.to_thread(
                 AsyncLLM.from_engine_args, engine_args(self._spec), stat_loggers=[sink]
@@ -148,12 +168,15 @@ class VllmEngine:
             raise
         self._tokenizer = self._llm.get_tokenizer()
         self._max_model_len = int(self._llm.model_config.max_model_len)
+        template = getattr(self._tokenizer, "chat_template", None) or ""
+        self._template = template if isinstance(template, str) else str(template)
         try:
             self._reasoning = load_reasoning(
                 self._spec.settings.reasoning_parser,
                 self._tokenizer,
                 getattr(self._llm.model_config.hf_config, "architectures", None) or (),
             )
+            self._tools = load_tool_parsing(self._spec.settings.tool_parser, self._tokenizer)
         except BaseException:
             self._llm.shutdown()
             self._llm = None
@@ -176,6 +199,11 @@ class VllmEngine:
         return self._max_model_len
 
     @property
+    def vocab_size(self) -> int:
+        assert self._llm is not None
+        return int(self._llm.model_config.get_vocab_size())
+
+    @property
     def device(self) -> str:
         return device_kind()
 
@@ -188,6 +216,23 @@ class VllmEngine:
 
     def reasoning_splitter(self) -> ReasoningSplitter | None:
         return self._reasoning.splitter() if self._reasoning else None
+
+    @property
+    def chat_template_knows_tools(self) -> bool:
+        return "tools" in self._template
+
+    @property
+    def tool_parser(self) -> str | None:
+        return self._tools.name if self._tools else None
+
+    @property
+    def tool_parser_keeps_special_tokens(self) -> bool:
+        return bool(self._tools and self._tools.keeps_special_tokens)
+
+    def tool_call_splitter(
+        self, tools: Sequence[dict[str, Any]], *, stream: bool
+    ) -> ToolCallSplitter | None:
+        return self._tools.splitter(tools, stream=stream) if self._tools else None
 
     @property
     def dead(self) -> bool:
@@ -233,12 +278,22 @@ class VllmEngine:
         if req is not None and self._llm is not None:
             await self._llm.remove_lora(req.lora_int_id)
 
-    async def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
+    async def encode_chat(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        tools: Sequence[dict[str, Any]] | None = None,
+        continue_final: bool = False,
+    ) -> list[int]:
         tok = self._tokenizer
 
         def render() -> list[int]:
             text = tok.apply_chat_template(
-                list(messages), add_generation_prompt=True, tokenize=False
+                list(messages),
+                tools=list(tools) if tools else None,
+                add_generation_prompt=not continue_final,
+                continue_final_message=continue_final,
+                tokenize=False,
             )
             return list(tok.encode(text, add_special_tokens=False))
 
@@ -260,7 +315,10 @@ class VllmEngine:
             lora = self._loras.get(options.adapter)
             if lora is None:
                 raise EngineRejected(f"model: no LoRA adapter named {options.adapter!r} is loaded")
-        (engine_input,) = llm.renderer.render_cmpl([TokensPrompt(prompt_token_ids=prompt_ids)])
+        extras = {"cache_salt": options.cache_salt} if options.cache_salt else None
+        (engine_input,) = llm.renderer.render_cmpl(
+            [TokensPrompt(prompt_token_ids=prompt_ids)], prompt_extras=extras
+        )
         want_logprobs = options.logprobs is not None
         gen = llm.generate(engine_input, params, request_id, lora_request=lora)
         finished = False
@@ -285,6 +343,7 @@ class VllmEngine:
                         choices=choices,
                         prompt_tokens=len(out.prompt_token_ids or prompt_ids),
                         finished=out.finished,
+                        cached_tokens=out.num_cached_tokens,
                     )
         except EngineDeadError as exc:
             self._dead = True
@@ -292,10 +351,26 @@ class VllmEngine:
         except GracefulHTTPError as exc:
             raise EngineUnavailable(exc.message) from exc
         except VLLMClientError as exc:
-            raise EngineRejected(str(exc)) from exc
+            raise _rejected(exc, options) from exc
+        except ValueError as exc:  # vLLM validates a request's structured outputs this way
+            if options.structured is None:
+                raise
+            raise _rejected(exc, options) from exc
         finally:
             if not finished:
                 log.info("engine request aborted", extra={"request_id": request_id})
+
+
+def _rejected(exc: Exception, options: GenerationOptions) -> EngineRejected:
+    """vLLM refused the request: name the field, where it is the output constraint."""
+    s = options.structured
+    text = str(exc)
+    if s is not None and any(
+        w in text.lower() for w in ("grammar", "schema", "regex", "structured", "json", "choice")
+    ):
+        param = s.param.split(".")[0]
+        return EngineRejected(f"{s.param}: the engine cannot use it: {text[:500]}", field=param)
+    return EngineRejected(text)
 
 
 def _logprobs(token_ids: Sequence[int], entries: object, top_k: int) -> list[TokenLogprob]:

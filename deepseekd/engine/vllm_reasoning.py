@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from vllm.reasoning import ReasoningParserManager
@@ -27,6 +29,29 @@ def check_parser_name(setting: str) -> None:
             f"engine.reasoning_parser: vLLM has no reasoning parser {setting!r}; use 'auto', "
             f"'none' or one of: {', '.join(names)}"
         )
+
+
+def reasoning_parser_name(setting: str, model_path: Path) -> str | None:
+    """The parser the model at ``model_path`` needs, before any engine is built (the engine
+    is told, so guided decoding constrains the answer, not the reasoning): read off its
+    tokenizer and config.json as ``load_reasoning`` does."""
+    if setting == NONE:
+        return None
+    if setting != AUTO:
+        return setting
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
+    try:
+        config = json.loads((model_path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = {}
+    return pick_parser(
+        setting,
+        config.get("architectures") or (),
+        getattr(tokenizer, "chat_template", None) or "",
+        tokenizer.get_vocab(),
+    )
 
 
 def load_reasoning(setting: str, tokenizer: Any, architectures: Sequence[str]) -> Reasoning | None:

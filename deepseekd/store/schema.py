@@ -195,6 +195,8 @@ class Turn(Base):
     reasoning_hmac: Mapped[str | None] = mapped_column(String(64))
     """Only the reasoning's HMAC under the audit key ([reasoning] history = "hash")."""
     reasoning_tokens: Mapped[int | None] = mapped_column(Integer)
+    tool_calls_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
+    """The tool calls the answer made (JSON), sealed like the answer; None: no calls."""
     stopped: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
     """The answer ended early: the client stopped it or left; the text is what the engine
     had produced by then."""
