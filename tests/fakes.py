@@ -9,9 +9,13 @@ appears: then the text ends right before it with finish_reason ``"stop"``.
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator, Sequence
+import json
+import re
+from types import SimpleNamespace
+from typing import Any, AsyncIterator, Callable, Sequence
 
 from deepseekd.engine.reasoning import ReasoningSplitter
+from deepseekd.engine.tools import ToolCallSplitter
 from deepseekd.engine.types import (
     ChoiceDelta,
     EngineRejected,
@@ -79,6 +83,15 @@ class FakeEngine:
       * ``echo``: the answer repeats the last user message word by word (one word per token,
         joined by single spaces) and ends with finish_reason ``"stop"`` after its last word
         (or ``"length"`` at ``max_tokens``), instead of ``tok0 tok1 ...``.
+      * ``script``: the answer is this text (or what the function returns for the request's
+        options), 4 characters per token, ending with ``"stop"`` (``"length"`` if
+        ``max_tokens`` runs out first): structured outputs and tool calls in HTTP tests.
+      * ``tool_parser``: the name of a tool parser; ``FakeToolParser`` reads calls written
+        ``<call>{"name": ..., "arguments": {...}}</call>`` out of the text (tool_choice auto).
+      * ``knows_tools``: the chat template renders a tools list.
+      * ``chats``: (messages, tools, continue_final) per encode_chat call.
+      * Prefix cache: a prompt's tokens shared with an earlier prompt of the same
+        ``cache_salt`` are reported as cached.
     """
 
     def __init__(
@@ -96,6 +109,9 @@ class FakeEngine:
         think_open: bool = False,
         think_close: bool = True,
         keep_history: bool = True,
+        script: str | Callable[[GenerationOptions], str] | None = None,
+        tool_parser: str | None = None,
+        knows_tools: bool = False,
     ) -> None:
         self._model_name = model_name
         self._max_model_len = max_model_len
@@ -119,6 +135,12 @@ class FakeEngine:
         self.request_ids: list[str] = []
         self._vocab: dict[str, int] = {}
         self.in_flight = 0
+        self.script = script
+        self.tool_parser = tool_parser
+        self.chat_template_knows_tools = knows_tools
+        self.tool_parser_keeps_special_tokens = False
+        self.chats: list[tuple[list[dict[str, Any]], list[dict[str, Any]] | None, bool]] = []
+        self._cache: dict[str | None, list[tuple[int, ...]]] = {}
         self.adapters: dict[str, str] = {}
         """Loaded LoRA adapters: name -> folder (``requests`` shows which one a request used)."""
         self.reject_adapters = False
@@ -147,6 +169,29 @@ class FakeEngine:
     @property
     def device(self) -> str:
         return self._device
+
+    @property
+    def vocab_size(self) -> int:
+        return 50_000
+
+    def tool_call_splitter(self, tools: Sequence[dict[str, Any]], *, stream: bool
+                           ) -> ToolCallSplitter | None:
+        if self.tool_parser is None:
+            return None
+        return ToolCallSplitter(FakeToolParser(), None, stream=stream)
+
+    def _cached(self, prompt_ids: list[int], salt: str | None) -> int:
+        """Tokens of this prompt an earlier prompt with the same salt began with."""
+        seen = self._cache.setdefault(salt, [])
+        best = 0
+        for old in seen:
+            k = 0
+            while k < min(len(old), len(prompt_ids)) and old[k] == prompt_ids[k]:
+                k += 1
+            best = max(best, k)
+        if len(seen) < 1000:
+            seen.append(tuple(prompt_ids))
+        return min(best, len(prompt_ids) - 1)
 
     @property
     def dead(self) -> bool:
@@ -192,11 +237,17 @@ class FakeEngine:
     def _ids(self, words: Sequence[str]) -> list[int]:
         return [self._vocab.setdefault(w, len(self._vocab)) for w in words]
 
-    async def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
+    async def encode_chat(self, messages: Sequence[dict[str, Any]], *,
+                          tools: Sequence[dict[str, Any]] | None = None,
+                          continue_final: bool = False) -> list[int]:
+        if self.keep_history:
+            self.chats.append(([dict(m) for m in messages], list(tools) if tools else None,
+                               continue_final))
         words = [TEMPLATE_START]
         for m in messages:
-            words.extend(f"{m['role']}: {m['content']}".split())
-        words.append(TEMPLATE_ASSISTANT)
+            words.extend(f"{m['role']}: {m.get('content') or ''}".split())
+        if not continue_final:
+            words.append(TEMPLATE_ASSISTANT)
         ids = self._ids(words)
         if self.echo:
             last = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
@@ -241,6 +292,10 @@ class FakeEngine:
             produced = 0
             echo_words = (self._echo_words.get(tuple(prompt_ids), [""])
                           if self.echo else None)
+            script = self.script(options) if callable(self.script) else self.script
+            if script is not None:
+                echo_words = [script[k:k + 4] for k in range(0, len(script), 4)] or [""]
+            cached = self._cached(prompt_ids, options.cache_salt)
             thinking = self._think_tokens()
             while not all(done):
                 if self.fail_after is not None and produced >= self.fail_after:
@@ -258,7 +313,8 @@ class FakeEngine:
                         tok = thinking[produced]
                     elif echo_words is not None:
                         word = echo_words[produced - len(thinking)]
-                        tok = word if produced == len(thinking) else " " + word
+                        tok = word if produced == len(thinking) or script is not None else (
+                            " " + word)
                     else:
                         tok = token_text(produced - len(thinking), i, n)
                     texts[i] += tok
@@ -294,10 +350,11 @@ class FakeEngine:
                     if last:
                         finished = True
                     yield GenerationStep(choices=deltas, prompt_tokens=len(prompt_ids),
-                                         finished=last)
+                                         finished=last, cached_tokens=cached)
             if not stream:
                 finished = True
-                yield GenerationStep(choices=finals, prompt_tokens=len(prompt_ids), finished=True)
+                yield GenerationStep(choices=finals, prompt_tokens=len(prompt_ids), finished=True,
+                                     cached_tokens=cached)
             if self.keep_history:
                 self.completed.append(request_id)
         except (GeneratorExit, asyncio.CancelledError):
@@ -308,4 +365,64 @@ class FakeEngine:
             self.in_flight -= 1
 
 
-__all__ = ["FakeEngine", "FakeR1Parser", "chosen_logprob", "expected_text", "token_text"]
+class FakeToolParser:
+    """Calls written ``<call>{"name": "f", "arguments": {...}}</call>`` (the ToolFormat that
+    deepseekd.engine.tools.ToolCallSplitter drives; vLLM's parsers have the same shape)."""
+
+    START, END = "<call>", "</call>"
+
+    def __init__(self) -> None:
+        self._sent = 0  # calls handed out
+        self._shown = 0  # characters of content handed out
+
+    @staticmethod
+    def _calls(text: str) -> list[dict[str, Any]]:
+        out = []
+        for m in re.finditer(r"<call>(.*?)</call>", text, re.S):
+            obj = json.loads(m.group(1))
+            out.append({"name": obj["name"], "arguments": json.dumps(obj.get("arguments", {}))})
+        return out
+
+    def extract_tool_calls(self, model_output: str, request: object) -> Any:
+        calls = self._calls(model_output)
+        content = re.sub(r"<call>.*?</call>", "", model_output, flags=re.S).strip() or None
+        return SimpleNamespace(
+            tools_called=bool(calls),
+            content=content,
+            tool_calls=[SimpleNamespace(id=f"call_fake{i}", function=SimpleNamespace(**c))
+                        for i, c in enumerate(calls)],
+        )
+
+    def extract_tool_calls_streaming(self, previous_text: str, current_text: str,
+                                     delta_text: str, previous_token_ids: Sequence[int],
+                                     current_token_ids: Sequence[int],
+                                     delta_token_ids: Sequence[int], request: object) -> Any:
+        calls = self._calls(current_text)
+        if len(calls) > self._sent:
+            new = calls[self._sent:]
+            first = self._sent
+            self._sent = len(calls)
+            return SimpleNamespace(content=None, tool_calls=[
+                SimpleNamespace(index=first + k, id=f"call_fake{first + k}",
+                                function=SimpleNamespace(name=c["name"], arguments=c["arguments"]))
+                for k, c in enumerate(new)])
+        visible = re.sub(r"<call>.*?</call>", "", current_text, flags=re.S)
+        open_at = visible.find(self.START)
+        if open_at != -1:
+            visible = visible[:open_at]  # inside a call: hold the text back
+        else:
+            for k in range(len(self.START) - 1, 0, -1):
+                if visible.endswith(self.START[:k]):  # maybe a call beginning
+                    visible = visible[:-k]
+                    break
+        text, self._shown = visible[self._shown:], max(self._shown, len(visible))
+        if not text:
+            return None
+        return SimpleNamespace(content=text, tool_calls=[])
+
+    def get_remaining_unstreamed_args(self) -> str:
+        return ""
+
+
+__all__ = ["FakeEngine", "FakeR1Parser", "FakeToolParser", "chosen_logprob", "expected_text",
+           "token_text"]

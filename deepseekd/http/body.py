@@ -38,6 +38,7 @@ def _reject_constant(name: str) -> Any:
 
 
 _ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+_FIELD_FIRST = re.compile(r"^([a-z_][a-z0-9_.]*): (.+)$", re.S)
 
 
 def _lone_surrogate(value: Any) -> bool:
@@ -90,6 +91,9 @@ def validate(model: type[M], data: dict[str, Any]) -> M:
         err = exc.errors(include_url=False)[0]
         param = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-")) or None
         msg = err["msg"].removeprefix("Value error, ")
+        named = _FIELD_FIRST.match(msg) if param is None else None
+        if named:  # a check of the whole body that names its field: "audio: not supported"
+            param, msg = named.group(1), named.group(2)
         if err["type"] == "missing":
             msg = "is required"
         raise APIError(

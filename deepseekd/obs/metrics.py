@@ -69,6 +69,11 @@ class Metrics:
         self.reasoning_tokens = Counter(
             "deepseekd_reasoning_tokens", "Output tokens that were reasoning.", registry=r
         )
+        self.prompt_cached_tokens = Counter(
+            "deepseekd_prompt_cached_tokens",
+            "Prompt tokens found in the prefix cache (the same user's earlier prompts).",
+            registry=r,
+        )
         self.requests_running = Gauge(
             "deepseekd_requests_running", "Requests the engine is generating for.", registry=r
         )
@@ -149,10 +154,13 @@ class Metrics:
         prompt_tokens: int,
         completion_tokens: int,
         reasoning_tokens: int = 0,
+        cached_tokens: int = 0,
     ) -> None:
         """One finished (or abandoned) inference request; times are time.monotonic().
-        ``reasoning_tokens`` are part of ``completion_tokens`` and counted apart as well."""
+        ``reasoning_tokens`` are part of ``completion_tokens`` and counted apart as well;
+        ``cached_tokens`` are part of ``prompt_tokens``."""
         self.prompt_tokens.inc(prompt_tokens)
+        self.prompt_cached_tokens.inc(cached_tokens)
         self.completion_tokens.inc(completion_tokens)
         self.reasoning_tokens.inc(reasoning_tokens)
         if first_token is None:

@@ -9,7 +9,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from deepseekd.domain.audit import Event
@@ -60,7 +60,7 @@ class Erased(Conflict):
 class TurnRecord:
     """One answer of a finished (or stopped) request; content is sealed before it is stored."""
 
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     answer: str
     model: str
     prompt_tokens: int
@@ -77,6 +77,15 @@ class TurnRecord:
     stopped: bool = False
     """The answer ended early (the client stopped it or left): the text is what the engine
     had produced by then (a client may have dropped the last chunks in flight)."""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    """The calls the answer made, in OpenAI's shape ({"id", "type", "function"})."""
+
+    @property
+    def audited_answer(self) -> str:
+        """What the audit event's answer HMAC covers: the text, and the calls if any."""
+        if not self.tool_calls:
+            return self.answer
+        return json.dumps([self.answer, self.tool_calls], ensure_ascii=False, sort_keys=True)
 
 
 class HistoryService:
@@ -113,7 +122,7 @@ class HistoryService:
             prompt_tokens=turn.prompt_tokens,
             completion_tokens=turn.completion_tokens,
             prompt_hmac=self._audit.content_hmac(prompt_text),
-            answer_hmac=self._audit.content_hmac(turn.answer),
+            answer_hmac=self._audit.content_hmac(turn.audited_answer),
             detail=f"reasoning_tokens={turn.reasoning_tokens}"
             if turn.reasoning_tokens is not None
             else None,
@@ -186,6 +195,11 @@ class HistoryService:
             "reasoning_tokens": turn.reasoning_tokens,
             "reasoning_ct": None,
             "reasoning_hmac": None,
+            "tool_calls_ct": seal_part(
+                key, meta, "tool_calls", json.dumps(turn.tool_calls, ensure_ascii=False).encode()
+            )
+            if turn.tool_calls
+            else None,
         }
         keep = turn.reasoning_history if turn.reasoning else "drop"
         if keep == "store":
@@ -331,13 +345,16 @@ class HistoryService:
             # Clients resend the history: add only what the conversation does not hold yet
             # (they resend answers without their reasoning).
             reply: dict[str, Any] = {"role": "assistant", "content": answer}
+            resent: dict[str, Any] = {"role": "assistant", "content": answer}
+            if "tool_calls" in item:
+                reply["tool_calls"] = resent["tool_calls"] = item["tool_calls"]
             if "reasoning_content" in item:
                 reply["reasoning_content"] = item["reasoning_content"]
             new = msgs[len(sent) :] if msgs[: len(sent)] == sent else msgs
             flat.extend(new)
             flat.append(reply)
             sent.extend(new)
-            sent.append({"role": "assistant", "content": answer})
+            sent.append(resent)
         return rendered, flat, unreadable
 
     def _open(
@@ -354,6 +371,11 @@ class HistoryService:
             reasoning = (
                 open_part(key, meta, "reasoning", t.reasoning_ct, t.aad_version).decode()
                 if t.reasoning_ct is not None
+                else None
+            )
+            calls = (
+                json.loads(open_part(key, meta, "tool_calls", t.tool_calls_ct, t.aad_version))
+                if t.tool_calls_ct is not None
                 else None
             )
         except Unreadable:
@@ -377,6 +399,8 @@ class HistoryService:
             item["reasoning_content"] = reasoning
         if t.reasoning_hmac is not None:
             item["reasoning_hmac"] = t.reasoning_hmac
+        if calls:
+            item["tool_calls"] = calls
         return item, msgs, answer
 
     async def rename_conversation(self, who: Identity, conversation_id: str, title: str) -> None:

@@ -25,6 +25,14 @@ CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 HELLO = [{"role": "user", "content": "hello there"}]
 HELLO_PROMPT_TOKENS = 5  # <|im_start|> user: hello there <|assistant|>
+
+
+def usage(prompt: int, completion: int, cached: int = 0) -> dict[str, Any]:
+    """The usage object a client sees: OpenAI's counts and cache details, DeepSeek's hit/miss."""
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached},
+            "prompt_cache_hit_tokens": cached, "prompt_cache_miss_tokens": prompt - cached}
 WAIT_S = 5.0
 
 
@@ -300,11 +308,10 @@ async def test_chat_completion(daemon: Daemon) -> None:
         "logprobs": None,
         "finish_reason": "length",
     }]
-    assert body["usage"] == {"prompt_tokens": HELLO_PROMPT_TOKENS, "completion_tokens": 5,
-                             "total_tokens": HELLO_PROMPT_TOKENS + 5}
+    assert body["usage"] == usage(HELLO_PROMPT_TOKENS, 5)
     prompt_ids, options, stream = daemon.engine.requests[-1]
     assert len(prompt_ids) == HELLO_PROMPT_TOKENS and stream is False
-    assert options == GenerationOptions(max_tokens=5)
+    assert options == GenerationOptions(max_tokens=5, cache_salt="user-1")  # the caller's own cache
 
 
 async def test_chat_sampling_options_reach_engine(daemon: Daemon) -> None:
@@ -315,7 +322,7 @@ async def test_chat_sampling_options_reach_engine(daemon: Daemon) -> None:
     })
     assert daemon.engine.requests[-1][1] == GenerationOptions(
         max_tokens=4, temperature=0.5, top_p=0.9, n=2, stop=("zzz",), seed=7,
-        presence_penalty=0.5, frequency_penalty=-0.5, logprobs=3,
+        presence_penalty=0.5, frequency_penalty=-0.5, logprobs=3, cache_salt="user-1",
     )
 
 
@@ -428,8 +435,7 @@ async def test_chat_stream_include_usage(daemon: Daemon) -> None:
     chunks = sse_chunks(await resp.text())
     last = chunks[-1]
     assert last["choices"] == []
-    assert last["usage"] == {"prompt_tokens": HELLO_PROMPT_TOKENS, "completion_tokens": 4,
-                             "total_tokens": HELLO_PROMPT_TOKENS + 4}
+    assert last["usage"] == usage(HELLO_PROMPT_TOKENS, 4)
     assert len(chunks) > 2
     for c in chunks[:-1]:
         assert "usage" in c and c["usage"] is None
@@ -527,7 +533,7 @@ async def test_completion(daemon: Daemon) -> None:
     assert lp["token_logprobs"] == [chosen_logprob(j) for j in range(4)]
     assert lp["top_logprobs"] == [{t: chosen_logprob(j)} for j, t in enumerate(lp["tokens"])]
     assert lp["text_offset"] == [0, 4, 9, 14]
-    assert body["usage"] == {"prompt_tokens": 2, "completion_tokens": 4, "total_tokens": 6}
+    assert body["usage"] == usage(2, 4)
 
 
 async def test_completion_defaults(daemon: Daemon) -> None:
@@ -544,7 +550,7 @@ async def test_completion_stream(daemon: Daemon) -> None:
     assert resp.status == 200 and resp.content_type == "text/event-stream"
     chunks = sse_chunks(await resp.text())
     assert chunks[-1]["choices"] == []
-    assert chunks[-1]["usage"] == {"prompt_tokens": 2, "completion_tokens": 4, "total_tokens": 6}
+    assert chunks[-1]["usage"] == usage(2, 4)
     body = chunks[:-1]
     assert {c["object"] for c in body} == {"text_completion"}
     assert all(c["id"].startswith("cmpl-") and c["usage"] is None for c in body)

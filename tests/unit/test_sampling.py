@@ -9,11 +9,11 @@ import pytest
 vllm = pytest.importorskip("vllm")
 
 from vllm import SamplingParams  # noqa: E402
-from vllm.sampling_params import RequestOutputKind  # noqa: E402
+from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams  # noqa: E402
 
 from deepseekd.engine import sampling  # noqa: E402
 from deepseekd.engine.sampling import to_sampling_params  # noqa: E402
-from deepseekd.engine.types import GenerationOptions  # noqa: E402
+from deepseekd.engine.types import GenerationOptions, Structured  # noqa: E402
 
 FULL = GenerationOptions(
     max_tokens=42,
@@ -26,6 +26,12 @@ FULL = GenerationOptions(
     frequency_penalty=-0.25,
     logprobs=4,
     ignore_eos=True,
+    top_k=40,
+    min_p=0.05,
+    repetition_penalty=1.1,
+    logit_bias=((17, -100.0), (3, 2.5)),
+    skip_special_tokens=False,
+    structured=Structured("json_schema", {"type": "object"}, "response_format"),
 )
 
 
@@ -92,11 +98,33 @@ def test_exact_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
         "frequency_penalty": -0.25,
         "logprobs": 4,
         "ignore_eos": True,
+        "top_k": 40,
+        "min_p": 0.05,
+        "repetition_penalty": 1.1,
+        "logit_bias": {17: -100.0, 3: 2.5},
+        "skip_special_tokens": False,
+        "structured_outputs": StructuredOutputsParams(json={"type": "object"}),
         "output_kind": RequestOutputKind.DELTA,
     }
 
     to_sampling_params(GenerationOptions(max_tokens=7), stream=False)
     assert calls[-1]["stop"] is None  # an empty stop tuple becomes None, not []
     assert calls[-1]["seed"] is None
+    assert calls[-1]["logit_bias"] is None and calls[-1]["structured_outputs"] is None
+    assert calls[-1]["top_k"] == 0  # vLLM's "off"
     assert calls[-1]["logprobs"] is None
     assert calls[-1]["output_kind"] is RequestOutputKind.FINAL_ONLY
+
+
+@pytest.mark.parametrize(
+    ("constraint", "expected"),
+    [
+        (Structured("json_object", True, "response_format"), {"json_object": True}),
+        (Structured("choice", ("yes", "no"), "guided_choice"), {"choice": ["yes", "no"]}),
+        (Structured("regex", r"\d{3}", "guided_regex"), {"regex": r"\d{3}"}),
+        (Structured("grammar", 'root ::= "a"', "guided_grammar"), {"grammar": 'root ::= "a"'}),
+    ],
+)
+def test_constraints_reach_vllm(constraint: Structured, expected: dict[str, Any]) -> None:
+    params = to_sampling_params(GenerationOptions(max_tokens=4, structured=constraint), stream=False)
+    assert params.structured_outputs == StructuredOutputsParams(**expected)

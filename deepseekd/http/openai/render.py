@@ -11,21 +11,47 @@ from deepseekd.services.chat import Accumulated, ChatRun
 
 
 def usage(
-    prompt_tokens: int, completion_tokens: int, reasoning_tokens: int | None = None
+    prompt_tokens: int,
+    completion_tokens: int,
+    reasoning_tokens: int | None = None,
+    cached_tokens: int | None = None,
 ) -> dict[str, Any]:
-    """OpenAI's usage object; a reasoning model's adds completion_tokens_details."""
+    """OpenAI's usage object; a reasoning model's adds completion_tokens_details. Prompt
+    tokens found in the prefix cache are reported as OpenAI (prompt_tokens_details) and
+    DeepSeek (prompt_cache_hit_tokens / prompt_cache_miss_tokens) name them."""
     out: dict[str, Any] = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+    if cached_tokens is not None:
+        out["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
+        out["prompt_cache_hit_tokens"] = cached_tokens
+        out["prompt_cache_miss_tokens"] = prompt_tokens - cached_tokens
     if reasoning_tokens is not None:
         out["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
     return out
 
 
 def run_usage(run: ChatRun) -> dict[str, Any]:
-    return usage(run.prompt_tokens, run.completion_tokens, run.reasoning_tokens)
+    return usage(run.prompt_tokens, run.completion_tokens, run.reasoning_tokens, run.cached_tokens)
+
+
+def tool_call_deltas(d: ChoiceDelta) -> list[dict[str, Any]]:
+    """A delta's tool calls as OpenAI streams them: id, type and name with a call's first
+    piece, then more of its arguments."""
+    out = []
+    for tc in d.tool_calls:
+        item: dict[str, Any] = {"index": tc.index}
+        function: dict[str, Any] = {"arguments": tc.arguments}
+        if tc.id:
+            item["id"] = tc.id
+            item["type"] = "function"
+        if tc.name:
+            function["name"] = tc.name
+        item["function"] = function
+        out.append(item)
+    return out
 
 
 def _bytes(token: str) -> list[int]:
@@ -100,9 +126,10 @@ class ChatRender:
             if self._show and d.reasoning
             else {}
         )
+        calls = {"tool_calls": tool_call_deltas(d)} if d.tool_calls else {}
         return {
             "index": d.index,
-            "delta": {**({"content": d.text} if d.text else {}), **reasoning},
+            "delta": {**({"content": d.text} if d.text else {}), **reasoning, **calls},
             "logprobs": chat_logprobs(d.logprobs) if self._logprobs else None,
             "finish_reason": d.finish_reason,
         }
@@ -111,6 +138,9 @@ class ChatRender:
         choices = []
         for i, a in enumerate(self.run.acc):
             message: dict[str, Any] = {"role": "assistant", "content": a.text}
+            if a.tool_calls:
+                message["content"] = a.text or None
+                message["tool_calls"] = a.tool_calls
             if self._parser is not None and self._show:
                 message["reasoning_content"] = message["reasoning"] = a.reasoning or None
             choices.append(
@@ -168,5 +198,7 @@ class CompletionRender:
                 for i, a in enumerate(self.run.acc)
             ]
         )
-        out["usage"] = usage(self.run.prompt_tokens, self.run.completion_tokens)
+        out["usage"] = usage(
+            self.run.prompt_tokens, self.run.completion_tokens, None, self.run.cached_tokens
+        )
         return out

@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 from deepseekd.config import ApiSettings
 from deepseekd.domain.errors import Invalid, NotFound
-from deepseekd.engine.types import Engine, GenerationOptions
+from deepseekd.engine.types import Engine, GenerationOptions, Structured
 from deepseekd.services.chat.request import (
     ChatRequest,
     CompletionRequest,
     DefaultSampling,
     Prepared,
     Sampling,
+    message_dict,
 )
+from deepseekd.services.chat.structured import structured
+from deepseekd.services.chat.tools import ToolPlan, plan_tools, template_messages
 from deepseekd.services.lora import LoraService
 
 
@@ -47,41 +51,97 @@ class Preparer:
             return engine.model_name, options
         return f"{engine.model_name}:{adapter}", dataclasses.replace(options, adapter=adapter)
 
-    async def chat(self, engine: Engine, req: ChatRequest) -> tuple[Prepared, list[dict[str, str]]]:
-        """The prepared request and its messages as the history keeps them."""
+    async def chat(
+        self, engine: Engine, req: ChatRequest, salt: str | None = None
+    ) -> tuple[Prepared, list[dict[str, Any]]]:
+        """The prepared request and its messages as the history keeps them. ``salt``
+        separates the caller's prefix cache from everyone else's."""
         self.check_model(engine, req.model)
         if len(req.messages) > self._limits.max_messages:
             raise Invalid(
                 f"messages: at most {self._limits.max_messages} messages per request",
                 field="messages",
             )
-        sent = [{"role": m.role, "content": m.content} for m in req.messages]
+        sent = [message_dict(m) for m in req.messages]
+        plan = plan_tools(req, engine, self._limits)
+        prefix = sent[-1]["content"] if sent[-1].get("prefix") else None
+        constraint = self._constraint(req, plan, prefix)
+        prompt_ids = await self._render(engine, sent, plan, prefix is not None)
+        if req.top_logprobs is not None and not req.logprobs:
+            raise Invalid("top_logprobs: requires logprobs to be true", field="top_logprobs")
+        logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        max_tokens = req.max_completion_tokens or req.max_tokens
+        param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+        options = self._options(
+            req, engine, prompt_ids, max_tokens, param, logprobs, "top_logprobs"
+        )
+        options = dataclasses.replace(
+            options,
+            structured=constraint,
+            cache_salt=salt,
+            skip_special_tokens=not (
+                plan is not None and plan.mode == "auto" and engine.tool_parser_keeps_special_tokens
+            ),
+        )
+        model, options = self._for_model(req.model, engine, options)
+        # A prefix is continued as the answer itself: no reasoning opens before it.
+        parser = engine.reasoning_parser if prefix is None else None
+        return Prepared(model, prompt_ids, options, parser, plan, prefix), sent
+
+    def _constraint(
+        self, req: ChatRequest, plan: ToolPlan | None, prefix: str | None
+    ) -> Structured | None:
+        constraint = structured(req, self._limits)
+        schema = plan.guided_schema() if plan is not None else None
+        if plan is None or schema is None:
+            return constraint
+        if constraint is not None:
+            field = constraint.param.split(".")[0]
+            raise Invalid(
+                f"{field}: cannot be combined with tool_choice {plan.mode!r} (which already "
+                "holds the output to the tools' schemas)",
+                field=field,
+            )
+        if prefix is not None:
+            raise Invalid(
+                "messages: a prefix cannot be combined with a required or named tool call",
+                field="messages",
+            )
+        return Structured("json_schema", schema, "tools")
+
+    @staticmethod
+    async def _render(
+        engine: Engine, sent: list[dict[str, Any]], plan: ToolPlan | None, continue_final: bool
+    ) -> list[int]:
         messages = [
-            {"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]}
+            {
+                **{k: v for k, v in m.items() if k != "prefix"},
+                "role": "system" if m["role"] == "developer" else m["role"],
+            }
             for m in sent
         ]
+        tools = plan.prompt_tools if plan is not None else ()
+        knows = engine.chat_template_knows_tools
         try:
-            prompt_ids = await engine.encode_chat(messages)
+            return await engine.encode_chat(
+                template_messages(messages, tools, knows),
+                tools=tools if knows else None,
+                continue_final=continue_final,
+            )
         except (ValueError, TypeError, KeyError) as exc:
             # Chat templates raise for sequences they cannot render (e.g. two system turns).
             raise Invalid(
                 f"messages: the model's chat template cannot render these messages: {exc}",
                 field="messages",
             ) from None
-        if req.top_logprobs is not None and not req.logprobs:
-            raise Invalid("top_logprobs: requires logprobs to be true", field="top_logprobs")
-        logprobs = (req.top_logprobs or 0) if req.logprobs else None
-        max_tokens = req.max_completion_tokens or req.max_tokens
-        param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
-        model, options = self._for_model(
-            req.model,
-            engine,
-            self._options(req, engine, prompt_ids, max_tokens, param, logprobs, "top_logprobs"),
-        )
-        return Prepared(model, prompt_ids, options, engine.reasoning_parser), sent
 
     async def completion(
-        self, engine: Engine, req: CompletionRequest, *, hide_reasoning: bool = False
+        self,
+        engine: Engine,
+        req: CompletionRequest,
+        *,
+        hide_reasoning: bool = False,
+        salt: str | None = None,
     ) -> Prepared:
         """``hide_reasoning``: the caller may not see a reasoning model's reasoning, so the
         output is split and only the answer is returned (and no logprobs)."""
@@ -96,20 +156,23 @@ class Preparer:
                 "(they would spell out its reasoning)",
                 field="logprobs",
             )
-        model, options = self._for_model(
-            req.model,
-            engine,
-            self._options(
-                req, engine, prompt_ids, req.max_tokens, "max_tokens", req.logprobs, "logprobs"
-            ),
+        options = self._options(
+            req, engine, prompt_ids, req.max_tokens, "max_tokens", req.logprobs, "logprobs"
         )
+        options = dataclasses.replace(
+            options, structured=structured(req, self._limits), cache_salt=salt
+        )
+        model, options = self._for_model(req.model, engine, options)
         return Prepared(model, prompt_ids, options, parser)
 
-    async def simple(self, engine: Engine, prompt: str, max_tokens: int | None) -> Prepared:
+    async def simple(
+        self, engine: Engine, prompt: str, max_tokens: int | None, salt: str | None = None
+    ) -> Prepared:
         prompt_ids = await engine.encode_chat([{"role": "user", "content": prompt}])
         options = self._options(
             DefaultSampling(), engine, prompt_ids, max_tokens, "max_tokens", None, "logprobs"
         )
+        options = dataclasses.replace(options, cache_salt=salt)
         return Prepared(engine.model_name, prompt_ids, options, engine.reasoning_parser)
 
     def _options(
@@ -164,4 +227,26 @@ class Preparer:
             frequency_penalty=req.frequency_penalty,
             logprobs=logprobs,
             ignore_eos=req.ignore_eos,
+            logit_bias=self._bias(req, engine),
+            top_k=max(req.top_k, 0),
+            min_p=req.min_p,
+            repetition_penalty=req.repetition_penalty,
         )
+
+    @staticmethod
+    def _bias(req: Sampling, engine: Engine) -> tuple[tuple[int, float], ...]:
+        """``logit_bias`` with every token id checked against the model's vocabulary (vLLM
+        does not check, and an id past it would fail inside the engine)."""
+        if not req.logit_bias:
+            return ()
+        vocab = engine.vocab_size
+        out = []
+        for token, bias in req.logit_bias.items():
+            if int(token) >= vocab:
+                raise Invalid(
+                    f"logit_bias: token {token} is not in this model's vocabulary "
+                    f"(ids 0 to {vocab - 1})",
+                    field="logit_bias",
+                )
+            out.append((int(token), float(bias)))
+        return tuple(out)

@@ -3,12 +3,14 @@ object with these attributes: the HTTP layer's pydantic models are), and who ask
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from deepseekd.domain.identity import Identity
 from deepseekd.engine.types import GenerationOptions
+from deepseekd.services.chat.structured import Constrained
+from deepseekd.services.chat.tools import Tooled, ToolPlan
 from deepseekd.services.usage import QuotaState
 
 
@@ -35,6 +37,28 @@ class Sampling(Protocol):
     def max_tokens(self) -> int | None: ...
     @property
     def ignore_eos(self) -> bool: ...
+    @property
+    def logit_bias(self) -> Mapping[str, float] | None: ...
+    @property
+    def top_k(self) -> int: ...
+    @property
+    def min_p(self) -> float: ...
+    @property
+    def repetition_penalty(self) -> float: ...
+
+
+class CallFunction(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def arguments(self) -> str: ...
+
+
+class Call(Protocol):
+    @property
+    def id(self) -> str: ...
+    @property
+    def function(self) -> CallFunction: ...
 
 
 class Message(Protocol):
@@ -42,9 +66,15 @@ class Message(Protocol):
     def role(self) -> str: ...
     @property
     def content(self) -> str: ...
+    @property
+    def tool_calls(self) -> Sequence[Call] | None: ...
+    @property
+    def tool_call_id(self) -> str | None: ...
+    @property
+    def prefix(self) -> bool: ...
 
 
-class ChatRequest(Sampling, Protocol):
+class ChatRequest(Sampling, Constrained, Tooled, Protocol):
     @property
     def messages(self) -> Sequence[Message]: ...
     @property
@@ -57,7 +87,7 @@ class ChatRequest(Sampling, Protocol):
     def top_logprobs(self) -> int | None: ...
 
 
-class CompletionRequest(Sampling, Protocol):
+class CompletionRequest(Sampling, Constrained, Protocol):
     @property
     def prompt(self) -> str: ...
     @property
@@ -78,6 +108,10 @@ class DefaultSampling:
     frequency_penalty: float = 0.0
     max_tokens: int | None = None
     ignore_eos: bool = False
+    logit_bias: Mapping[str, float] | None = None
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
 
 
 @dataclass
@@ -102,3 +136,26 @@ class Prepared:
     options: GenerationOptions
     reasoning_parser: str | None = None
     """Set for chat requests to a reasoning model: the output is split into reasoning and answer."""
+    tools: ToolPlan | None = None
+    """Set when the request offers tools: its output may hold calls."""
+    prefix: str | None = None
+    """DeepSeek's prefix completion: the answer continues this text (not repeated)."""
+
+
+def message_dict(m: Message) -> dict[str, Any]:
+    """A validated message as the history keeps it (and clients send it back)."""
+    out: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.tool_calls:
+        out["tool_calls"] = [
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {"name": c.function.name, "arguments": c.function.arguments},
+            }
+            for c in m.tool_calls
+        ]
+    if m.tool_call_id:
+        out["tool_call_id"] = m.tool_call_id
+    if m.prefix:
+        out["prefix"] = True
+    return out

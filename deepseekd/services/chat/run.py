@@ -34,6 +34,7 @@ from deepseekd.obs.metrics import Metrics
 from deepseekd.services.audit import AuditLog
 from deepseekd.services.chat.reasoning import ReasoningPolicy, ReasoningSplits
 from deepseekd.services.chat.request import Caller, Prepared
+from deepseekd.services.chat.tools import ToolSplits
 from deepseekd.services.history import Erased, HistoryService, TurnRecord
 from deepseekd.services.lifecycle import Lifecycle
 from deepseekd.services.usage import QuotaService
@@ -51,6 +52,8 @@ class Accumulated:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     reasoning: str = ""
     reasoning_tokens: int = 0
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    """The calls made, in OpenAI's shape: {"id", "type": "function", "function": {...}}."""
 
     def add(self, d: ChoiceDelta) -> None:
         self.text += d.text
@@ -59,6 +62,17 @@ class Accumulated:
         if d.reasoning_tokens is not None:
             self.reasoning += d.reasoning
             self.reasoning_tokens = d.reasoning_tokens
+        for tc in d.tool_calls:
+            while len(self.tool_calls) <= tc.index:
+                self.tool_calls.append(
+                    {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+                )
+            call = self.tool_calls[tc.index]
+            if tc.id:
+                call["id"] = tc.id
+            if tc.name:
+                call["function"]["name"] = tc.name
+            call["function"]["arguments"] += tc.arguments
         if d.finish_reason is not None:
             self.finish_reason = d.finish_reason
 
@@ -67,7 +81,7 @@ class Accumulated:
 class Conversation:
     """Where a chat request's turn goes: the messages as sent, and the conversation."""
 
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     id: str
     new: bool
 
@@ -111,6 +125,8 @@ class ChatRun:
         self.created = int(time.time())
         self.acc = [Accumulated() for _ in range(prepared.options.n)]
         self.prompt_tokens = len(prepared.prompt_ids)
+        self.cached_tokens: int | None = None
+        """Prompt tokens found in the caller's prefix cache (None: not reported)."""
         self._first_token_at: float | None = None
         self._gen: AsyncGenerator[GenerationStep, None] | None = None
         self._started: asyncio.Future[None] | None = None
@@ -163,6 +179,8 @@ class ChatRun:
 
     async def _steps(self) -> AsyncGenerator[GenerationStep, None]:
         split = ReasoningSplits(self._engine) if self.prepared.reasoning_parser else None
+        plan = self.prepared.tools
+        calls = ToolSplits(plan, self._engine, stream=self.stream) if plan is not None else None
         gen = self._engine.generate(
             self.prepared.prompt_ids, self.prepared.options, self.id, stream=self.stream
         )
@@ -170,6 +188,8 @@ class ChatRun:
             async for step in gen:
                 if split is not None:
                     split(step)
+                if calls is not None:
+                    calls(step)
                 yield step
 
     async def next_step(self) -> GenerationStep | None:
@@ -187,6 +207,8 @@ class ChatRun:
         if self._first_token_at is None and any(d.token_count for d in step.choices):
             self._first_token_at = time.monotonic()
         self.prompt_tokens = step.prompt_tokens
+        if step.cached_tokens is not None:
+            self.cached_tokens = step.cached_tokens
         for d in step.choices:
             self.acc[d.index].add(d)
         return step
@@ -305,6 +327,7 @@ class ChatRun:
             prompt_tokens=self.prompt_tokens,
             completion_tokens=completion,
             reasoning_tokens=thinking,
+            cached_tokens=self.cached_tokens or 0,
         )
         who, state, usage = self.caller.identity, self.caller.quota, self._deps.usage
         if state is not None and usage.charges_tokens(who):
@@ -332,6 +355,7 @@ class ChatRun:
                 reasoning_history=mode if parser is not None else "drop",
                 choice=i,
                 stopped=stopped,
+                tool_calls=a.tool_calls,
             )
             for i, a in enumerate(self.acc)
         ]
@@ -358,7 +382,7 @@ class ChatRun:
         )
         if len(answers) > 1:  # one HMAC over every answer, in choice order
             event.answer_hmac = self._deps.audit.content_hmac(
-                json.dumps([a.answer for a in answers], ensure_ascii=False)
+                json.dumps([a.audited_answer for a in answers], ensure_ascii=False)
             )
         return event
 

@@ -13,6 +13,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from deepseekd.config import Settings
 from deepseekd.domain.audit import Event
@@ -30,6 +31,14 @@ from deepseekd.services.lora import LoraService
 from deepseekd.services.usage import QuotaService
 
 RETRY_AFTER_S = 1
+
+
+def cache_salt(caller: Caller) -> str:
+    """One prefix cache per user: a request reuses cached blocks only of the same user's
+    earlier prompts, so nobody learns another user's prompt from cache hits (or timing)."""
+    return f"user-{caller.identity.user_id}"
+
+
 STOP_WAIT_S = 30.0
 """How long an erasure waits for the user's stopped runs to finish closing."""
 
@@ -74,7 +83,7 @@ class ChatService:
         engine = self._engine()
         release = self._admit(caller)
         try:
-            prepared, messages = await self._prepare.chat(engine, req)
+            prepared, messages = await self._prepare.chat(engine, req, cache_salt(caller))
             conv = await self._conversation(caller, req.conversation_id, messages)
             await self._count(caller)
         except BaseException:
@@ -89,7 +98,9 @@ class ChatService:
         release = self._admit(caller)
         try:
             hide = not self.policy.shown(caller.identity.role)
-            prepared = await self._prepare.completion(engine, req, hide_reasoning=hide)
+            prepared = await self._prepare.completion(
+                engine, req, hide_reasoning=hide, salt=cache_salt(caller)
+            )
             await self._count(caller)
         except BaseException:
             release()
@@ -105,7 +116,7 @@ class ChatService:
         engine = self._engine()
         release = self._admit(caller)
         try:
-            prepared = await self._prepare.simple(engine, prompt, max_tokens)
+            prepared = await self._prepare.simple(engine, prompt, max_tokens, cache_salt(caller))
             conv = await self._conversation(
                 caller, conversation_id, [{"role": "user", "content": prompt}]
             )
@@ -155,7 +166,7 @@ class ChatService:
         return release
 
     async def _conversation(
-        self, caller: Caller, conversation_id: str | None, messages: list[dict[str, str]]
+        self, caller: Caller, conversation_id: str | None, messages: list[dict[str, Any]]
     ) -> Conversation:
         if conversation_id is not None:
             await self._history.check_conversation(caller.identity, conversation_id)
