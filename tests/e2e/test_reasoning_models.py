@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import openai
 import pytest
 
@@ -76,19 +77,29 @@ def test_unknown_reasoning_parser_stops_before_the_model_loads(
     assert "deepseek_r1" in res.stderr  # the choices are listed
 
 
-@pytest.fixture(params=sorted(MODELS), ids=lambda n: MODELS[n])
+@pytest.fixture(scope="module", params=sorted(MODELS), ids=lambda n: MODELS[n])
 def served(request: pytest.FixtureRequest, r1_env: tuple[dict[str, str], str],
-           tmp_path: Path) -> Iterator[tuple[str, Daemon, str]]:
-    """One model at a time. The DeepSeek-V3 one keeps only a hash of the reasoning in history."""
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Daemon, str]]:
+    """One model at a time, for all the tests of this module. The DeepSeek-V3 one keeps
+    only a hash of the reasoning in history. Guided JSON is compact: random weights would
+    otherwise spend their budget on the blanks JSON allows between tokens."""
     env, key = r1_env
     name = request.param
     history = "hash" if MODELS[name] == "deepseek_v3" else "store"
-    d = start_daemon(env, key, tmp_path / "daemon.log", DEEPSEEKD_ENGINE__MODEL=name,
-                     DEEPSEEKD_REASONING__HISTORY=history)
+    d = start_daemon(env, key, tmp_path_factory.mktemp("logs") / "daemon.log",
+                     DEEPSEEKD_ENGINE__MODEL=name, DEEPSEEKD_REASONING__HISTORY=history,
+                     DEEPSEEKD_ENGINE__STRUCTURED_OUTPUTS_BACKEND="xgrammar",
+                     DEEPSEEKD_ENGINE__STRUCTURED_OUTPUTS_COMPACT="true")
     try:
         yield name, d, history
     finally:
         assert d.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def think_end_id(tmp_path_factory: pytest.TempPathFactory) -> int:
+    base = tiny_models.base_tokenizer(tmp_path_factory.mktemp("tok") / "smollm2")
+    return int(tiny_models.r1_tokenizer(base).convert_tokens_to_ids(tiny_models.THINK_END))
 
 
 def extra(obj: Any, field: str) -> Any:
@@ -145,3 +156,56 @@ def test_reasoning_model_end_to_end(served: tuple[str, Daemon, str]) -> None:
     metrics = httpx.get(f"{d.url}/metrics", headers=d.headers(), timeout=30).text
     (line,) = [x for x in metrics.splitlines() if x.startswith("deepseekd_reasoning_tokens_total")]
     assert float(line.split()[-1]) >= 2 * usage.completion_tokens
+
+
+CHOICE = {"type": "object", "properties": {
+    "answer": {"type": "string", "enum": ["four", "five"]},
+    "sure": {"type": "boolean"}},
+    "required": ["answer", "sure"], "additionalProperties": False}
+TOOL = {"type": "function", "function": {"name": "add", "parameters": {
+    "type": "object", "properties": {"a": {"type": "integer", "enum": [1, 2, 3]},
+                                     "b": {"type": "integer", "enum": [1, 2, 3]}},
+    "required": ["a", "b"], "additionalProperties": False}}}
+
+
+def test_structured_answer_and_tool_call_after_reasoning(served: tuple[str, Daemon, str],
+                                                         think_end_id: int) -> None:
+    """The constraint holds the answer, not the reasoning: the reasoning is free, the answer
+    after </think> follows the schema. Random weights never close the think tag on their
+    own, so a logit bias on </think> closes it (also a check that logit_bias reaches vLLM)."""
+    name, d, _ = served
+    client = openai.OpenAI(base_url=d.url + "/v1", api_key=d.key, max_retries=0, timeout=120)
+    close = {str(think_end_id): 100}
+    resp = client.chat.completions.create(
+        model=name, messages=PROMPT, max_tokens=40, temperature=0, logit_bias=close,
+        response_format={"type": "json_schema",
+                         "json_schema": {"name": "sum", "schema": CHOICE}})
+    message = resp.choices[0].message
+    assert resp.choices[0].finish_reason == "stop", resp
+    jsonschema.validate(json.loads(message.content), CHOICE)
+    assert not extra(message, "reasoning_content")  # closed at once: no reasoning
+
+    named = {"type": "function", "function": {"name": "add"}}
+    resp = client.chat.completions.create(model=name, messages=PROMPT, tools=[TOOL],
+                                          tool_choice=named, max_tokens=40, temperature=0,
+                                          logit_bias=close)
+    (call,) = resp.choices[0].message.tool_calls
+    assert call.function.name == "add" and resp.choices[0].finish_reason == "tool_calls"
+    args = json.loads(call.function.arguments)
+    jsonschema.validate(args, TOOL["function"]["parameters"])
+
+    stream = client.chat.completions.create(model=name, messages=PROMPT, tools=[TOOL],
+                                            tool_choice=named, max_tokens=40, temperature=0,
+                                            logit_bias=close, stream=True)
+    arguments, finish = "", None
+    for chunk in stream:
+        for ch in chunk.choices:
+            for tc in ch.delta.tool_calls or []:
+                arguments += tc.function.arguments or ""
+            finish = ch.finish_reason or finish
+    assert finish == "tool_calls" and json.loads(arguments) == args
+
+    # No tool parser for a template without tool calls: "auto" is refused, not ignored.
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=name, messages=PROMPT, tools=[TOOL], max_tokens=4)
+    assert err.value.body["param"] == "tool_choice"
