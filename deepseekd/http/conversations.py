@@ -1,5 +1,6 @@
-"""The caller's own conversations and data export (``/v1/conversations``, ``/v1/me/export``).
-Another user's conversation id is a 404, exactly like a missing one."""
+"""The caller's own conversations, data export and quota (``/v1/conversations``,
+``/v1/me/export``, ``/v1/me/usage``). Another user's conversation id is a 404, exactly like
+a missing one."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from aiohttp import web
 from deepseekd.http.body import body_of
 from deepseekd.http.errors import bad_request
 from deepseekd.http.openai.protocol import ConversationTitle
-from deepseekd.http.state import HISTORY, IDENTITY
+from deepseekd.http.state import HISTORY, IDENTITY, QUOTA
 
 PAGE_DEFAULT, PAGE_MAX = 50, 200
 
@@ -64,3 +65,12 @@ async def export_me(request: web.Request) -> web.Response:
         data,
         headers={"Content-Disposition": f'attachment; filename="deepseekd-export-{who.name}.json"'},
     )
+
+
+async def usage_me(request: web.Request) -> web.Response:
+    """The caller's quota for today: requests and tokens used, and their limits.
+
+    A null token limit (and remainder) means no token limit; ``reset_at`` (epoch seconds) is
+    when the quota day turns over. Reading it counts nothing."""
+    usage = await request.app[QUOTA].today(request[IDENTITY])
+    return web.json_response(usage.as_json())

@@ -30,6 +30,42 @@ class QuotaState:
     """Why it was refused: 'requests' or 'tokens'."""
 
 
+@dataclass(frozen=True)
+class DailyUsage:
+    """What a user has used of today's quota (``GET /v1/me/usage``)."""
+
+    day: str
+    reset_at: int
+    """Epoch seconds when the day turns over."""
+    requests: int
+    request_limit: int
+    tokens: int
+    token_limit: int
+    """0 = no token limit."""
+    reasoning_tokens: int
+    """The reasoning part of ``tokens``."""
+
+    def as_json(self) -> dict[str, object]:
+        """The answer's shape; an unlimited token count has a null limit and remainder."""
+        unlimited = self.token_limit <= 0
+        return {
+            "object": "usage",
+            "day": self.day,
+            "reset_at": self.reset_at,
+            "requests": {
+                "used": self.requests,
+                "limit": self.request_limit,
+                "remaining": max(self.request_limit - self.requests, 0),
+            },
+            "tokens": {
+                "used": self.tokens,
+                "limit": None if unlimited else self.token_limit,
+                "remaining": None if unlimited else max(self.token_limit - self.tokens, 0),
+                "reasoning": self.reasoning_tokens,
+            },
+        }
+
+
 class QuotaService:
     def __init__(self, db: Database, cfg: QuotaSettings, clock: Callable[[], float]) -> None:
         self._db = db
@@ -77,8 +113,19 @@ class QuotaService:
         used = await self._db.read("quota.peek", lambda s: repo.requests_on(s, who.user_id, day))
         return QuotaState(True, req_limit, max(req_limit - used, 0), reset_at, day)
 
+    async def today(self, who: Identity) -> DailyUsage:
+        """The user's counts and limits for the current quota day; reads only, counts nothing."""
+        day, reset_at = self.window(self._now())
+        req_limit, tok_limit = self.limits(who)
+        requests, tokens, reasoning = await self._db.read(
+            "quota.today", lambda s: repo.counts_on(s, who.user_id, day)
+        )
+        return DailyUsage(day, reset_at, requests, req_limit, tokens, tok_limit, reasoning)
+
     def charges_tokens(self, who: Identity) -> bool:
-        return self.limits(who)[1] > 0
+        """Whether a finished request's tokens are recorded: always, limit or not, so that the
+        day's usage (``GET /v1/me/usage``, the export) tells the truth."""
+        return True
 
     async def add_tokens(
         self, who: Identity, day: str, tokens: int, reasoning_tokens: int = 0

@@ -46,6 +46,18 @@ def requests_on(s: Session, user_id: int, day: str) -> int:
     return int(used or 0)
 
 
+def counts_on(s: Session, user_id: int, day: str) -> tuple[int, int, int]:
+    """(requests, tokens, reasoning tokens) the user has used on ``day``; zeros for none."""
+    row = s.execute(
+        select(QuotaUsage.requests, QuotaUsage.tokens, QuotaUsage.reasoning_tokens).where(
+            QuotaUsage.user_id == user_id, QuotaUsage.day == day
+        )
+    ).first()
+    if row is None:
+        return 0, 0, 0
+    return int(row.requests or 0), int(row.tokens or 0), int(row.reasoning_tokens or 0)
+
+
 def add_tokens(s: Session, user_id: int, day: str, tokens: int, reasoning_tokens: int) -> None:
     s.execute(
         update(QuotaUsage)

@@ -11,9 +11,11 @@ Screenshots of each state go to test-artifacts/web/chat-*.png (desktop and 390 p
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import time
+import zoneinfo
 from typing import Any, Iterator
 
 import httpx
@@ -24,10 +26,12 @@ from tests.e2e.web_fixtures import (  # noqa: F401  (fixtures)
     DESKTOP,
     PHONE,
     FakeWeb,
+    _run,
     browser,
     fake_web,
     shot,
 )
+from tests.support.store_setup import add_users
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; "
@@ -506,5 +510,130 @@ def test_error_states(browser: Any, fake_web: FakeWeb) -> None:
         page.wait_for_selector("#login-view:not([hidden])")
         assert "Your session ended" in page.text_content("#login-notice")
         shot(page, "session-ended-desktop")
+    finally:
+        ctx.close()
+
+
+# --------------------------------------------------------------------------- usage and tools
+
+USED_RE = re.compile(r"Requests left today: \d+ of \d+ \((\d+) used\)")
+KOLKATA = "Asia/Kolkata"  # UTC+05:30: a local reset time that no whole-hour zone shows
+
+
+def used(page: Any) -> int:
+    text = page.text_content("#quota") or ""
+    m = USED_RE.search(text)
+    assert m, text
+    return int(m.group(1))
+
+
+def test_usage_display_after_each_answer(browser: Any, fake_web: FakeWeb) -> None:
+    """The top bar shows today's usage from GET /v1/me/usage (requests used and left, tokens,
+    the reset in the user's own time zone), read again after each answer."""
+    password = fake_web.add_user("usage.nurse")
+    ctx = browser.new_context(viewport=DESKTOP, timezone_id=KOLKATA)
+    try:
+        page = ctx.new_page()
+        console = Console(page)
+        login(page, fake_web.url, "usage.nurse", password)
+        page.wait_for_function(
+            "() => document.getElementById('quota').textContent.includes('(0 used)')")
+        assert "Tokens today: 0" in (page.text_content("#quota") or "")
+        send(page, "one two three", timeout_ms=30_000)
+        assert used(page) == 1
+        send(page, "four five", timeout_ms=30_000)
+        assert used(page) == 2
+        usage = page.request.get(fake_web.url + "/v1/me/usage").json()
+        assert usage["requests"]["used"] == 2 and usage["tokens"]["used"] > 0
+        left, limit = quota(page)
+        assert (left, limit) == (usage["requests"]["remaining"], usage["requests"]["limit"])
+        text = page.text_content("#quota") or ""
+        assert f"Tokens today: {usage['tokens']['used']:,}" in text, text
+        reset = dt.datetime.fromtimestamp(usage["reset_at"], zoneinfo.ZoneInfo(KOLKATA))
+        assert f"resets at {reset:%H:%M}" in text, text
+        shot(page, "usage-desktop")
+        # Reading the usage (the page on a reload, the call above) counted nothing.
+        page.reload()
+        page.wait_for_function(
+            "() => document.getElementById('quota').textContent.includes('(2 used)')")
+        assert quota(page) == (left, limit)
+        assert not console.csp_violations(), console.messages
+        assert not console.page_errors(), console.messages
+    finally:
+        ctx.close()
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {"type": "object", "required": ["city"],
+                       "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}},
+    },
+}
+# The echo engine answers the question: under the named tool choice, that is the arguments.
+ARGUMENTS = '{"city": "Oslo <img src=x onerror=window.__xss=1>", "days": 2}'
+RESULT = '{"temp_c": -3, "sky": "<b>snow</b>"}'
+
+
+def tool_conversation(fake_web: FakeWeb, name: str) -> tuple[str, str, str]:
+    """A conversation with a tool call and its result, made through the API as a script
+    would; (the user's password, the conversation id, the call's id)."""
+    [user] = _run(add_users(fake_web.db_url, fake_web.data_dir, [name]))
+    assert user.password
+    auth = {"Authorization": f"Bearer {user.api_key}"}
+    ask = {"role": "user", "content": ARGUMENTS}
+    first = httpx.post(fake_web.url + "/v1/chat/completions", headers=auth, timeout=30, json={
+        "messages": [ask], "tools": [WEATHER],
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}}})
+    assert first.status_code == 200, first.text
+    call = first.json()["choices"][0]["message"]
+    assert call["content"] is None and call["tool_calls"][0]["function"]["arguments"] == ARGUMENTS
+    call_id, cid = call["tool_calls"][0]["id"], first.headers["X-Conversation-Id"]
+    second = httpx.post(fake_web.url + "/v1/chat/completions", headers=auth, timeout=30, json={
+        "conversation_id": cid, "messages": [
+            ask, call, {"role": "tool", "tool_call_id": call_id, "content": RESULT},
+            {"role": "user", "content": "thanks"}]})
+    assert second.status_code == 200, second.text
+    return user.password, cid, call_id
+
+
+def test_tool_calls_are_shown_as_text(browser: Any, fake_web: FakeWeb) -> None:
+    """A conversation with tool calls (made through the API) opens readably: the call's name
+    and arguments, the result, no "null"; nothing in them runs; it goes on from the page."""
+    password, cid, call_id = tool_conversation(fake_web, "tool.nurse")
+    ctx = browser.new_context(viewport=DESKTOP)
+    try:
+        page = ctx.new_page()
+        console = Console(page)
+        login(page, fake_web.url, "tool.nurse", password)
+        page.wait_for_selector(".conv-item .conv-open")
+        page.click(".conv-item .conv-open")
+        page.wait_for_selector(".msg-tool")
+        title = page.text_content(".tool-call .tool-call-title") or ""
+        assert title == f"Called get_weather ({call_id})", title
+        pretty = json.dumps(json.loads(ARGUMENTS), indent=2)
+        assert page.text_content(".tool-call pre") == pretty
+        assert page.text_content(".msg-tool .tool-result-title") == (
+            f"Result of {call_id} (get_weather):")
+        assert page.text_content(".msg-tool pre") == json.dumps(json.loads(RESULT), indent=2)
+        assert not page.is_visible(".msg-assistant .answer >> nth=0")  # no text, just the call
+        assert (last_answer(page).text_content() or "") == "thanks"
+        messages = page.text_content("#messages") or ""
+        assert "null" not in messages, messages
+        assert page.locator("#messages img, #messages script, #messages b").count() == 0
+        assert page.evaluate("typeof window.__xss") == "undefined"
+        shot(page, "tool-calls-desktop")
+
+        # The page resends the calls and results as stored: the conversation goes on.
+        send(page, "and tomorrow?", timeout_ms=30_000)
+        assert (last_answer(page).text_content() or "") == "and tomorrow?"
+        assert page.locator("#chat-error:not([hidden])").count() == 0
+        stored = page.request.get(f"{fake_web.url}/v1/conversations/{cid}").json()
+        assert [m["role"] for m in stored["messages"]] == [
+            "user", "assistant", "tool", "user", "assistant", "user", "assistant"]
+        assert not console.csp_violations(), console.messages
+        assert not console.page_errors(), console.messages
     finally:
         ctx.close()

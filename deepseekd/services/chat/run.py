@@ -315,7 +315,7 @@ class ChatRun:
             )
 
     async def _charge(self) -> None:
-        """Count the tokens produced, finished or not, where the caller has a token limit."""
+        """Count the tokens produced, finished or not (the day's usage and any token limit)."""
         if self._charged:
             return
         self._charged = True

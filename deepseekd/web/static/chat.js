@@ -10,6 +10,7 @@ import {
   api,
   apiJson,
   clockTime,
+  fromUnix,
   onSessionEnded,
   readError,
   setCsrfToken,
@@ -21,9 +22,11 @@ import { renderMarkdown } from "./markdown.js";
 const state = {
   user: null,
   role: null,
-  quota: null, // {limit, remaining, reset_at}
+  quota: null, // {limit, remaining, reset_at}; from /v1/me/usage also {used, tokens}
+  usageSeq: 0, // the latest usage read: an older answer arriving late must not overwrite it
+  usageTimer: null, // reads the usage again when the quota day turns over
   convId: null,
-  messages: [], // [{role, content}] history sent with the next request
+  messages: [], // [{role, content}] history sent with the next request (tool calls as stored)
   busy: false,
   controller: null,
   conversations: [],
@@ -61,6 +64,8 @@ function showLogin(notice) {
   state.user = null;
   state.role = null;
   state.quota = null;
+  state.usageSeq += 1;
+  clearTimeout(state.usageTimer);
   resetChat();
   $("composer-input").value = ""; // kept aside for the same user by sessionEnded, if at all
   clearPasswordForm();
@@ -122,6 +127,7 @@ function applySession(data) {
   }
   showOnly("chat-view");
   renderQuota();
+  refreshUsage();
   resetChat();
   loadConversations();
   if (kept) {
@@ -131,6 +137,34 @@ function applySession(data) {
   $("composer-input").focus();
 }
 
+const fmt = (n) => Number(n).toLocaleString();
+const isCount = (n) => typeof n === "number" && Number.isFinite(n);
+
+/** "Tokens today: N" (of the limit, with the reasoning share), or null when not known. */
+function tokensText(t) {
+  if (!t || !isCount(t.used)) return null;
+  let text = `Tokens today: ${fmt(t.used)}`;
+  if (isCount(t.limit)) text += ` of ${fmt(t.limit)}`;
+  if (isCount(t.reasoning) && t.reasoning > 0) text += ` (${fmt(t.reasoning)} reasoning)`;
+  return text;
+}
+
+function quotaLow(q) {
+  const low = (left, limit) => Number(left) <= Math.max(1, Math.floor(Number(limit) / 20));
+  const t = q.tokens;
+  return (q.limit !== null && q.limit !== undefined && low(q.remaining, q.limit))
+    || !!(t && isCount(t.limit) && isCount(t.remaining) && low(t.remaining, t.limit));
+}
+
+function quotaPart(className, text) {
+  const span = document.createElement("span");
+  span.className = className;
+  span.textContent = text;
+  return span;
+}
+
+/** The quota in the top bar: requests left (and used), tokens today, when it resets (in the
+ * user's local time). Built from text nodes only. */
 function renderQuota() {
   const el = $("quota");
   const q = state.quota;
@@ -138,14 +172,49 @@ function renderQuota() {
     el.hidden = true;
     return;
   }
+  const parts = [];
   if (q.limit === null || q.limit === undefined) {
-    el.textContent = "No daily request limit";
-    el.classList.remove("low");
+    parts.push(quotaPart("quota-requests", "No daily request limit"));
   } else {
-    el.textContent = `Requests left today: ${q.remaining} of ${q.limit}`;
-    el.classList.toggle("low", Number(q.remaining) <= Math.max(1, Math.floor(Number(q.limit) / 20)));
+    const used = isCount(q.used) ? ` (${q.used} used)` : "";
+    parts.push(quotaPart("quota-requests", `Requests left today: ${q.remaining} of ${q.limit}${used}`));
   }
+  const tokens = tokensText(q.tokens);
+  if (tokens) parts.push(quotaPart("quota-tokens", tokens));
+  const at = clockTime(q.reset_at);
+  if (at) {
+    const reset = quotaPart("quota-reset", `resets at ${at}`);
+    reset.title = `Resets ${fromUnix(q.reset_at).toLocaleString()}`;
+    parts.push(reset);
+  }
+  el.replaceChildren(...parts.flatMap((p, i) => (i ? [" · ", p] : [p])));
+  el.classList.toggle("low", quotaLow(q));
   el.hidden = $("chat-view").hidden;
+}
+
+/** Read today's usage (GET /v1/me/usage, which counts nothing) and show it; again when the
+ * quota day turns over. What is shown stays when the read fails. */
+async function refreshUsage() {
+  if (!state.user || state.role === "auditor") return;
+  const seq = ++state.usageSeq;
+  let u;
+  try {
+    u = await apiJson("GET", "/v1/me/usage");
+  } catch {
+    return; // a session that ended has shown the login form already
+  }
+  if (seq !== state.usageSeq || !u || !u.requests) return;
+  state.quota = {
+    limit: u.requests.limit,
+    remaining: u.requests.remaining,
+    used: u.requests.used,
+    reset_at: u.reset_at,
+    tokens: u.tokens || null,
+  };
+  renderQuota();
+  clearTimeout(state.usageTimer);
+  const wait = Number(u.reset_at) * 1000 - Date.now() + 1000;
+  if (wait > 0 && wait < 2 ** 31 - 1) state.usageTimer = setTimeout(refreshUsage, wait);
 }
 
 // ------------------------------------------------------------------------- login / logout
@@ -413,11 +482,52 @@ async function deleteConversation(c) {
   }
 }
 
-/** A stored conversation's messages the page shows and resends (user, assistant, system). */
+/** A message's text: a string as it is, text parts joined, anything else (null) nothing. */
+function textOf(content) {
+  if (typeof content === "string") return content;
+  if (!Array.isArray(content)) return "";
+  return content.map((p) => (p && typeof p.text === "string" ? p.text : "")).join("");
+}
+
+/** An assistant message's tool calls, as {id, name, arguments} strings. */
+function toolCallsOf(m) {
+  const calls = Array.isArray(m.tool_calls) ? m.tool_calls : [];
+  return calls.filter((c) => c && c.function && typeof c.function.name === "string")
+    .map((c) => ({
+      id: typeof c.id === "string" ? c.id : "",
+      name: c.function.name,
+      arguments: typeof c.function.arguments === "string" ? c.function.arguments : "",
+    }));
+}
+
+/** A stored conversation's messages the page shows and resends: user, assistant (with its
+ * tool calls), system, and tool results; the content always a string (a null one is ""). */
 function storedMessages(data) {
-  const msgs = Array.isArray(data.messages) ? data.messages : [];
-  return msgs.filter((m) => m && typeof m.content === "string"
-    && ["user", "assistant", "system"].includes(m.role));
+  const out = [];
+  for (const m of Array.isArray(data.messages) ? data.messages : []) {
+    if (!m || !["user", "assistant", "system", "tool"].includes(m.role)) continue;
+    const calls = m.role === "assistant" ? toolCallsOf(m) : [];
+    if (typeof m.content !== "string" && !calls.length && m.role !== "tool") continue;
+    const msg = { role: m.role, content: textOf(m.content) };
+    if (calls.length) msg.tool_calls = calls;
+    if (m.role === "tool") msg.tool_call_id = typeof m.tool_call_id === "string" ? m.tool_call_id : "";
+    if (typeof m.reasoning_content === "string") msg.reasoning_content = m.reasoning_content;
+    out.push(msg);
+  }
+  return out;
+}
+
+/** A stored message as the next request resends it (without its reasoning), so the
+ * conversation goes on exactly as stored. */
+function resendable(m) {
+  const msg = { role: m.role, content: m.content };
+  if (m.tool_calls) {
+    msg.tool_calls = m.tool_calls.map((c) => ({
+      id: c.id, type: "function", function: { name: c.name, arguments: c.arguments },
+    }));
+  }
+  if (m.role === "tool") msg.tool_call_id = m.tool_call_id;
+  return msg;
 }
 
 /** The positions in `msgs` of the answers that were stopped: each readable turn's answer
@@ -439,15 +549,21 @@ function stoppedPositions(data, msgs) {
 function renderStored(data) {
   const msgs = storedMessages(data);
   const stopped = stoppedPositions(data, msgs);
+  const callNames = new Map(msgs.flatMap((m) => (m.tool_calls || []).map((c) => [c.id, c.name])));
   msgs.forEach((m, i) => {
-    state.messages.push({ role: m.role, content: m.content });
+    state.messages.push(resendable(m));
+    if (m.role === "tool") {
+      addToolResult(m, callNames.get(m.tool_call_id));
+      return;
+    }
     if (m.role !== "assistant") {
       addPlainBubble(m.role, m.content);
       return;
     }
     const bubble = addAssistantBubble();
     // A reasoning model's stored reasoning (history keeps it when [reasoning] history = "store").
-    renderAnswer(bubble, m.content, typeof m.reasoning_content === "string" ? m.reasoning_content : "");
+    renderAnswer(bubble, m.content, m.reasoning_content || "");
+    if (m.tool_calls) addToolCalls(bubble, m.tool_calls);
     if (stopped.has(i)) markStopped(bubble, true);
   });
   const unreadable = Array.isArray(data.turns) ? data.turns.filter((t) => t && t.unreadable).length : 0;
@@ -574,6 +690,63 @@ function renderAnswer(bubble, content, reasoning) {
     details.querySelector(".reasoning-body").replaceChildren(renderMarkdown(allReasoning));
   }
   bubble.querySelector(".answer").replaceChildren(renderMarkdown(split.answer));
+}
+
+// Tool calls and their results, from a conversation made through the API (the page itself
+// sends no tools). Shown as text, never run: the arguments and results are the model's and
+// the client's words.
+
+/** JSON text re-indented for reading; anything else as it is. */
+function prettyJson(text) {
+  try {
+    return JSON.stringify(JSON.parse(text), null, 2);
+  } catch {
+    return text;
+  }
+}
+
+function toolCallBox(call) {
+  const box = document.createElement("div");
+  box.className = "tool-call";
+  const title = document.createElement("p");
+  title.className = "tool-call-title";
+  const name = document.createElement("code");
+  name.textContent = call.name;
+  title.append("Called ", name);
+  if (call.id) {
+    const id = document.createElement("span");
+    id.className = "muted tool-call-id";
+    id.textContent = ` (${call.id})`;
+    title.append(id);
+  }
+  const args = document.createElement("pre");
+  args.className = "tool-json";
+  args.textContent = call.arguments ? prettyJson(call.arguments) : "(no arguments)";
+  box.append(title, args);
+  return box;
+}
+
+function addToolCalls(bubble, calls) {
+  const answer = bubble.querySelector(".answer");
+  answer.hidden = !answer.textContent.trim(); // a call without text: just the call
+  answer.after(...calls.map(toolCallBox));
+}
+
+function addToolResult(m, name) {
+  const div = document.createElement("div");
+  div.className = "msg msg-tool";
+  const label = document.createElement("p");
+  label.className = "msg-label";
+  label.textContent = "Tool result";
+  const title = document.createElement("p");
+  title.className = "tool-result-title";
+  title.textContent = `Result of ${m.tool_call_id || "a call"}${name ? ` (${name})` : ""}:`;
+  const body = document.createElement("pre");
+  body.className = "tool-json";
+  body.textContent = m.content ? prettyJson(m.content) : "(empty)";
+  div.append(label, title, body);
+  $("empty-hint").hidden = true;
+  $("messages").appendChild(div);
 }
 
 /** The mark of an answer that ended early (Stop, or the page was left): shown on the answer,
@@ -802,7 +975,7 @@ function adoptStored(turn, data, stored) {
   turn.content = stored.answer;
   markStopped(turn.bubble, !!stored.stopped);
   if (turn.gen !== state.chatGen || state.convId !== turn.convId || state.busy) return;
-  state.messages = storedMessages(data).map((m) => ({ role: m.role, content: m.content }));
+  state.messages = storedMessages(data).map(resendable);
 }
 
 /** After Stop: wait until the server has stored the stopped turn (it does so once it notices
@@ -840,7 +1013,11 @@ function endTurn(turn) {
     if (!state.messages.length) $("empty-hint").hidden = false;
   }
   if (!$("chat-view").hidden) $("composer-input").focus();
-  // How many sends finished (a hook for tests and assistive tooling; no data in it).
+}
+
+/** How many sends finished, the usage shown included (a hook for tests and assistive
+ * tooling; no data in it). */
+function countSend() {
   document.body.dataset.sends = String(Number(document.body.dataset.sends || 0) + 1);
 }
 
@@ -884,6 +1061,8 @@ async function sendMessage() {
     turnFailed(turn, e);
   } finally {
     endTurn(turn);
+    await refreshUsage(); // what this send used (tokens too), before it counts as done
+    countSend();
   }
 }
 
