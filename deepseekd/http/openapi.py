@@ -61,8 +61,10 @@ ERROR_SCHEMA: dict[str, Any] = {
 
 SSE_EVENT = {
     "description": "One server-sent event (the schema describes each event, as OpenAPI 3.2's "
-    "itemSchema does): `data` is a JSON chunk in the shape of the non-streamed "
-    "answer, and the last event's `data` is `[DONE]`.",
+    "itemSchema does). Chat and completions: `data` is a JSON chunk in the shape of the "
+    "non-streamed answer, and the last event's `data` is `[DONE]`. Responses: `event` names "
+    "the typed event (`response.created` ... `response.completed`), `data` is its JSON, and "
+    "there is no `[DONE]`.",
     "type": "object",
     "required": ["data"],
     "properties": {
@@ -123,6 +125,11 @@ def _with_limits(schemas: dict[str, Any], settings: Settings) -> dict[str, Any]:
                     if alt.get("type") == "integer":
                         alt["maximum"] = api.max_tokens_cap
     out["ChatCompletionRequest"]["properties"]["messages"]["maxItems"] = api.max_messages
+    responses = out.get("ResponsesRequest", {}).get("properties", {})
+    if "max_output_tokens" in responses:
+        for alt in responses["max_output_tokens"].get("anyOf", [responses["max_output_tokens"]]):
+            if alt.get("type") == "integer":
+                alt["maximum"] = api.max_tokens_cap
     return out
 
 

@@ -17,12 +17,14 @@ from deepseekd.http import admin, audit, conversations, health, lora, metrics, o
 from deepseekd.http.access import ADMIN, AUDITOR, CHAT, CHAT_READ, METRICS, OPEN, SIGNED_IN, Access
 from deepseekd.http.body import read_json, validate
 from deepseekd.http.openai import handlers as openai
+from deepseekd.http.openai import responses
 from deepseekd.http.openai.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     ConversationTitle,
     SimpleChatRequest,
 )
+from deepseekd.http.openai.responses_protocol import ResponsesRequest
 from deepseekd.http.state import AUTH, BODY, QUIET, ROUTES
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -95,6 +97,14 @@ TABLE: tuple[Route, ...] = (
         body=CompletionRequest,
         answers="stream",
     ),
+    Route(
+        "POST",
+        "/v1/responses",
+        responses.responses,
+        CHAT,
+        body=ResponsesRequest,
+        answers="stream",
+    ),
     Route("POST", "/chat", openai.simple_chat, CHAT, body=SimpleChatRequest),
     # -- the caller's own data
     Route("GET", "/v1/models", openai.models, CHAT_READ),
@@ -120,6 +130,7 @@ TABLE: tuple[Route, ...] = (
         body=ConversationTitle,
     ),
     Route("GET", "/v1/me/export", conversations.export_me, CHAT_READ),
+    Route("GET", "/v1/me/usage", conversations.usage_me, CHAT_READ),
     # -- auditors and scrapers
     Route("GET", "/audit/api/events", audit.events, AUDITOR, query=AUDIT_QUERY),
     Route("GET", "/audit/api/verify", audit.verify, AUDITOR),

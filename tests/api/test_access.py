@@ -70,7 +70,7 @@ def test_route_table_shape() -> None:
     assert all(a.roles <= {"admin", "user", "auditor", "metrics"} for a in access.ACCESS.values())
     quota = {k for k, a in access.ACCESS.items() if a.quota}
     assert quota == {("POST", "/v1/chat/completions"), ("POST", "/v1/completions"),
-                     ("POST", "/chat")}
+                     ("POST", "/v1/responses"), ("POST", "/chat")}
 
 
 # --------------------------------------------------------------------------- route × caller
@@ -113,7 +113,8 @@ async def _world(make_daemon: MakeDaemon, clock: FakeClock) -> World:
 # (a placeholder id that names nothing), never 401/403 nor a 5xx.
 EXPECT_2XX = {
     ("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"),
-    ("POST", "/chat"), ("GET", "/metrics"), ("POST", "/admin/api/logout"),
+    ("POST", "/v1/responses"), ("POST", "/chat"), ("GET", "/metrics"),
+    ("POST", "/admin/api/logout"),
     ("GET", "/admin/api/users"), ("POST", "/admin/api/users"),
     ("PATCH", "/admin/api/users/{name}"), ("POST", "/admin/api/users/{name}/disable"),
     ("POST", "/admin/api/users/{name}/totp"), ("GET", "/admin/api/users/{name}/keys"),
@@ -132,6 +133,7 @@ def _body(method: str, path: str) -> Any:
     return {
         ("POST", "/v1/chat/completions"): CHAT_BODY,
         ("POST", "/v1/completions"): {"prompt": "hello there", "max_tokens": 1},
+        ("POST", "/v1/responses"): {"input": "hello there", "max_output_tokens": 1},
         ("POST", "/chat"): {"prompt": "hello there", "max_tokens": 1},
         ("POST", "/admin/api/login"): {},  # 400: the credentials are in the body
         ("PATCH", "/admin/api/users/{name}"): {"daily_request_limit": 10},

@@ -58,6 +58,10 @@ async def test_limits_that_are_settings_are_in_the_document(make_daemon: Any) ->
     schemas = (await _document(d))["components"]["schemas"]
     chat = schemas["ChatCompletionRequest"]["properties"]
     assert chat["n"]["maximum"] == 3 and chat["messages"]["maxItems"] == 7
+    cap = d.settings.api.max_tokens_cap
+    out = schemas["ResponsesRequest"]["properties"]["max_output_tokens"]
+    assert {"type": "integer", "minimum": 1, "maximum": cap}.items() <= next(
+        a for a in out.get("anyOf", [out]) if a.get("type") == "integer").items()
 
 
 async def test_rename_validates_the_title(daemon: Daemon) -> None:
@@ -101,3 +105,21 @@ async def test_streamed_answers_match_the_documented_event_schema(daemon: Daemon
             assert validator.is_valid(event), (path, event)
         assert events[-1]["data"] == "[DONE]"
         assert all(isinstance(json.loads(e["data"]), dict) for e in events[:-1])
+
+
+async def test_api_parity_fields_and_routes_are_documented(daemon: Daemon) -> None:
+    doc = await _document(daemon)
+    schemas = doc["components"]["schemas"]
+    chat = schemas["ChatCompletionRequest"]["properties"]
+    for field in ("response_format", "tools", "tool_choice", "parallel_tool_calls", "logit_bias",
+                  "top_k", "min_p", "repetition_penalty", "guided_json", "guided_choice",
+                  "guided_regex", "guided_grammar"):
+        assert field in chat, field
+    message = schemas["ChatMessage"]["properties"]
+    assert {"tool_calls", "tool_call_id", "prefix"} <= set(message)
+    assert "tool" in json.dumps(message["role"])
+    assert "response_format" in schemas["CompletionRequest"]["properties"]
+    assert "post" in doc["paths"]["/v1/responses"]
+    assert "get" in doc["paths"]["/v1/me/usage"]
+    responses = doc["paths"]["/v1/responses"]["post"]
+    assert "text/event-stream" in json.dumps(responses["responses"])

@@ -209,3 +209,42 @@ def test_structured_answer_and_tool_call_after_reasoning(served: tuple[str, Daem
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model=name, messages=PROMPT, tools=[TOOL], max_tokens=4)
     assert err.value.body["param"] == "tool_choice"
+
+
+def test_tool_round_trip_and_responses_api(served: tuple[str, Daemon, str],
+                                           think_end_id: int) -> None:
+    """A full tool round trip and the Responses API, stream and not, through the SDK on a
+    reasoning model: the reasoning comes back as a reasoning item, the history keeps it all."""
+    name, d, history = served
+    client = openai.OpenAI(base_url=d.url + "/v1", api_key=d.key, max_retries=0, timeout=120)
+    named = {"type": "function", "function": {"name": "add"}}
+    raw = client.chat.completions.with_raw_response.create(
+        model=name, messages=PROMPT, tools=[TOOL], tool_choice=named, max_tokens=40,
+        temperature=0, logit_bias={str(think_end_id): 100})
+    first = raw.parse()
+    cid = raw.headers["X-Conversation-Id"]
+    call = first.choices[0].message.tool_calls[0]
+    follow = [*PROMPT, first.choices[0].message.model_dump(exclude_none=True),
+              {"role": "tool", "tool_call_id": call.id, "content": "4"}]
+    second = client.chat.completions.create(model=name, messages=follow, tools=[TOOL],
+                                            tool_choice="none", max_tokens=8, temperature=0,
+                                            extra_body={"conversation_id": cid})
+    assert second.usage.completion_tokens == 8 and not second.choices[0].message.tool_calls
+    conv = httpx.get(f"{d.url}/v1/conversations/{cid}", headers=d.headers(), timeout=30).json()
+    assert [m["role"] for m in conv["messages"]] == ["user", "assistant", "tool", "assistant"]
+    assert conv["messages"][1]["tool_calls"][0]["function"]["arguments"] == \
+        call.function.arguments
+
+    resp = client.responses.create(model=name, input="What is 2 + 2?", max_output_tokens=10,
+                                   temperature=0)
+    assert resp.status == "incomplete"  # random weights think until the budget runs out
+    assert resp.usage.output_tokens == 10
+    assert resp.usage.output_tokens_details.reasoning_tokens == 10
+    reasoning = [item for item in resp.output if item.type == "reasoning"]
+    assert len(reasoning) == 1 and reasoning[0].content[0].text.strip()
+    events = list(client.responses.create(model=name, input="What is 2 + 2?",
+                                          max_output_tokens=10, temperature=0, stream=True))
+    assert events[0].type == "response.created" and events[-1].type == "response.incomplete"
+    streamed = "".join(e.delta for e in events if e.type == "response.reasoning_text.delta")
+    assert streamed == reasoning[0].content[0].text
+    assert [e.sequence_number for e in events] == list(range(len(events)))
