@@ -8,16 +8,19 @@ parser parsed but has not streamed yet is flushed at the end; a whole answer goe
 from ``vllm_tools.py``; the splitter uses the members in ``ToolFormat``.
 
 ``auto`` picks the parser from the chat template's own tool-call markers: DeepSeek-V3/R1
-and their distills (``<｜tool▁calls▁begin｜>``) get deepseek_v3 (deepseek_v31 for the V3.1
-template, which drops V3's fenced JSON), Hermes-style templates (``<tool_call>``, Qwen2.5
-and Qwen3) get hermes, Llama 3 (``<|python_tag|>``) gets llama3_json; a template without
-tool calls gets none.
+(``<｜tool▁calls▁begin｜>``) get deepseek_v3 (deepseek_v31 for the V3.1 template, which
+drops V3's fenced JSON), Hermes-style templates (``<tool_call>``, Qwen2.5 and Qwen3) get
+hermes, Llama 3 (``<|python_tag|>``) gets llama3_json. Then from the vocabulary, for the
+distills: R1-Distill-Qwen ships R1's template but a Qwen tokenizer without DeepSeek's
+markers (vLLM's deepseek_v3 parser refuses it), and its Qwen vocabulary has
+``<tool_call>``: hermes; R1-Distill-Llama's Llama vocabulary has ``<|python_tag|>``:
+llama3_json. The first candidate the tokenizer can serve is used; none fits: none.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from typing import Any, Protocol
 
 from deepseekd.engine.types import ChoiceDelta, ToolCallDelta
@@ -56,6 +59,23 @@ def pick_tool_parser(setting: str, chat_template: str) -> str | None:
     if LLAMA3_TAG in chat_template:
         return "llama3_json"
     return None
+
+
+def tool_parser_candidates(
+    setting: str, chat_template: str, vocabulary: Container[str]
+) -> list[str]:
+    """The parsers to try, in order (see the module doc for ``auto``)."""
+    if setting != AUTO:
+        return [] if setting == NONE else [setting]
+    out = []
+    first = pick_tool_parser(AUTO, chat_template)
+    if first is not None:
+        out.append(first)
+    if HERMES_CALL in vocabulary:
+        out.append("hermes")
+    if LLAMA3_TAG in vocabulary:
+        out.append("llama3_json")
+    return list(dict.fromkeys(out))
 
 
 class ToolFormat(Protocol):

@@ -9,7 +9,13 @@ from typing import Any
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.tool_parsers import ToolParserManager
 
-from deepseekd.engine.tools import AUTO, NONE, TOOL_MARKERS, ToolCallSplitter, pick_tool_parser
+from deepseekd.engine.tools import (
+    AUTO,
+    NONE,
+    TOOL_MARKERS,
+    ToolCallSplitter,
+    tool_parser_candidates,
+)
 
 log = logging.getLogger("deepseekd.engine.tools")
 
@@ -75,25 +81,28 @@ _PROBE_TOOL = {"type": "function", "function": {"name": "probe", "parameters": {
 def load_tool_parsing(setting: str, tokenizer: Any) -> ToolParsing | None:
     """Pick and build the parser for a loaded model (None: no calls read from free text)."""
     template = getattr(tokenizer, "chat_template", None) or ""
-    name = pick_tool_parser(setting, template if isinstance(template, str) else str(template))
-    if name is None:
-        log.info("tool parser", extra={"tool_parser": None, "picked": setting})
-        return None
-    check_tool_parser_name(name)
-    try:
-        parsing = ToolParsing(name, ToolParserManager.get_tool_parser(name), tokenizer)
-    except Exception as exc:  # parsers raise when the model's tokenizer lacks their markers
-        if setting == AUTO:
+    vocabulary = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    names = tool_parser_candidates(
+        setting, template if isinstance(template, str) else str(template), vocabulary
+    )
+    for name in names:
+        check_tool_parser_name(name)
+        try:
+            parsing = ToolParsing(name, ToolParserManager.get_tool_parser(name), tokenizer)
+        except Exception as exc:  # parsers raise when the model's tokenizer lacks their markers
+            if setting != AUTO:
+                raise ToolParserError(
+                    f"engine.tool_parser: {name!r} does not fit this model: {exc}"
+                ) from None
             log.warning(
-                "tool parser does not fit; none used",
+                "tool parser does not fit; trying the next",
                 extra={"tool_parser": name, "error": str(exc)[:200]},
             )
-            return None
-        raise ToolParserError(
-            f"engine.tool_parser: {name!r} does not fit this model: {exc}"
-        ) from None
-    log.info(
-        "tool parser",
-        extra={"tool_parser": name, "picked": "auto" if setting == AUTO else "setting"},
-    )
-    return parsing
+            continue
+        log.info(
+            "tool parser",
+            extra={"tool_parser": name, "picked": "auto" if setting == AUTO else "setting"},
+        )
+        return parsing
+    log.info("tool parser", extra={"tool_parser": None, "picked": setting})
+    return None

@@ -133,3 +133,31 @@ def test_wrong_parser_names_are_refused(base: Path) -> None:
     # deepseek_v3 named explicitly on a tokenizer without its markers: refused at start.
     with pytest.raises(ToolParserError, match="does not fit this model"):
         load_tool_parsing("deepseek_v3", hermes_tokenizer(base))
+
+
+def test_distills_fall_back_to_their_base_vocabulary(base: Path) -> None:
+    """R1-Distill-Qwen: R1's template (DeepSeek's markers) over a Qwen tokenizer that lacks
+    them, so vLLM's deepseek_v3 parser refuses it; its Qwen vocabulary has <tool_call>, so
+    hermes reads the calls. R1-Distill-Llama's Llama vocabulary gets llama3_json."""
+    from deepseekd.engine.tools import tool_parser_candidates
+
+    r1_template = "{{ bos_token }}<｜tool▁calls▁begin｜>```json{{ messages }}"
+    assert tool_parser_candidates("auto", r1_template, {"<tool_call>": 1}) == [
+        "deepseek_v3", "hermes"]
+    assert tool_parser_candidates("auto", r1_template, {"<|python_tag|>": 1}) == [
+        "deepseek_v3", "llama3_json"]
+    assert tool_parser_candidates("auto", "plain", {}) == []
+    assert tool_parser_candidates("none", r1_template, {"<tool_call>": 1}) == []
+    assert tool_parser_candidates("hermes", "plain", {}) == ["hermes"]
+
+    tok = tiny_models.r1_tokenizer(base)
+    tok.add_tokens(["<tool_call>", "</tool_call>"], special_tokens=True)
+    tok.chat_template = r1_template
+    parsing = load_tool_parsing("auto", tok)
+    assert parsing is not None and parsing.name == "hermes"
+    assert parsing.keeps_special_tokens
+    text = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Nice"}}\n</tool_call>'
+    content, calls = run(parsing.splitter([WEATHER], stream=True), tok, text, stream=True)
+    assert content.strip() == ""
+    assert [(c["name"], json.loads(c["arguments"])) for c in calls] == [
+        ("get_weather", {"city": "Nice"})]
