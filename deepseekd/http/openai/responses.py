@@ -17,7 +17,6 @@ sealed into the history, as chat's closing chunk does. A failure after the heade
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 import logging
@@ -26,7 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from deepseekd.domain.errors import DomainError
-from deepseekd.engine.types import ChoiceDelta, ToolCallDelta
+from deepseekd.engine.types import ChoiceDelta, GenerationStep, ToolCallDelta
 from deepseekd.http.body import body_of
 from deepseekd.http.errors import APIError, from_domain
 from deepseekd.http.openai.responses_protocol import (
@@ -35,8 +34,8 @@ from deepseekd.http.openai.responses_protocol import (
     as_chat,
     renamed,
 )
-from deepseekd.http.openai.sse import StallGuardedResponse
-from deepseekd.http.state import CHAT, REQUEST_ID, SETTINGS, caller
+from deepseekd.http.openai.sse import StallGuardedResponse, drive, open_stream
+from deepseekd.http.state import CHAT, caller
 from deepseekd.services.chat import ChatRun
 
 log = logging.getLogger("deepseekd.http")
@@ -359,39 +358,17 @@ class ResponseEvents:
 
 async def stream(request: web.Request, run: ChatRun, render: ResponsesRender) -> web.StreamResponse:
     """Stream ``run`` (entered already) as the Responses API's server-sent events."""
-    # Pull the first step before sending headers, so an immediate failure is a plain error.
-    step = await run.next_step()
-    await run.audit_started()  # the stream's audit record is committed, or a 503 before any byte
-    resp = StallGuardedResponse(
-        request,
-        request.app[SETTINGS].server.stream_stall_timeout_s,
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-            **run.headers,
-        },
-    )
-    await resp.prepare(request)
+    step, resp = await open_stream(request, run)
     out = ResponseEvents(resp, render)
     out.start()
     await out.flush()
-    try:
-        while step is not None:
-            for d in step.choices:
-                out.add(d)
-            if not step.finished:  # the last step's events wait for the commit
-                await out.flush()
-            step = await run.next_step()
-        await run.finish()
-    except (APIError, DomainError) as exc:
-        await out.fail(exc if isinstance(exc, APIError) else from_domain(exc))
-        return resp
-    except (ConnectionResetError, asyncio.CancelledError):
-        raise  # the client left: the run closes itself (what it got still counts)
-    except Exception:
-        log.exception("internal error in stream", extra={"request_id": request[REQUEST_ID]})
-        await out.fail(APIError(500, "internal server error", code="internal_error"))
-        return resp
-    await out.complete()
+
+    async def emit(step: GenerationStep) -> None:
+        for d in step.choices:
+            out.add(d)
+        if not step.finished:  # the last step's events wait for the commit
+            await out.flush()
+
+    if await drive(request, run, step, emit, out.fail):
+        await out.complete()
     return resp

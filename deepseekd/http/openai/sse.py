@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from aiohttp import web
 
 from deepseekd.domain.errors import DomainError
-from deepseekd.engine.types import ChoiceDelta
+from deepseekd.engine.types import ChoiceDelta, GenerationStep
 from deepseekd.http.errors import APIError, from_domain
 from deepseekd.http.openai.render import run_usage
 from deepseekd.http.state import REQUEST_ID, SETTINGS
@@ -101,13 +102,14 @@ class _Events:
         await self.resp.write(SSE_DONE)
 
 
-async def stream(
-    request: web.Request, run: ChatRun, render: Render, include_usage: bool
-) -> web.StreamResponse:
-    """Stream ``run`` (entered already) as server-sent events."""
-    # Pull the first step before sending headers, so an immediate failure is a plain error.
+async def open_stream(
+    request: web.Request, run: ChatRun
+) -> tuple[GenerationStep | None, StallGuardedResponse]:
+    """The first step and the prepared event stream. The first step is pulled before any
+    header, so an immediate failure is a plain error; the stream's audit record is committed
+    (or a 503 raised) before the first byte."""
     step = await run.next_step()
-    await run.audit_started()  # the stream's audit record is committed, or a 503 before any byte
+    await run.audit_started()
     resp = StallGuardedResponse(
         request,
         request.app[SETTINGS].server.stream_stall_timeout_s,
@@ -119,29 +121,53 @@ async def stream(
         },
     )
     await resp.prepare(request)
-    out = _Events(resp, render, include_usage)
-    heads = [h for h in (render.head(i) for i in range(run.prepared.options.n)) if h is not None]
-    if heads:
-        await resp.write(out.event(heads))
-    held: bytes | None = None
+    return step, resp
+
+
+async def drive(
+    request: web.Request,
+    run: ChatRun,
+    step: GenerationStep | None,
+    emit: Callable[[GenerationStep], Awaitable[None]],
+    fail: Callable[[APIError], Awaitable[None]],
+) -> bool:
+    """Hand every step to ``emit``, then seal the run; a failure goes to ``fail`` as an
+    error event. True when the run was sealed and the closing events may follow."""
     try:
         while step is not None:
-            chunks = [render.chunk(d, run.acc[d.index]) for d in step.choices]
-            if chunks:
-                if step.finished:
-                    held = out.event(chunks)  # the closing chunk waits for the commit
-                else:
-                    await resp.write(out.event(chunks))
+            await emit(step)
             step = await run.next_step()
         await run.finish()
     except (APIError, DomainError) as exc:
-        await out.fail(exc if isinstance(exc, APIError) else from_domain(exc))
-        return resp
+        await fail(exc if isinstance(exc, APIError) else from_domain(exc))
+        return False
     except (ConnectionResetError, asyncio.CancelledError):
         raise  # the client left: the run closes itself (what it got still counts)
     except Exception:
         log.exception("internal error in stream", extra={"request_id": request[REQUEST_ID]})
-        await out.fail(APIError(500, "internal server error", code="internal_error"))
-        return resp
-    await out.close(run, held)
+        await fail(APIError(500, "internal server error", code="internal_error"))
+        return False
+    return True
+
+
+async def stream(
+    request: web.Request, run: ChatRun, render: Render, include_usage: bool
+) -> web.StreamResponse:
+    """Stream ``run`` (entered already) as server-sent events."""
+    step, resp = await open_stream(request, run)
+    out = _Events(resp, render, include_usage)
+    heads = [h for h in (render.head(i) for i in range(run.prepared.options.n)) if h is not None]
+    if heads:
+        await resp.write(out.event(heads))
+    held: list[bytes] = []
+
+    async def emit(step: GenerationStep) -> None:
+        chunks = [render.chunk(d, run.acc[d.index]) for d in step.choices]
+        if chunks and step.finished:
+            held.append(out.event(chunks))  # the closing chunk waits for the commit
+        elif chunks:
+            await resp.write(out.event(chunks))
+
+    if await drive(request, run, step, emit, out.fail):
+        await out.close(run, held[-1] if held else None)
     return resp
