@@ -296,6 +296,57 @@ class QuotaSettings:
 
 
 @dataclass(frozen=True)
+class LdapSettings:
+    url: str = _f(
+        "",
+        "Directory server: ldaps://HOST:636, or ldap://HOST:389 with start_tls; empty = no "
+        "directory sign-in.",
+    )
+    start_tls: bool = _f(False, "Upgrade an ldap:// connection with StartTLS before binding.")
+    ca_file: str = _f(
+        "", "PEM CA bundle the directory's certificate must chain to (hostname checked)."
+    )
+    allow_insecure: bool = _f(
+        False,
+        "Allow plain ldap:// without StartTLS (passwords cross the network in clear); only "
+        "for a directory on the same host.",
+    )
+    bind_dn: str = _f(
+        "", "Service account for search-and-bind; empty = direct bind with user_dn_template."
+    )
+    bind_password_file: str = _f(
+        "",
+        "File (or systemd credential path) holding the service account's password; never "
+        "the password itself in this file.",
+    )
+    user_base: str = _f("", "Where users are searched, e.g. ou=people,dc=hospital,dc=org.")
+    user_filter: str = _f(
+        "(uid={username})",
+        "Search filter for a user; {username} is replaced, escaped. Active Directory: "
+        "(sAMAccountName={username}).",
+    )
+    user_dn_template: str = _f(
+        "",
+        "Direct bind without a service account: the user's DN, e.g. "
+        "uid={username},ou=people,dc=hospital,dc=org.",
+    )
+    group_attribute: str = _f(
+        "memberOf", "User attribute listing the groups' DNs; empty = search groups instead."
+    )
+    group_base: str = _f("", "Where groups are searched when group_attribute is empty.")
+    group_filter: str = _f(
+        "(member={dn})",
+        "Search filter for the user's groups; {dn} is the user's DN, escaped.",
+    )
+    nested_groups: bool = _f(
+        False,
+        "Active Directory: also nested groups, with the matching-rule-in-chain OID "
+        "(1.2.840.113556.1.4.1941); needs group_base.",
+    )
+    timeout_s: int = _f(5, "Seconds to connect, and to wait for each answer.", min=1, max=120)
+
+
+@dataclass(frozen=True)
 class AuthSettings:
     session_idle_minutes: int = _f(
         15, "Admin sessions end after this many idle minutes.", min=1, max=1440
@@ -330,6 +381,7 @@ class AuthSettings:
         max=720,
     )
     totp_issuer: str = _f("deepseekd", "Issuer shown in authenticator apps.")
+    ldap: LdapSettings = field(default_factory=LdapSettings)
 
 
 @dataclass(frozen=True)
@@ -654,6 +706,13 @@ def _check_cross_field(settings: Settings) -> None:
         raise ConfigError(
             f"engine.tool_parser: expected 'auto', 'none' or a vLLM tool parser name such as "
             f"'hermes', got {tool_parser!r}"
+        )
+    if settings.auth.ldap.url:
+        # The directory client (deepseekd/directory) is tested against a real slapd, but
+        # sign-in does not use it yet: refuse rather than accept a setting that does nothing.
+        raise ConfigError(
+            "auth.ldap.url: directory sign-in is not wired into login in this version yet "
+            "(issue #16); leave it empty and use local accounts"
         )
     e = settings.engine
     if e.structured_outputs_compact and e.structured_outputs_backend == "auto":

@@ -375,3 +375,10 @@ def test_reasoning_setting_errors(tmp_path: Path, text: str, env: dict[str, str]
                                   shows: str) -> None:
     msg = config_error(tmp_path, text, env)
     assert msg.startswith(where + ":") and shows in msg
+
+
+def test_directory_url_is_refused_until_sign_in_uses_it() -> None:
+    """Never a setting accepted and ignored: the directory client exists, sign-in does not
+    use it yet."""
+    with pytest.raises(ConfigError, match="auth.ldap.url"):
+        load_settings(path=None, env={"DEEPSEEKD_AUTH__LDAP__URL": "ldaps://dc1:636"})
