@@ -81,7 +81,8 @@ _PROBE_TOOL = {"type": "function", "function": {"name": "probe", "parameters": {
 def load_tool_parsing(setting: str, tokenizer: Any) -> ToolParsing | None:
     """Pick and build the parser for a loaded model (None: no calls read from free text)."""
     template = getattr(tokenizer, "chat_template", None) or ""
-    vocabulary = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    auto = setting == AUTO and hasattr(tokenizer, "get_vocab")
+    vocabulary = tokenizer.get_vocab() if auto else {}  # only auto looks at it
     names = tool_parser_candidates(
         setting, template if isinstance(template, str) else str(template), vocabulary
     )

@@ -122,11 +122,6 @@ class QuotaService:
         )
         return DailyUsage(day, reset_at, requests, req_limit, tokens, tok_limit, reasoning)
 
-    def charges_tokens(self, who: Identity) -> bool:
-        """Whether a finished request's tokens are recorded: always, limit or not, so that the
-        day's usage (``GET /v1/me/usage``, the export) tells the truth."""
-        return True
-
     async def add_tokens(
         self, who: Identity, day: str, tokens: int, reasoning_tokens: int = 0
     ) -> None:

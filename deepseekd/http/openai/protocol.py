@@ -154,15 +154,20 @@ REFUSED: dict[str, str] = {
 them, never ignored (README, Structured outputs and tools)."""
 
 
+def refuse_fields(data: dict[str, Any], refused: dict[str, str], fine: dict[str, Any]) -> None:
+    """Raise for the first field of ``refused`` that ``data`` sets: anything but absent,
+    null, false, empty, or its value in ``fine`` (e.g. best_of 1)."""
+    for name, why in refused.items():
+        value = data.get(name)
+        unset = value is None or value is False or (isinstance(value, (list, dict)) and not value)
+        if unset or (name in fine and value == fine[name]):
+            continue
+        raise ValueError(f"{name}: {why}")
+
+
 def _refuse_unsupported(data: Any) -> Any:
     if isinstance(data, dict):
-        for name, why in REFUSED.items():
-            value = data.get(name)
-            if value is None or value is False or value == [] or value == {}:
-                continue
-            if name == "best_of" and value == 1:
-                continue
-            raise ValueError(f"{name}: {why}")
+        refuse_fields(data, REFUSED, {"best_of": 1})
         modalities = data.get("modalities")
         if modalities not in (None, ["text"]):
             raise ValueError('modalities: only ["text"] is supported')

@@ -27,7 +27,7 @@ from pydantic import (
 
 from deepseekd.http.body import Body, validate
 from deepseekd.http.errors import APIError
-from deepseekd.http.openai.protocol import NAME, ChatCompletionRequest
+from deepseekd.http.openai.protocol import NAME, ChatCompletionRequest, refuse_fields
 
 STATELESS = "this server is stateless and keeps no response state"
 
@@ -54,16 +54,11 @@ REFUSED: dict[str, str] = {
 them, never ignored. ``store`` (refused only when true), ``truncation`` (anything but
 "disabled") and ``text.verbosity`` are checked alongside."""
 
-_HARMLESS: tuple[Any, ...] = (None, False, [], {})
-
 
 def _refuse_unsupported(data: Any) -> Any:
     if not isinstance(data, dict):
         return data
-    for name, why in REFUSED.items():
-        value = data.get(name)
-        if value not in _HARMLESS and not (name == "top_logprobs" and value == 0):
-            raise ValueError(f"{name}: {why}")
+    refuse_fields(data, REFUSED, {"top_logprobs": 0})
     if data.get("store") is True:
         raise ValueError(
             f"store: {STATELESS} to retrieve later; send store: false (or leave it out)"

@@ -330,7 +330,7 @@ class ChatRun:
             cached_tokens=self.cached_tokens or 0,
         )
         who, state, usage = self.caller.identity, self.caller.quota, self._deps.usage
-        if state is not None and usage.charges_tokens(who):
+        if state is not None:  # recorded limit or not: the day's usage tells the truth
             with contextlib.suppress(DomainError):  # a busy database must not lose the close
                 await usage.add_tokens(
                     who, state.day, self.prompt_tokens + completion, reasoning_tokens=thinking
