@@ -151,6 +151,12 @@ def cmd_user_reset_password(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_user_reset_totp(args: argparse.Namespace) -> int:
+    uri = _with_services(args, lambda svc: svc.accounts.reset_totp(args.name))
+    print(json.dumps({"name": args.name, "totp_uri": uri}))
+    return 0
+
+
 def cmd_key_create(args: argparse.Namespace) -> int:
     key_id, key = _with_services(args, lambda svc: svc.accounts.create_key(args.name, args.label))
     print(json.dumps({"id": key_id, "user": args.name, "api_key": key}))
@@ -394,6 +400,14 @@ def _user_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "reset-password",
         cmd_user_reset_password,
         "a one-time password, printed once; the user must choose a new one; their sessions end",
+        NAME,
+    )
+    _command(
+        user,
+        common,
+        "reset-totp",
+        cmd_user_reset_totp,
+        "an admin's new second factor (otpauth URI), printed once; their sessions end",
         NAME,
     )
     _command(sub, common, "export", cmd_export, "a user's data as JSON (access request)", NAME)

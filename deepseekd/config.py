@@ -347,6 +347,71 @@ class LdapSettings:
 
 
 @dataclass(frozen=True)
+class OidcSettings:
+    issuer: str = _f(
+        "",
+        "OpenID provider's issuer URL (https://...), read for discovery at "
+        "ISSUER/.well-known/openid-configuration; empty = no OpenID Connect sign-in.",
+    )
+    client_id: str = _f("", "This daemon's client ID at the provider.")
+    client_secret_file: str = _f(
+        "",
+        "File (or systemd credential path) holding the client secret; never the secret "
+        "itself in this file.",
+    )
+    redirect_url: str = _f(
+        "",
+        "Where the provider sends the browser back: this daemon's public address followed "
+        "by /auth/oidc/callback, as registered at the provider.",
+    )
+    button_label: str = _f("Sign in with single sign-on", "Text of the sign-in button.")
+    scopes: tuple[str, ...] = _f(("openid", "profile", "email"), "Scopes asked for.")
+    username_claim: str = _f(
+        "preferred_username", "ID token claim that names the user (e.g. upn for Entra ID)."
+    )
+    groups_claim: str = _f(
+        "groups", "ID token claim listing the user's groups (names, IDs or paths)."
+    )
+    roles_claim: str = _f(
+        "",
+        "ID token claim listing app roles (Entra ID: roles); its values are matched against "
+        "[[auth.group]] names like groups. Empty = none.",
+    )
+    ca_file: str = _f("", "PEM CA bundle the provider's certificate must chain to.")
+    clock_skew_s: int = _f(
+        60, "Seconds of clock difference allowed on the token's iat and exp.", min=0, max=600
+    )
+    mfa_amr: tuple[str, ...] = _f(
+        ("mfa", "otp", "hwk", "swk", "sc"),
+        "amr values that prove a second factor (auth.admin_mfa = 'idp').",
+    )
+    mfa_acr: tuple[str, ...] = _f(
+        (), "acr values that prove a second factor (auth.admin_mfa = 'idp'); any = none."
+    )
+    timeout_s: int = _f(10, "Seconds to wait for the provider.", min=1, max=120)
+
+
+@dataclass(frozen=True)
+class GroupSettings:
+    """One ``[[auth.group]]`` entry: what members of a directory group may do."""
+
+    name: str = _f("", "The group: its CN (LDAP) or its value in the groups claim (OIDC).")
+    role: str = _f("user", "Role of its members.", choices=("user", "auditor", "admin"))
+    daily_requests: int = _f(-1, "Requests per member per day; -1 = the [quota] default.", min=-1)
+    daily_tokens: int = _f(
+        -1, "Tokens per member per day; -1 = the [quota] default, 0 = no limit.", min=-1
+    )
+    models: tuple[str, ...] = _f(
+        (),
+        "Models and adapters reserved to groups that list them; models no group lists are "
+        "open to everyone.",
+    )
+    retention_days: int = _f(
+        -1, "History retention of its members; -1 = [history] retention_days.", min=-1
+    )
+
+
+@dataclass(frozen=True)
 class AuthSettings:
     session_idle_minutes: int = _f(
         15, "Admin sessions end after this many idle minutes.", min=1, max=1440
@@ -381,7 +446,33 @@ class AuthSettings:
         max=720,
     )
     totp_issuer: str = _f("deepseekd", "Issuer shown in authenticator apps.")
+    directory_recheck_minutes: int = _f(
+        15,
+        "Every this many minutes the directory is asked about each user who signed in "
+        "with it; one removed or disabled there is disabled here and their sessions end.",
+        min=1,
+        max=1440,
+    )
+    directory_default_role: str = _f(
+        "user",
+        "Role of a directory user in no [[auth.group]]; 'none' refuses them.",
+        choices=("user", "none"),
+    )
+    admin_mfa: str = _f(
+        "totp",
+        "Second factor of admins signing in with OpenID Connect: 'totp' (this daemon's) "
+        "or 'idp' (the provider's amr/acr must prove one).",
+        choices=("totp", "idp"),
+    )
     ldap: LdapSettings = field(default_factory=LdapSettings)
+    oidc: OidcSettings = field(default_factory=OidcSettings)
+    group: tuple[GroupSettings, ...] = field(
+        default=(),
+        metadata={
+            "doc": "Directory groups and their rights ([[auth.group]] entries).",
+            "table_list": GroupSettings,
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -596,6 +687,9 @@ def _build(
                 raise ConfigError(f"{path}: expected a [{path}] table")
             kwargs[f.name] = _build(tp, sub, env, path + ".", explicit)
             continue
+        if "table_list" in f.metadata:
+            kwargs[f.name] = _build_table_list(f.metadata["table_list"], data, f.name, path)
+            continue
         env_name = ENV_PREFIX + path.upper().replace(".", "__")
         if env_name in env:
             kwargs[f.name] = _coerce(path, env[env_name], tp, f.metadata, from_env=True)
@@ -604,6 +698,19 @@ def _build(
             kwargs[f.name] = _coerce(path, data[f.name], tp, f.metadata, from_env=False)
             explicit.add(path)
     return cls(**kwargs)
+
+
+def _build_table_list(cls: type, data: Mapping[str, Any], name: str, path: str) -> Any:
+    """A ``[[path]]`` array of tables, each built as section ``cls`` (not from the
+    environment: entries have no names to address them by)."""
+    raw = data.get(name, [])
+    if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
+        raise ConfigError(f"{path}: expected [[{path}]] tables")
+    items = tuple(_build(cls, item, {}, f"{path}[{i}].", set()) for i, item in enumerate(raw))
+    for i, item in enumerate(items):
+        if not getattr(item, "name", "x"):
+            raise ConfigError(f"{path}[{i}].name: required")
+    return items
 
 
 def _apply_profile(settings: Settings) -> Settings:
@@ -629,6 +736,8 @@ def _check_env_names(env: Mapping[str, str]) -> None:
         hints = typing.get_type_hints(cls)
         for f in _fields(cls):
             path = f"{prefix}{f.name}"
+            if "table_list" in f.metadata:
+                continue
             if _is_section(hints[f.name]):
                 walk(hints[f.name], path + ".")
             else:
@@ -664,6 +773,52 @@ def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None
     settings = _apply_profile(dataclasses.replace(settings, explicit=tuple(sorted(explicit))))
     _check_cross_field(settings)
     return settings
+
+
+def _check_directory(auth: AuthSettings) -> None:
+    """LDAP, OpenID Connect and group mappings: what a field's type cannot express."""
+    ldap = auth.ldap
+    if ldap.url and not re.fullmatch(r"ldaps?://[^\s/]+/?", ldap.url):
+        raise ConfigError(
+            f"auth.ldap.url: expected ldaps://HOST[:PORT] or ldap://HOST[:PORT], got {ldap.url!r}"
+        )
+    if ldap.url and not ((ldap.bind_dn and ldap.user_base) or ldap.user_dn_template):
+        raise ConfigError(
+            "auth.ldap.user_base: required with bind_dn (search-and-bind), or set "
+            "user_dn_template for direct bind"
+        )
+    if ldap.url.startswith("ldap://") and not (ldap.start_tls or ldap.allow_insecure):
+        raise ConfigError(
+            "auth.ldap.url: plain ldap:// sends passwords in clear; use ldaps://, "
+            "start_tls = true, or allow_insecure = true for a directory on this host"
+        )
+    oidc = auth.oidc
+    if oidc.issuer:
+        if not oidc.issuer.startswith("https://"):
+            raise ConfigError(f"auth.oidc.issuer: expected an https:// URL, got {oidc.issuer!r}")
+        for name in ("client_id", "redirect_url"):
+            if not getattr(oidc, name):
+                raise ConfigError(f"auth.oidc.{name}: required when auth.oidc.issuer is set")
+        if "openid" not in oidc.scopes:
+            raise ConfigError("auth.oidc.scopes: must include 'openid'")
+        if not oidc.redirect_url.endswith("/auth/oidc/callback"):
+            raise ConfigError(
+                "auth.oidc.redirect_url: expected this daemon's public address followed by "
+                f"/auth/oidc/callback, got {oidc.redirect_url!r}"
+            )
+    for name in ("ca_file", "bind_password_file"):
+        path = getattr(ldap, name)
+        if ldap.url and path and not Path(path).is_file():
+            raise ConfigError(f"auth.ldap.{name}: no such file: {path}")
+    for name in ("ca_file", "client_secret_file"):
+        path = getattr(oidc, name)
+        if oidc.issuer and path and not Path(path).is_file():
+            raise ConfigError(f"auth.oidc.{name}: no such file: {path}")
+    seen: set[str] = set()
+    for i, group in enumerate(auth.group):
+        if group.name.lower() in seen:
+            raise ConfigError(f"auth.group[{i}].name: {group.name!r} is mapped twice")
+        seen.add(group.name.lower())
 
 
 def _check_cross_field(settings: Settings) -> None:
@@ -707,13 +862,7 @@ def _check_cross_field(settings: Settings) -> None:
             f"engine.tool_parser: expected 'auto', 'none' or a vLLM tool parser name such as "
             f"'hermes', got {tool_parser!r}"
         )
-    if settings.auth.ldap.url:
-        # The directory client (deepseekd/directory) is tested against a real slapd, but
-        # sign-in does not use it yet: refuse rather than accept a setting that does nothing.
-        raise ConfigError(
-            "auth.ldap.url: directory sign-in is not wired into login in this version yet "
-            "(issue #16); leave it empty and use local accounts"
-        )
+    _check_directory(settings.auth)
     e = settings.engine
     if e.structured_outputs_compact and e.structured_outputs_backend == "auto":
         raise ConfigError(
@@ -787,6 +936,8 @@ def settings_doc() -> list[tuple[str, Any, str]]:
         hints = typing.get_type_hints(cls)
         for f in _fields(cls):
             tp = hints[f.name]
+            if "table_list" in f.metadata:
+                continue  # documented by the commented [[auth.group]] example
             if _is_section(tp):
                 walk(tp, f"{prefix}{f.name}.")
             else:
@@ -801,7 +952,10 @@ __all__ = [
     "AuthSettings",
     "ConfigError",
     "EngineSettings",
+    "GroupSettings",
+    "LdapSettings",
     "LoraSettings",
+    "OidcSettings",
     "QuotaSettings",
     "ReasoningSettings",
     "ServerSettings",

@@ -178,6 +178,7 @@ async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
             )
         )
         await svc.audit.append(Event(action="config.load", detail=settings_digest(svc.settings)))
+        await svc.auth.directory.record_mapping()  # audited when [[auth.group]] changed
         await log_anchor(svc)
         yield
         with contextlib.suppress(AuditUnavailable):

@@ -27,6 +27,8 @@ class Identity:
     """A session opened with a password an admin reset: it may only change the password."""
     session_key_id: int | None = None
     """For an admin session: the API key that opened it (its revocation ends the session)."""
+    groups: tuple[str, ...] = ()
+    """Directory groups (LDAP or OpenID Connect) at the last sign-in; they carry rights."""
 
 
 def cli_actor() -> str:

@@ -12,11 +12,14 @@ from aiohttp import web
 from pydantic import Field
 
 from deepseekd import __version__
+from deepseekd.domain.audit import Event
+from deepseekd.http import sso
 from deepseekd.http.body import StrictBody, body_of, read_json, validate
-from deepseekd.http.errors import APIError
+from deepseekd.http.errors import APIError, bad_request
 from deepseekd.http.middleware.auth import ADMIN_COOKIE
 from deepseekd.http.state import (
     ACCOUNTS,
+    AUDIT,
     AUTH,
     HISTORY,
     IDENTITY,
@@ -24,6 +27,7 @@ from deepseekd.http.state import (
     LIFECYCLE,
     METRICS,
     MODEL_SHA256,
+    QUOTA,
     RUNTIME,
     SERVICES,
     SESSION_TOKEN,
@@ -101,7 +105,10 @@ async def logout(request: web.Request) -> web.Response:
     token = auth.partition(" ")[2].strip() if auth else request.cookies.get(ADMIN_COOKIE, "")
     if request[IDENTITY].via == "session" and token:
         await request.app[AUTH].logout(token, request[IDENTITY])
-    resp = web.json_response({"logged_out": True})
+    provider = await sso.end_session_url(request, token or None)
+    resp = web.json_response(
+        {"logged_out": True, **({"end_session_url": provider} if provider else {})}
+    )
     resp.del_cookie(ADMIN_COOKIE, path="/admin")
     return resp
 
@@ -233,6 +240,40 @@ async def rotate_keys(request: web.Request) -> web.Response:
     """A new master key version; every data key re-wrapped."""
     retired, current = await request.app[KEYS].rotate(request[IDENTITY])
     return web.json_response({"retired": retired, "current": current})
+
+
+# -- usage per department ------------------------------------------------------------
+
+
+def wants_csv(request: web.Request) -> bool:
+    """``?format=csv`` (or ``json``); without one, an ``Accept: text/csv`` header."""
+    fmt = request.query.get("format", "")
+    if fmt not in ("", "json", "csv"):
+        raise bad_request("format: json or csv", param="format")
+    return fmt == "csv" or (not fmt and "text/csv" in request.headers.get("Accept", ""))
+
+
+async def usage_report(request: web.Request) -> web.Response:
+    """Requests and tokens per directory group and day, as JSON or CSV.
+
+    Days ``from``..``to`` inclusive (YYYY-MM-DD, by default the last 30 ending today, at
+    most 366); ``group`` (case-insensitive) for one group only. Users count in each group
+    they are in now; users in no group under "(no group)"."""
+    as_csv = wants_csv(request)
+    q = request.query
+    report = await request.app[QUOTA].department_usage(q.get("from"), q.get("to"), q.get("group"))
+    extra = {"from": report.first, "to": report.last, "group": report.group}
+    await request.app[AUDIT].append(
+        Event.by(request[IDENTITY], "usage.report", extra={**extra, "csv": as_csv})
+    )
+    if not as_csv:
+        return web.json_response(report.as_json())
+    return web.Response(
+        text=report.as_csv(),
+        content_type="text/csv",
+        charset="utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{report.filename}"'},
+    )
 
 
 # -- the box -------------------------------------------------------------------------

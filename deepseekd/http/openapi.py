@@ -88,6 +88,10 @@ SUCCESS: dict[str, dict[str, Any]] = {
         "text/css": {"schema": {"type": "string"}},
     },
     "text": {"text/plain": {"schema": {"type": "string"}}},
+    "report": {
+        "application/json": {"schema": {"type": "object"}},
+        "text/csv": {"schema": {"type": "string"}},
+    },
 }
 
 
@@ -187,13 +191,23 @@ def _operation(route: RouteDoc, refs: dict[Any, Any]) -> dict[str, Any]:
             "content": {"application/json": {"schema": body_schema}},
         }
     status = "201" if route.answers == "created" else "200"
-    op["responses"] = {
-        status: {"description": "Success.", "content": SUCCESS[route.answers]},
-        "default": {
-            "description": "An error, in OpenAI's shape.",
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-        },
+    error = {
+        "description": "An error, in OpenAI's shape.",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
     }
+    if route.answers == "redirect":
+        page = {"description": "A page saying why not.", "content": SUCCESS["html"]}
+        op["responses"] = {
+            "302": {"description": "On to the next page (Location)."},
+            "401": page,
+            "503": page,
+            "default": error,
+        }
+    else:
+        op["responses"] = {
+            status: {"description": "Success.", "content": SUCCESS[route.answers]},
+            "default": error,
+        }
     if route.path in ("/healthz", "/readyz"):
         op["responses"]["503"] = {
             "description": "Not alive / not ready.",

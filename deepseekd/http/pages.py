@@ -7,6 +7,7 @@ from pathlib import Path
 from aiohttp import web
 from pydantic import Field
 
+from deepseekd.http import sso
 from deepseekd.http.body import StrictBody, body_of
 from deepseekd.http.middleware.auth import WEB_COOKIE
 from deepseekd.http.state import AUTH, IDENTITY, QUOTA_STATE, SESSION_TOKEN, SETTINGS
@@ -94,7 +95,11 @@ async def logout(request: web.Request) -> web.Response:
     token = request.get(SESSION_TOKEN)
     if token is not None:
         await request.app[AUTH].logout(token, request[IDENTITY])
-    resp = web.json_response({"logged_out": True})
+    # Signed in with the provider: the page goes on to sign out there too.
+    provider = await sso.end_session_url(request, token)
+    resp = web.json_response(
+        {"logged_out": True, **({"end_session_url": provider} if provider else {})}
+    )
     resp.del_cookie(WEB_COOKIE, path="/")
     return resp
 

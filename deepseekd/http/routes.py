@@ -13,7 +13,17 @@ from dataclasses import dataclass
 from aiohttp import web
 from pydantic import BaseModel
 
-from deepseekd.http import admin, audit, conversations, health, lora, metrics, openapi, pages
+from deepseekd.http import (
+    admin,
+    audit,
+    conversations,
+    health,
+    lora,
+    metrics,
+    openapi,
+    pages,
+    sso,
+)
 from deepseekd.http.access import ADMIN, AUDITOR, CHAT, CHAT_READ, METRICS, OPEN, SIGNED_IN, Access
 from deepseekd.http.body import read_json, validate
 from deepseekd.http.openai import handlers as openai
@@ -44,7 +54,7 @@ class Route:
     """No body at all reads as ``{}`` (then validated like any other)."""
     answers: str = "json"
     """What a success looks like: 'json', 'stream' (JSON or server-sent events), 'created'
-    (201 JSON), 'html', 'static' or 'text'."""
+    (201 JSON), 'html', 'static', 'text' or 'report' (JSON, or CSV when asked for)."""
     query: tuple[tuple[str, str, str], ...] = ()
     """Query parameters for the document: (name, JSON type, description)."""
     sign_in: bool = False
@@ -59,6 +69,12 @@ AUDIT_QUERY = (
     ("action", "string", "Only events with this action, e.g. user.create."),
     ("after_id", "integer", "Paging: events after this id (next_after_id of the last page)."),
     ("limit", "integer", "Events per page, 1 to 1000."),
+)
+USAGE_QUERY = (
+    ("from", "string", "First day, YYYY-MM-DD (default: 29 days before to)."),
+    ("to", "string", "Last day, YYYY-MM-DD (default: today in the quota time zone)."),
+    ("group", "string", "Only this group (case-insensitive); '(no group)' for users in none."),
+    ("format", "string", "json (default) or csv; Accept: text/csv also asks for CSV."),
 )
 CONVERSATIONS_QUERY = (
     ("limit", "integer", "Conversations per page, 1 to 200 (default 50)."),
@@ -76,6 +92,24 @@ TABLE: tuple[Route, ...] = (
     Route("GET", "/static/lib/{filename}", pages.static_lib_file, OPEN, answers="static"),
     Route("POST", "/auth/login", pages.login, OPEN, body=pages.WebLogin, sign_in=True),
     Route("POST", "/admin/api/login", admin.login, OPEN, body=admin.LoginBody, sign_in=True),
+    Route("GET", "/auth/oidc", sso.sso_config, OPEN),
+    Route(
+        "GET",
+        "/auth/oidc/login",
+        sso.start,
+        OPEN,
+        answers="redirect",
+        query=(("to", "string", "Where the session is for: chat (default) or admin."),),
+    ),
+    Route("GET", "/auth/oidc/callback", sso.callback, OPEN, answers="redirect", sign_in=True),
+    Route(
+        "POST",
+        "/admin/api/login/sso",
+        sso.ticket_login,
+        OPEN,
+        body=sso.TicketLogin,
+        sign_in=True,
+    ),
     # -- browser sessions
     Route("GET", "/auth/session", pages.session, SIGNED_IN),
     Route("POST", "/auth/logout", pages.logout, SIGNED_IN),
@@ -170,6 +204,9 @@ TABLE: tuple[Route, ...] = (
     Route("POST", "/admin/api/users/{name}/erase", admin.erase_user, ADMIN),
     Route("GET", "/admin/api/users/{name}/export", admin.export_user, ADMIN),
     Route("POST", "/admin/api/keys/rotate", admin.rotate_keys, ADMIN),
+    Route(
+        "GET", "/admin/api/usage", admin.usage_report, ADMIN, answers="report", query=USAGE_QUERY
+    ),
     Route("GET", "/admin/api/lora", lora.list_adapters, ADMIN),
     Route(
         "POST", "/admin/api/lora", lora.load_adapter, ADMIN, body=lora.LoadBody, answers="created"

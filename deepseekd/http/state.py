@@ -20,6 +20,7 @@ from deepseekd.services.keys import KeyService
 from deepseekd.services.lifecycle import Lifecycle
 from deepseekd.services.lora import LoraService
 from deepseekd.services.settings import RuntimeSettings
+from deepseekd.services.sso import SsoService
 from deepseekd.services.usage import QuotaService, QuotaState
 from deepseekd.store.db import Database
 
@@ -39,6 +40,7 @@ HISTORY = web.AppKey("history", HistoryService)
 LORA = web.AppKey("lora", LoraService)
 RUNTIME = web.AppKey("runtime_settings", RuntimeSettings)
 CHAT = web.AppKey("chat", ChatService)
+SSO = web.AppKey("sso", SsoService)
 METRICS = web.AppKey("metrics", Metrics)
 NOTIFIER = web.AppKey("notifier", Notifier)
 TRACING = web.AppKey("tracing", Tracing)
@@ -63,6 +65,7 @@ def set_services(app: web.Application, svc: Services) -> None:
     app[LORA] = svc.lora
     app[RUNTIME] = svc.runtime
     app[CHAT] = svc.chat
+    app[SSO] = svc.sso
     app[METRICS] = svc.metrics
 
 

@@ -27,6 +27,8 @@ log = logging.getLogger("deepseekd.auth")
 
 Clock = Callable[[], float]
 NAME_RE = re.compile(r"^[a-z][a-z0-9._-]{1,31}$")
+USER_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._@-]{1,63}$")
+"""Any account's name: a local one (NAME_RE) or a directory one (its name, lowercased)."""
 NAME_RULE = "2-32 characters: lowercase letters, digits, '.', '_', '-', starting with a letter"
 LABEL_RE = re.compile(r"^[\w .:@-]{0,64}$")
 MAX_LIMIT = 10_000_000
@@ -62,6 +64,10 @@ class UserInfo:
     active_keys: int
     must_change_password: bool = False
     """A password reset is pending: the next sign-in must choose a new password."""
+    source: str = "local"
+    """Where the account comes from: 'local', 'ldap' or 'oidc'."""
+    groups: tuple[str, ...] = ()
+    """Its directory groups as of its last directory sign-in or recheck."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,11 @@ def check_label(label: object) -> str:
     if not isinstance(label, str) or not LABEL_RE.fullmatch(label):
         raise Invalid("label: up to 64 letters, digits, spaces or . : @ _ -", field="label")
     return label
+
+
+def group_names(stored: str | None) -> tuple[str, ...]:
+    """The groups column (one name per line, or NULL) as names."""
+    return tuple(line.strip() for line in (stored or "").splitlines() if line.strip())
 
 
 def require_user(s: Tx, name: str) -> User:
@@ -207,6 +218,8 @@ class AccountService:
                 u.created_at,
                 n,
                 bool(u.must_change_password),
+                u.source or "local",
+                group_names(u.groups),
             )
             for u, n in rows
         ]

@@ -27,6 +27,7 @@ import time
 import zoneinfo
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from deepseekd.config import AuthSettings, QuotaSettings
 from deepseekd.domain.audit import Event
@@ -34,8 +35,10 @@ from deepseekd.domain.errors import AuthFailed, Forbidden, Invalid, RateLimited
 from deepseekd.domain.identity import Identity
 from deepseekd.security import passwords, totp
 from deepseekd.security.apikeys import hash_api_key, new_session_token
-from deepseekd.services.accounts import NAME_RE, AccountService
+from deepseekd.services.accounts import USER_NAME_RE, AccountService
 from deepseekd.services.audit import AuditLog
+from deepseekd.services.directory_login import DirectorySignIn, External
+from deepseekd.services.rights import GroupRights, split_groups
 from deepseekd.store import Tx
 from deepseekd.store import accounts as repo
 from deepseekd.store.db import Database
@@ -98,16 +101,24 @@ class SourceThrottle:
                 self._warned.pop(quiet, None)
 
 
-def _session_identity(user: User, kind: str, key_id: int | None = None) -> Identity:
+def _identity(
+    rights: GroupRights, row: Any, via: str, key_id: int | None = None, **more: Any
+) -> Identity:
+    """Who ``row`` (a user, or the key lookup's row) is on a call made ``via``: with the
+    rights of their directory groups."""
+    groups = split_groups(row.groups)
+    req, tok = rights.limits(groups, (row.daily_request_limit, row.daily_token_limit))
+    return Identity(row.id, row.name, row.role, via, key_id, req, tok, groups=groups, **more)
+
+
+def _session_identity(
+    rights: GroupRights, user: User, kind: str, key_id: int | None = None
+) -> Identity:
     """Who a session of ``kind`` ('admin' or 'web') proves the caller to be."""
-    return Identity(
-        user.id,
-        user.name,
-        user.role,
+    return _identity(
+        rights,
+        user,
         "session" if kind == "admin" else "web_session",
-        None,
-        user.daily_request_limit,
-        user.daily_token_limit,
         password_change_required=bool(user.must_change_password),
         session_key_id=key_id,
     )
@@ -122,12 +133,17 @@ class AuthService:
         audit: AuditLog,
         accounts: AccountService,
         quota: QuotaSettings | None = None,
+        directory: DirectorySignIn | None = None,
     ) -> None:
         self._db = db
         self._cfg = cfg
         self._now = clock
         self._audit = audit
         self._accounts = accounts
+        self.directory = directory or DirectorySignIn(
+            db, cfg, audit, GroupRights(cfg.group, cfg.directory_default_role), clock
+        )
+        self._rights = self.directory.rights
         self._tz = zoneinfo.ZoneInfo((quota or QuotaSettings()).timezone)
         self._hashing = asyncio.Semaphore(HASH_WORKERS)
         self.throttle = SourceThrottle(cfg.login_attempts_per_minute)
@@ -146,32 +162,16 @@ class AuthService:
         row = await self._db.read("auth.key", lambda s: repo.key_identity(s, digest))
         if row is None:
             return None
-        return Identity(
-            row.id,
-            row.name,
-            row.role,
-            "api_key",
-            row.key_id,
-            row.daily_request_limit,
-            row.daily_token_limit,
-        )
+        return _identity(self._rights, row, "api_key", row.key_id)
 
     async def authenticate_user_name(self, name: str, *, via: str) -> Identity | None:
         """An identity proven outside the database (a verified client certificate's CN)."""
-        if not NAME_RE.fullmatch(name):
+        if not USER_NAME_RE.fullmatch(name):
             return None
         user = await self._db.read("auth.user", lambda s: repo.user_by_name(s, name))
         if user is None or user.disabled:
             return None
-        return Identity(
-            user.id,
-            user.name,
-            user.role,
-            via,
-            None,
-            user.daily_request_limit,
-            user.daily_token_limit,
-        )
+        return _identity(self._rights, user, via)
 
     async def authenticate_session(self, token: str, kind: str = "admin") -> Identity | None:
         """A session of that kind that has not ended, idled out, outlived
@@ -201,7 +201,7 @@ class AuthService:
                     sess.ended_at = now
                 return None
             sess.last_seen_at = now
-            return _session_identity(user, kind, sess.key_id)
+            return _session_identity(self._rights, user, kind, sess.key_id)
 
         return await self._db.write("auth.session", touch)
 
@@ -231,15 +231,15 @@ class AuthService:
                 "auth.login.key",
                 lambda s: repo.key_of_user(s, digest, user.id if user is not None else -1),
             )
+            ext = None
         else:
-            checked = await self._verify_password(
-                user.password_hash if user else None, password if isinstance(password, str) else ""
-            )
+            checked, ext = await self._password_ok(user, name, password)
 
         def decide(s: Tx) -> tuple[User | None, str | None, str | None]:
-            fresh = repo.user_by_id(s, user.id) if user is not None else None
-            reason = None
-            if fresh is None:
+            fresh, reason = self._account(s, user, ext, src)
+            if reason is not None:
+                pass  # the directory's account may not sign in (said why)
+            elif fresh is None:
                 reason = "unknown user"
             elif fresh.disabled or fresh.role != "admin":
                 reason = "not an active admin"
@@ -276,14 +276,13 @@ class AuthService:
         src, name = source or UNKNOWN_SOURCE, username if isinstance(username, str) else ""
         self.throttle.check(src)
         user = await self._before(name, src, PASSWORD)
-        ok = await self._verify_password(
-            user.password_hash if user else None, password if isinstance(password, str) else ""
-        )
+        ok, ext = await self._password_ok(user, name, password)
 
         def decide(s: Tx) -> tuple[User | None, str | None, str | None]:
-            fresh = repo.user_by_id(s, user.id) if user is not None else None
-            reason = None
-            if fresh is None:
+            fresh, reason = self._account(s, user, ext, src)
+            if reason is not None:
+                pass  # the directory's account may not sign in (said why)
+            elif fresh is None:
                 reason = "unknown user"
             elif fresh.disabled or fresh.role == "metrics":
                 reason = "not an active user"
@@ -300,6 +299,81 @@ class AuthService:
         )
         return self._result("web", fresh, reason, token)
 
+    async def provider_login(
+        self, ext: External, kind: str, source: str, *, mfa_proven: bool = False
+    ) -> tuple[str | None, Identity]:
+        """A session for a person the OpenID provider vouched for: ``kind`` 'web' (chat
+        page), 'admin' (console; needs the provider's proof of a second factor) or 'totp'
+        (an admin who still has to give this daemon's code: no session yet, see
+        ``totp_login``). Raises AuthFailed."""
+
+        def decide(s: Tx) -> tuple[User | None, str | None, str | None]:
+            fresh, reason = self.directory.admit(s, ext, source)
+            if reason is None:
+                reason = _provider_refusal(fresh, kind, mfa_proven)
+            token = None
+            if reason is None and fresh is not None and kind != "totp":
+                token = self._open_session(s, fresh, kind)
+            if reason is not None or kind != "totp":
+                shown = "admin" if kind == "totp" else kind
+                self._audit_login(s, shown, ext.name, fresh, reason, source, how=ext.source)
+            return fresh, reason, token
+
+        fresh, reason, token = await self._audit.transaction(
+            "auth.provider_login", decide, "auth.provider_login"
+        )
+        if kind == "totp" and reason is None and fresh is not None:
+            return None, _session_identity(self._rights, fresh, "admin")
+        return self._result("web" if kind == "web" else "admin", fresh, reason, token)
+
+    async def totp_login(self, user_id: int, code: object, source: str) -> tuple[str, Identity]:
+        """The second step of an admin's sign-in with the OpenID provider: this daemon's
+        TOTP code. Wrong codes count towards the lock like any others."""
+        self.throttle.check(source)
+
+        def decide(s: Tx) -> tuple[User | None, str | None, str | None]:
+            fresh = repo.user_by_id(s, user_id)
+            name = fresh.name if fresh is not None else ""
+            until = repo.lock_until(s, name, source, KEY)
+            if until is not None and until > self._now():
+                return fresh, "locked", None
+            reason = _provider_refusal(fresh, "totp", False)
+            if reason is None and fresh is not None:
+                reason = self._check_code(fresh, code, s, now=self._now())
+                if reason is not None:
+                    self._refused(s, name, source, KEY, fresh)
+            token = None
+            if reason is None and fresh is not None:
+                token = self._open_session(s, fresh, "admin")
+            self._audit_login(s, "admin", name, fresh, reason, source, how="oidc")
+            return fresh, reason, token
+
+        fresh, reason, token = await self._audit.transaction(
+            "auth.totp_login", decide, "auth.login"
+        )
+        return self._result("admin", fresh, reason, token)
+
+    async def _password_ok(
+        self, user: User | None, name: str, password: object
+    ) -> tuple[bool, External | None]:
+        """Whether the password is right: the directory's for directory accounts (and for
+        names with no account yet, when a directory is configured), else the local hash.
+        Unavailable (503) when the directory cannot be asked."""
+        given = password if isinstance(password, str) else ""
+        if self.directory.handles(user):
+            ext = await self.directory.check_password(name, given)
+            return ext is not None, ext
+        return await self._verify_password(user.password_hash if user else None, given), None
+
+    def _account(
+        self, s: Tx, user: User | None, ext: External | None, source: str
+    ) -> tuple[User | None, str | None]:
+        """The account signing in, read again in the deciding transaction (a directory
+        account created or refreshed there); or why it may not sign in."""
+        if ext is not None:
+            return self.directory.admit(s, ext, source)
+        return (repo.user_by_id(s, user.id) if user is not None else None), None
+
     async def _before(self, name: str, source: str, path: str) -> User | None:
         """Refuse a locked (name, source, path) with when to come back; else the user (None
         for an unknown name), read in the same transaction."""
@@ -307,7 +381,7 @@ class AuthService:
 
         def read(s: Tx) -> tuple[float | None, User | None]:
             until = repo.lock_until(s, name[:64], source, path)
-            user = repo.user_by_name(s, name) if NAME_RE.fullmatch(name) else None
+            user = repo.user_by_name(s, name) if USER_NAME_RE.fullmatch(name) else None
             return until, user
 
         until, user = await self._db.read("auth.login.check", read)
@@ -370,8 +444,20 @@ class AuthService:
         return token
 
     def _audit_login(
-        self, s: Tx, kind: str, name: str, user: User | None, reason: str | None, source: str
+        self,
+        s: Tx,
+        kind: str,
+        name: str,
+        user: User | None,
+        reason: str | None,
+        source: str,
+        how: str | None = None,
     ) -> None:
+        """One ``web.login`` / ``admin.login`` event; ``how`` names a directory or
+        provider that vouched for the user ('ldap', 'oidc')."""
+        if how is None and user is not None and user.source != "local":
+            how = user.source
+        detail = reason if how is None else f"via {how}" + (f": {reason}" if reason else "")
         self._audit.append_in(
             s,
             Event(
@@ -380,7 +466,7 @@ class AuthService:
                 actor=user.name if user else None,
                 actor_id=user.id if user else None,
                 role=user.role if user else None,
-                detail=reason,
+                detail=detail,
                 client=source,
                 target=None if user else "unknown user",
             ),
@@ -396,7 +482,7 @@ class AuthService:
             )
             raise AuthFailed(reason or "refused")
         log.info("login", extra={"kind": kind, "user_id": user.id})
-        return token, _session_identity(user, kind)
+        return token, _session_identity(self._rights, user, kind)
 
     async def verify_second_factor(
         self, identity: Identity, code: object, source: str | None = None
@@ -475,6 +561,13 @@ class AuthService:
         src = who.client or UNKNOWN_SOURCE
         self.throttle.check(src)
         user = await self._before(who.name, src, PASSWORD)
+        if user is not None and user.source != "local":
+            raise Invalid(
+                "current_password: this account's password is the hospital directory's; "
+                "change it there",
+                field="current_password",
+                code="directory_account",
+            )
         ok = user is not None and await self._verify_password(user.password_hash, current)
         new_hash = await asyncio.to_thread(passwords.hash_password, new) if ok else None
         keep = hash_api_key(session_token) if session_token else None
@@ -515,6 +608,23 @@ class AuthService:
             "auth.prune",
             lambda s: repo.prune(s, now - self._cfg.lockout_window_minutes * 60, now - 86400, now),
         )
+
+
+def _provider_refusal(user: User | None, kind: str, mfa_proven: bool) -> str | None:
+    """Why a person the OpenID provider vouched for may not open a session of ``kind``."""
+    if user is None:
+        return "unknown user"
+    if user.disabled or user.role == "metrics":
+        return "not an active user"
+    if kind == "web":
+        return None
+    if user.role != "admin":
+        return "not an active admin"
+    if kind == "admin" and not mfa_proven:
+        return "no second factor proven by the provider"
+    if kind == "totp" and not user.totp_secret:
+        return "no second factor enrolled"
+    return None
 
 
 def with_client(who: Identity, client: str | None) -> Identity:

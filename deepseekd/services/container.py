@@ -16,18 +16,23 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from deepseekd.config import Settings
+from deepseekd.directory.ldap import LdapDirectory
+from deepseekd.directory.oidc import OidcClient
 from deepseekd.obs.metrics import Metrics
 from deepseekd.security.keyring import Keyring, SecretBox
 from deepseekd.services.accounts import AccountService
 from deepseekd.services.audit import AuditLog
 from deepseekd.services.auth import AuthService
 from deepseekd.services.chat import ChatService
+from deepseekd.services.directory_login import DirectorySignIn
 from deepseekd.services.erasure import ErasureService
 from deepseekd.services.history import HistoryService
 from deepseekd.services.keys import KeyService
 from deepseekd.services.lifecycle import Lifecycle
 from deepseekd.services.lora import LoraService
+from deepseekd.services.rights import GroupRights
 from deepseekd.services.settings import RuntimeSettings
+from deepseekd.services.sso import SsoService
 from deepseekd.services.usage import QuotaService
 from deepseekd.store.db import Database
 
@@ -52,6 +57,7 @@ class Services:
     runtime: RuntimeSettings
     chat: ChatService
     erasure: ErasureService
+    sso: SsoService
 
     @classmethod
     def build(
@@ -76,14 +82,19 @@ class Services:
         audit = AuditLog(db, keys.cached_audit_key, clock, metrics.audit_write_failures.inc)
         keys.audit = audit
         accounts = AccountService(db, settings.auth, clock, audit, SecretBox(keys.cached_totp_key))
-        auth = AuthService(db, settings.auth, clock, audit, accounts, settings.quota)
+        rights = GroupRights(settings.auth.group, settings.auth.directory_default_role)
+        ldap = LdapDirectory(settings.auth.ldap) if settings.auth.ldap.url else None
+        directory = DirectorySignIn(db, settings.auth, audit, rights, clock, ldap)
+        auth = AuthService(db, settings.auth, clock, audit, accounts, settings.quota, directory)
+        oidc = OidcClient(settings.auth.oidc, clock) if settings.auth.oidc.issuer else None
+        sso = SsoService(oidc, auth, audit, settings.auth, clock)
         auth.on_lockout = metrics.lockouts.inc
         auth.throttle.on_refused = metrics.sign_ins_throttled.inc
         usage = QuotaService(db, settings.quota, clock)
         history = HistoryService(db, keys, audit, clock)
         lora = LoraService(settings, db, audit, life, clock)
         runtime = RuntimeSettings(settings, db, audit, usage, clock)
-        chat = ChatService(settings, life, usage, history, audit, lora, metrics, clock)
+        chat = ChatService(settings, life, usage, history, audit, lora, metrics, clock, rights)
         erasure = ErasureService(settings, db, keys, audit, chat, clock)
         return cls(
             settings,
@@ -101,6 +112,7 @@ class Services:
             runtime,
             chat,
             erasure,
+            sso,
         )
 
     async def open(self, *, migrate: bool) -> tuple[str | None, str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -437,20 +437,30 @@ class HistoryService:
 
         await self._audit.transaction("history.delete", remove, "history.delete")
 
-    async def purge(self, retention_days: int) -> int:
-        """Delete conversations untouched for ``retention_days``; returns how many."""
-        if retention_days <= 0:
-            return 0
-        cutoff = self._now() - retention_days * 86400
+    async def purge(self, retention_days: int, own: Mapping[int, int] | None = None) -> int:
+        """Delete conversations untouched for ``retention_days``, or for the days ``own``
+        gives a user (their directory groups'; 0 = kept); returns how many."""
+        own = own or {}
+        now = self._now()
+        by_days: dict[int, list[int]] = {}
+        for user_id, days in own.items():
+            by_days.setdefault(days, []).append(user_id)
 
         def purge(s: Tx) -> int:
-            n = repo.purge_before(s, cutoff)
+            n = 0
+            if retention_days > 0:
+                cutoff = now - retention_days * 86400
+                n += repo.purge_before(s, cutoff, exclude=list(own))
+            for days, users in sorted(by_days.items()):
+                if days > 0:
+                    n += repo.purge_before(s, now - days * 86400, only=users)
             if n:
+                kept = f"{retention_days} days" + (" (or their groups' retention)" if own else "")
                 self._audit.append_in(
                     s,
                     Event(
                         action="history.retention_purge",
-                        detail=f"{n} conversations older than {retention_days} days",
+                        detail=f"{n} conversations older than {kept}",
                     ),
                 )
             return n

@@ -1,4 +1,5 @@
-"""Periodic upkeep: retention purge (daily), the audit head written to the log (an anchor
+"""Periodic upkeep: the directory recheck (``auth.directory_recheck_minutes``), retention
+purge (daily), the audit head written to the log (an anchor
 outside the database), and automatic master key rotation when the key is old enough. The
 daemon calls ``tick`` once a minute."""
 
@@ -43,8 +44,16 @@ class Maintenance:
     async def tick(self, now: float | None = None) -> None:
         svc, settings = self._svc, self._svc.settings
         now = time.monotonic() if now is None else now
+        directory = svc.auth.directory
+        if directory.rechecks and self._due(
+            "directory", settings.auth.directory_recheck_minutes * 60, now
+        ):
+            disabled = await directory.recheck()
+            if disabled:
+                log.info("directory recheck", extra={"disabled": disabled})
         if self._due("purge", 86400, now):
-            purged = await svc.history.purge(svc.runtime.retention_days)
+            own = await directory.retention_overrides()
+            purged = await svc.history.purge(svc.runtime.retention_days, own)
             if purged:
                 log.info("retention purge", extra={"conversations": purged})
             await svc.auth.prune()  # old failed attempts and ended sessions

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from deepseekd.config import QuotaSettings
 from deepseekd.domain.identity import Identity
+from deepseekd.services.usage_report import UsageReport, build_report, check_group, report_range
 from deepseekd.store import usage as repo
 from deepseekd.store.db import Database
 
@@ -133,3 +134,15 @@ class QuotaService:
         await self._db.write(
             "quota.tokens", lambda s: repo.add_tokens(s, who.user_id, day, tokens, reasoning_tokens)
         )
+
+    async def department_usage(
+        self, first: str | None, last: str | None, group: str | None
+    ) -> UsageReport:
+        """Requests and tokens per group and day for the days ``first``..``last`` (inclusive,
+        'YYYY-MM-DD'; by default the 30 quota days ending today), only ``group`` when given.
+        Groups are the users' current ones (see services/usage_report)."""
+        today = dt.date.fromisoformat(self.window(self._now())[0])
+        start, end = report_range(first, last, today)
+        wanted = check_group(group)
+        rows = await self._db.read("quota.report", lambda s: repo.usage_with_groups(s, start, end))
+        return build_report(start, end, rows, wanted)

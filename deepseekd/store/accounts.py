@@ -25,6 +25,7 @@ _KEY_LOOKUP = (
         User.role,
         User.daily_request_limit,
         User.daily_token_limit,
+        User.groups,
         ApiKey.id.label("key_id"),
     )
     .join(ApiKey, ApiKey.user_id == User.id)
@@ -42,6 +43,28 @@ _KEY_LOOKUP = (
 
 def user_by_name(s: Session, name: str) -> User | None:
     return s.execute(select(User).where(User.name == name)).scalar_one_or_none()
+
+
+def user_by_external(s: Session, source: str, external_id: str) -> User | None:
+    return s.execute(
+        select(User).where(User.source == source, User.external_id == external_id)
+    ).scalar_one_or_none()
+
+
+def directory_users(s: Session, source: str) -> list[tuple[int, str]]:
+    """(id, name) of the enabled accounts from ``source``, oldest first."""
+    rows = s.execute(
+        select(User.id, User.name)
+        .where(User.source == source, User.disabled.is_(False), User.erased_at.is_(None))
+        .order_by(User.id)
+    ).all()
+    return [(int(r.id), str(r.name)) for r in rows]
+
+
+def users_with_groups(s: Session) -> list[tuple[int, str]]:
+    """(id, groups as stored) of every account with directory groups."""
+    rows = s.execute(select(User.id, User.groups).where(User.groups.is_not(None))).all()
+    return [(int(r.id), str(r.groups)) for r in rows]
 
 
 def user_by_id(s: Session, user_id: int) -> User | None:

@@ -133,8 +133,21 @@ def delete_conversation(s: Session, conversation_id: str, user_id: int) -> bool:
     return bool(gone)
 
 
-def purge_before(s: Session, cutoff: float) -> int:
-    ids = s.execute(select(Conversation.id).where(Conversation.updated_at < cutoff)).scalars().all()
+def purge_before(
+    s: Session,
+    cutoff: float,
+    *,
+    only: Sequence[int] | None = None,
+    exclude: Sequence[int] = (),
+) -> int:
+    """Delete the conversations untouched since ``cutoff``: of the users ``only`` names
+    (None: everyone), but never of those ``exclude`` names."""
+    q = select(Conversation.id).where(Conversation.updated_at < cutoff)
+    if only is not None:
+        q = q.where(Conversation.user_id.in_(list(only)))
+    if exclude:
+        q = q.where(Conversation.user_id.not_in(list(exclude)))
+    ids = s.execute(q).scalars().all()
     if ids:
         s.execute(delete(Turn).where(Turn.conversation_id.in_(ids)))
         s.execute(delete(Conversation).where(Conversation.id.in_(ids)))

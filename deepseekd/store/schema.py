@@ -56,6 +56,17 @@ class User(Base):
         Boolean, default=False, server_default=sa_false()
     )
     """The password was set by an admin (a reset): it only opens a form to change it."""
+    source: Mapped[str] = mapped_column(String(8), default="local", server_default="local")
+    """Where the account comes from: 'local', 'ldap' or 'oidc'."""
+    external_id: Mapped[str | None] = mapped_column(String(512))
+    """Its name in that source: the LDAP DN, or the OIDC issuer and subject."""
+    groups: Mapped[str | None] = mapped_column(Text)
+    """The directory groups it was in at its last sign-in (or recheck), one per line."""
+    directory_seen_at: Mapped[float | None] = mapped_column(Float)
+    """When the directory last confirmed the account (sign-in or recheck)."""
+    directory_missing_at: Mapped[float | None] = mapped_column(Float)
+    """Set when the recheck found it removed or disabled there: it is disabled here until it
+    signs in with the directory again (an admin's own disable is never lifted that way)."""
 
 
 class ApiKey(Base):

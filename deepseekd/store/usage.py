@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from deepseekd.store.dialect import insert
-from deepseekd.store.schema import QuotaUsage
+from deepseekd.store.schema import QuotaUsage, User
 
 
 def count_request(
@@ -75,3 +75,31 @@ def refund_request(s: Session, user_id: int, day: str) -> None:
         .where(QuotaUsage.user_id == user_id, QuotaUsage.day == day, QuotaUsage.requests > 0)
         .values(requests=QuotaUsage.requests - 1)
     )
+
+
+def usage_with_groups(
+    s: Session, first: str, last: str
+) -> list[tuple[int, str, int, int, int, str | None]]:
+    """Every user's counts for the days ``first``..``last`` (inclusive, 'YYYY-MM-DD'), with the
+    user's current groups (one per line, or None): (user id, day, requests, tokens, reasoning
+    tokens, groups). Days a user counted nothing on are left out."""
+    rows = s.execute(
+        select(
+            QuotaUsage.user_id,
+            QuotaUsage.day,
+            QuotaUsage.requests,
+            QuotaUsage.tokens,
+            QuotaUsage.reasoning_tokens,
+            User.groups,
+        )
+        .join(User, User.id == QuotaUsage.user_id)
+        .where(
+            QuotaUsage.day >= first,
+            QuotaUsage.day <= last,
+            (QuotaUsage.requests > 0) | (QuotaUsage.tokens > 0),
+        )
+        .order_by(QuotaUsage.day, QuotaUsage.user_id)
+    ).all()
+    return [
+        (int(r[0]), str(r[1]), int(r[2] or 0), int(r[3] or 0), int(r[4] or 0), r[5]) for r in rows
+    ]

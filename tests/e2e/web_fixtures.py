@@ -65,11 +65,11 @@ class FakeWeb(DaemonProcess):
         return new.password
 
 
-def start_fake_web(tmp: Path, **env_extra: str) -> FakeWeb:
+def start_fake_web(tmp: Path, port: int | None = None, **env_extra: str) -> FakeWeb:
     """The real app over the FakeEngine in echo mode, as a process (tests/support/fake_daemon)."""
     data = tmp / "data"
     db_url = _run(init_store(data))
-    d = start_fake_daemon(data, tmp / "fake-daemon.log", DEEPSEEKD_TEST_FAKE_ECHO="1",
+    d = start_fake_daemon(data, tmp / "fake-daemon.log", port, DEEPSEEKD_TEST_FAKE_ECHO="1",
                           **env_extra)
     return FakeWeb(d.url, d.proc, d.log_path, data, db_url)
 

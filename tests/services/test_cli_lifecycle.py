@@ -53,6 +53,17 @@ def test_unlock_reset_enable(data: Path) -> None:
     assert audit["ok"]
 
 
+def test_reset_totp_prints_a_new_second_factor_for_admins_only(data: Path) -> None:
+    added = json.loads(cli(data, "user", "add", "ops", "--role", "admin").stdout)
+    reset = cli(data, "user", "reset-totp", "ops")
+    assert reset.returncode == 0, reset.stderr
+    uri = json.loads(reset.stdout)["totp_uri"]
+    assert uri.startswith("otpauth://totp/") and uri != added["totp_uri"]
+    cli(data, "user", "add", "nurse", "--role", "user")
+    refused = cli(data, "user", "reset-totp", "nurse")
+    assert refused.returncode != 0 and "only admins" in refused.stderr
+
+
 def test_audit_verify_expect_head(data: Path) -> None:
     cli(data, "user", "add", "nurse", "--role", "user")
     head = json.loads(cli(data, "audit", "verify").stdout)

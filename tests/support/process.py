@@ -95,10 +95,12 @@ def wait_ready(d: DaemonProcess, timeout: float, poll: float = 0.2) -> None:
     raise AssertionError(f"daemon not ready after {timeout:.0f} s:\n{d.log()[-4000:]}")
 
 
-def start_fake_daemon(data: Path, log_path: Path, **env_extra: str) -> DaemonProcess:
+def start_fake_daemon(data: Path, log_path: Path, port: int | None = None,
+                      **env_extra: str) -> DaemonProcess:
     """tests/support/fake_daemon.py (the real app over the FakeEngine) on ``data``, a data
-    dir whose store is initialised; ready when this returns."""
-    port = free_port()
+    dir whose store is initialised; ready when this returns. ``port``: a given one (a test
+    that must name the address beforehand, e.g. in an OpenID redirect URL)."""
+    port = port or free_port()
     env = clean_env(DEEPSEEKD_DATA_DIR=str(data), DEEPSEEKD_SERVER__PORT=str(port),
                     DEEPSEEKD_WARMUP__REQUESTS="1", DEEPSEEKD_WARMUP__MAX_TOKENS="2",
                     **env_extra)

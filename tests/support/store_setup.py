@@ -33,3 +33,13 @@ async def add_users(db_url: str, data: Path, names: list[str], role: str = "user
         audit = AuditLog(db, keys.cached_audit_key, time.time)
         accounts = make_accounts(db, time.time, audit, totp_key=keys.cached_totp_key)
         return [await accounts.create_user(name, role, **limits) for name in names]
+
+
+async def reset_totp(db_url: str, data: Path, name: str) -> str:
+    """What another admin's "Reset TOTP" does: a new second factor for ``name``; its URI."""
+    async with Database(db_url) as db:
+        keys = KeyService(db, Keyring.for_data_dir(data), data / "keys", time.time)
+        await keys.check()
+        audit = AuditLog(db, keys.cached_audit_key, time.time)
+        accounts = make_accounts(db, time.time, audit, totp_key=keys.cached_totp_key)
+        return str(await accounts.reset_totp(name))

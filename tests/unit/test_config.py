@@ -377,8 +377,40 @@ def test_reasoning_setting_errors(tmp_path: Path, text: str, env: dict[str, str]
     assert msg.startswith(where + ":") and shows in msg
 
 
-def test_directory_url_is_refused_until_sign_in_uses_it() -> None:
-    """Never a setting accepted and ignored: the directory client exists, sign-in does not
-    use it yet."""
-    with pytest.raises(ConfigError, match="auth.ldap.url"):
-        load_settings(path=None, env={"DEEPSEEKD_AUTH__LDAP__URL": "ldaps://dc1:636"})
+def test_group_tables_are_read_with_their_rights(tmp_path: Path) -> None:
+    settings = load_toml(tmp_path, """
+[[auth.group]]
+name = "radiology"
+daily_requests = 2000
+models = ["radiology"]
+retention_days = 90
+
+[[auth.group]]
+name = "it-admins"
+role = "admin"
+""")
+    radiology, admins = settings.auth.group
+    assert (radiology.name, radiology.role, radiology.daily_requests) == ("radiology", "user", 2000)
+    assert radiology.models == ("radiology",) and radiology.retention_days == 90
+    assert (admins.role, admins.daily_requests, admins.models) == ("admin", -1, ())
+
+
+@pytest.mark.parametrize(("text", "where", "shows"), [
+    ('[[auth.group]]\nname = "a"\nrole = "root"\n', "auth.group[0].role", "'root'"),
+    ('[[auth.group]]\nrole = "user"\n', "auth.group[0].name", "required"),
+    ('[[auth.group]]\nname = "a"\nmodelz = []\n', "auth.group[0].modelz", "unknown"),
+    ('[[auth.group]]\nname = "A"\n[[auth.group]]\nname = "a"\n', "auth.group[1].name",
+     "twice"),
+    ('[auth.ldap]\nurl = "http://dc1"\n', "auth.ldap.url", "ldaps://"),
+    ('[auth.ldap]\nurl = "ldaps://dc1"\n', "auth.ldap.user_base", "required"),
+    ('[auth.ldap]\nurl = "ldap://dc1"\nuser_dn_template = "uid={username}"\n', "auth.ldap.url",
+     "clear"),
+    ('[auth.oidc]\nissuer = "http://idp"\n', "auth.oidc.issuer", "https"),
+    ('[auth.oidc]\nissuer = "https://idp"\n', "auth.oidc.client_id", "required"),
+    ('[auth.oidc]\nissuer = "https://idp"\nclient_id = "d"\nredirect_url = "https://x/"\n',
+     "auth.oidc.redirect_url", "/auth/oidc/callback"),
+])
+def test_directory_settings_are_checked(tmp_path: Path, text: str, where: str,
+                                        shows: str) -> None:
+    msg = config_error(tmp_path, text)
+    assert msg.startswith(where + ":") and shows in msg, msg

@@ -46,7 +46,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 
 async def models(request: web.Request) -> web.Response:
-    """The served model and the LoRA adapters loaded on it."""
+    """The served model and the LoRA adapters loaded on it that the caller may use."""
     life = request.app[LIFECYCLE]
     data = [
         {
@@ -59,6 +59,8 @@ async def models(request: web.Request) -> web.Response:
     if life.engine is not None:
         data[0]["max_model_len"] = life.engine.max_model_len
     data += request.app[LORA].model_cards(life.model_name)
+    who = caller(request).identity
+    data = [card for card in data if request.app[CHAT].may_use(who, str(card["id"]))]
     return web.json_response({"object": "list", "data": data})
 
 

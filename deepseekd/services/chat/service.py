@@ -18,6 +18,7 @@ from typing import Any
 from deepseekd.config import Settings
 from deepseekd.domain.audit import Event
 from deepseekd.domain.errors import RateLimited, Unavailable
+from deepseekd.domain.identity import Identity
 from deepseekd.engine.types import Engine
 from deepseekd.obs.metrics import Metrics
 from deepseekd.services.audit import AuditLog
@@ -28,6 +29,7 @@ from deepseekd.services.chat.run import ChatRun, Conversation, RunDeps
 from deepseekd.services.history import HistoryService
 from deepseekd.services.lifecycle import Lifecycle
 from deepseekd.services.lora import LoraService
+from deepseekd.services.rights import GroupRights
 from deepseekd.services.usage import QuotaService
 
 RETRY_AFTER_S = 1
@@ -54,8 +56,10 @@ class ChatService:
         lora: LoraService,
         metrics: Metrics,
         clock: Callable[[], float],
+        rights: GroupRights | None = None,
     ) -> None:
         self._life = life
+        self._rights = rights or GroupRights(())
         self._usage = usage
         self._history = history
         self._audit = audit
@@ -72,6 +76,11 @@ class ChatService:
         self._by_user: collections.Counter[int] = collections.Counter()
         self._runs: dict[int, set[ChatRun]] = collections.defaultdict(set)
 
+    def may_use(self, who: Identity, model: str) -> bool:
+        """Whether ``who``'s directory groups allow ``model`` (``GET /v1/models`` lists only
+        those)."""
+        return self._rights.may_use(who.groups, model)
+
     @property
     def policy(self) -> ReasoningPolicy:
         return self._deps.policy
@@ -83,6 +92,7 @@ class ChatService:
         engine = self._engine()
         release = self._admit(caller)
         try:
+            self._rights.check_model(caller.identity, req.model or engine.model_name)
             prepared, messages = await self._prepare.chat(engine, req, cache_salt(caller))
             conv = await self._conversation(caller, req.conversation_id, messages)
             await self._count(caller)
@@ -97,6 +107,7 @@ class ChatService:
         engine = self._engine()
         release = self._admit(caller)
         try:
+            self._rights.check_model(caller.identity, req.model or engine.model_name)
             hide = not self.policy.shown(caller.identity.role)
             prepared = await self._prepare.completion(
                 engine, req, hide_reasoning=hide, salt=cache_salt(caller)
@@ -116,6 +127,7 @@ class ChatService:
         engine = self._engine()
         release = self._admit(caller)
         try:
+            self._rights.check_model(caller.identity, engine.model_name)
             prepared = await self._prepare.simple(engine, prompt, max_tokens, cache_salt(caller))
             conv = await self._conversation(
                 caller, conversation_id, [{"role": "user", "content": prompt}]

@@ -14,6 +14,8 @@ const state = {
   idleTimer: null,
   selectedUser: null,
   users: [],
+  usageGen: 0,         // bumped by each usage load: an older answer arriving late is dropped
+  ssoTicket: null,     // back from single sign-on: the ticket the TOTP code redeems
   audit: { afterId: 0, history: [], next: null, filters: {} },
 };
 
@@ -107,10 +109,15 @@ function setView(view) {
 }
 
 function clearSensitive() {
-  for (const id of ["users-table", "keys-table", "audit-table"]) {
+  for (const id of ["users-table", "keys-table", "audit-table", "usage-table", "usage-totals"]) {
     $(id).tBodies[0].replaceChildren();
   }
   $("settings-list").replaceChildren();
+  state.usageGen += 1;  // a usage load in flight is dropped
+  $("usage-chart").replaceChildren();
+  $("usage-legend").replaceChildren();
+  $("usage-group").replaceChildren(el("option", { value: "", text: "All groups" }));
+  setMsg($("usage-summary"), "");
   hideSecrets();
   show($("user-detail"), false);
   setMsg($("verify-result"), "");
@@ -138,6 +145,9 @@ function showLogin(notice) {
   setMsg($("login-error"), "");
   $("login-password").value = "";
   $("login-totp").value = "";
+  show($("sso-totp-form"), false);
+  show($("login-form"), true);
+  state.ssoTicket = null;
   setView("login");
   $("login-username").focus();
 }
@@ -183,7 +193,61 @@ for (const ev of ["keydown", "pointerdown", "wheel", "touchstart"]) {
 const CHANGE_PASSWORD_FIRST = "Your password was set by an administrator. Choose a new one "
   + "on the chat page (/) first, then sign in here.";
 
+/** The "Sign in with ..." button, when the server has single sign-on. */
+async function showSsoButton() {
+  try {
+    const sso = await apiJson("GET", "/auth/oidc", undefined, { allow401: true });
+    if (!sso.enabled) return;
+    $("sso-login").textContent = sso.label;
+    show($("sso-block"), !state.ssoTicket);
+  } catch (e) { /* no button: the password form still works */ }
+}
+
+/** Back from the identity provider as an administrator who still owes this console's
+ * second factor: the one-time ticket (in the address fragment, never sent to a server by
+ * the browser) plus the TOTP code open the session. */
+function ssoTicket() {
+  const m = /^#sso-ticket=([A-Za-z0-9_-]+)$/.exec(window.location.hash);
+  if (!m) return null;
+  history.replaceState(null, "", window.location.pathname);
+  return m[1];
+}
+
+function showSsoTotp(ticket) {
+  showLogin();
+  show($("login-form"), false);
+  show($("sso-block"), false);
+  show($("sso-totp-form"), true);
+  state.ssoTicket = ticket;
+  $("sso-totp").focus();
+}
+
+async function ssoTotp(ev) {
+  ev.preventDefault();
+  const totp = $("sso-totp").value.replace(/\s+/g, "");
+  const err = $("sso-totp-error");
+  setMsg(err, "");
+  if (!/^[0-9]{6}$/.test(totp)) { setMsg(err, "The code has 6 digits."); return; }
+  $("sso-totp-submit").disabled = true;
+  try {
+    const r = await apiJson("POST", "/admin/api/login/sso", { ticket: state.ssoTicket, totp },
+      { allow401: true });
+    show($("sso-totp-form"), false);
+    show($("login-form"), true);
+    startSession("admin", { ...r, role: "admin" });
+  } catch (e) {
+    setMsg(err, e.status === 401
+      ? "Wrong or reused code, or this sign-in expired: enter the current code, or sign in again."
+      : e.message);
+  } finally {
+    $("sso-totp-submit").disabled = false;
+    $("sso-totp").value = "";
+  }
+}
+
 async function resume() {
+  const ticket = ssoTicket();
+  if (ticket) { showSsoTotp(ticket); return; }
   try {
     const s = await apiJson("GET", "/admin/api/session", undefined, { allow401: true });
     startSession("admin", s);
@@ -251,14 +315,18 @@ async function login(ev) {
 async function logout(idle = false) {
   const path = state.mode === "admin" ? "/admin/api/logout" : "/auth/logout";
   if (state.mode) {
-    try { await apiJson("POST", path, undefined, { allow401: true }); } catch (e) { /* ignore */ }
+    try {
+      const r = await apiJson("POST", path, undefined, { allow401: true });
+      // Signed in with the identity provider: sign out there too.
+      if (r && r.end_session_url && !idle) { window.location.assign(r.end_session_url); return; }
+    } catch (e) { /* ignore */ }
   }
   showLogin(idle ? "Your session ended after a period of inactivity." : "You have signed out.");
 }
 
 // ---------------------------------------------------------------- tabs
 
-const TABS = ["tab-users", "tab-engine", "tab-keys", "tab-settings"];
+const TABS = ["tab-users", "tab-engine", "tab-usage", "tab-keys", "tab-settings"];
 
 function selectTab(id, focus = true) {
   for (const t of TABS) {
@@ -271,6 +339,7 @@ function selectTab(id, focus = true) {
   if (focus) $(id).focus();
   if (id === "tab-users" && state.mode === "admin") loadUsers();
   if (id === "tab-engine" && state.mode === "admin") pollStatus();
+  if (id === "tab-usage" && state.mode === "admin") loadUsage();
   if (id === "tab-settings" && state.mode === "admin") loadSettings();
 }
 
@@ -359,6 +428,15 @@ function stateCell(u) {
 
 function fmtLimit(v) { return v === null || v === undefined ? "default" : String(v); }
 
+const SOURCES = { local: "local", ldap: "LDAP", oidc: "OIDC" };
+
+function fmtSource(v) { return SOURCES[v] || String(v ?? "local"); }
+
+function groupsCell(groups) {
+  const names = Array.isArray(groups) ? groups : [];
+  return el("td", { className: "groups", text: names.length ? names.join(", ") : "—" });
+}
+
 async function loadUsers() {
   const err = $("users-error");
   try {
@@ -391,10 +469,12 @@ function renderUsers() {
       el("td", { text: u.role === "admin" ? (u.totp_enrolled ? "yes" : "no") : (u.totp_enrolled ? "yes" : "—") }),
       el("td", { className: "num", text: fmtLimit(u.daily_request_limit) }),
       el("td", { className: "num", text: String(u.active_keys ?? "") }),
+      el("td", { className: "source", text: fmtSource(u.source) }),
+      groupsCell(u.groups),
       timeCell(u.created_at));
     tbody.append(tr);
   }
-  if (!state.users.length) tbody.append(el("tr", {}, el("td", { colspan: 7, text: "No users." })));
+  if (!state.users.length) tbody.append(el("tr", {}, el("td", { colspan: 9, text: "No users." })));
 }
 
 function openUser(name) {
@@ -676,6 +756,158 @@ function renderStatus(s) {
   $("eng-updated").textContent = `Last update ${new Date().toLocaleTimeString()}.`;
 }
 
+// ---------------------------------------------------------------- usage per department
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+const SERIES = 8;      // colours in admin.css (.series-0 … .series-7), reused past eight groups
+const NO_GROUP = "(no group)";
+
+function svgEl(tag, attrs = {}, ...children) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v !== undefined && v !== null) node.setAttribute(k, String(v));
+  }
+  for (const c of children) if (c !== null && c !== undefined) node.append(c);
+  return node;
+}
+
+function fmtCount(n) { return Number(n ?? 0).toLocaleString(); }
+
+/** Every day from `from` to `to` (YYYY-MM-DD, inclusive). */
+function daysBetween(from, to) {
+  const out = [];
+  const d = new Date(`${from}T00:00:00Z`);
+  const end = new Date(`${to}T00:00:00Z`);
+  if (Number.isNaN(d.getTime()) || Number.isNaN(end.getTime())) return out;
+  while (d <= end && out.length <= 366) {
+    out.push(d.toISOString().slice(0, 10));
+    d.setUTCDate(d.getUTCDate() + 1);
+  }
+  return out;
+}
+
+/** The top of the y axis: four equal, whole, round steps reaching n. */
+function axisTop(n) {
+  const need = Math.max(n / 4, 1);
+  const p = 10 ** Math.floor(Math.log10(need));
+  const steps = [1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10].map((m) => m * p).filter(Number.isInteger);
+  return steps.find((v) => v >= need) * 4;
+}
+
+function usageQuery(from, to, group, csv = false) {
+  const q = new URLSearchParams();
+  if (from) q.set("from", from);
+  if (to) q.set("to", to);
+  if (group) q.set("group", group);
+  if (csv) q.set("format", "csv");
+  return q;
+}
+
+async function loadUsage() {
+  const from = $("usage-from").value, to = $("usage-to").value, group = $("usage-group").value;
+  const err = $("usage-error");
+  if (from && to && from > to) { setMsg(err, "'From' is after 'To'."); return; }
+  const gen = ++state.usageGen;
+  const table = $("usage-table");
+  table.setAttribute("aria-busy", "true");
+  try {
+    const r = await apiJson("GET", `/admin/api/usage?${usageQuery(from, to, group)}`);
+    if (gen !== state.usageGen) return;
+    setMsg(err, "");
+    // Show the days the server chose for empty fields, unless the admin has typed since.
+    if ($("usage-from").value === from) $("usage-from").value = r.from;
+    if ($("usage-to").value === to) $("usage-to").value = r.to;
+    renderUsage(r, group);
+  } catch (e) {
+    if (e.status !== 401 && gen === state.usageGen) setMsg(err, sentence(e.message));
+  } finally {
+    if (gen === state.usageGen) table.setAttribute("aria-busy", "false");
+  }
+}
+
+function renderUsage(r, group) {
+  const data = Array.isArray(r.data) ? r.data : [];
+  const totals = Array.isArray(r.totals) ? r.totals : [];
+  const groups = totals.map((t) => t.group);
+  renderGroupOptions(groups);
+  $("usage-csv").href = `/admin/api/usage?${usageQuery(r.from, r.to, group, true)}`;
+  const requests = totals.reduce((n, t) => n + Number(t.requests || 0), 0);
+  $("usage-summary").textContent = `${r.from} to ${r.to}: ${fmtCount(requests)} request(s) ` +
+    `in ${groups.length} group(s).`;
+  const tbody = $("usage-table").tBodies[0];
+  tbody.replaceChildren(...data.map((d) => el("tr", { "data-group": d.group, "data-day": d.day },
+    el("th", { scope: "row", text: d.group }),
+    el("td", { text: d.day }),
+    ...[d.requests, d.tokens, d.reasoning_tokens, d.users].map(
+      (n) => el("td", { className: "num", text: fmtCount(n) })))));
+  if (!data.length) tbody.append(el("tr", {}, el("td", { colspan: 6, text: "No requests in this range." })));
+  const totalsBody = $("usage-totals").tBodies[0];
+  totalsBody.replaceChildren(...totals.map((t) => el("tr", { "data-group": t.group },
+    el("th", { scope: "row", text: t.group }),
+    ...[t.requests, t.tokens, t.reasoning_tokens, t.users].map(
+      (n) => el("td", { className: "num", text: fmtCount(n) })))));
+  renderUsageChart(r.from, r.to, data, groups);
+}
+
+/** The group filter's choices: every group a user is in now, those in the report, and
+ * (no group); the current choice is kept. */
+function renderGroupOptions(reported) {
+  const sel = $("usage-group");
+  const current = sel.value;
+  const names = new Map();
+  const add = (n) => { if (n && !names.has(n.toLowerCase())) names.set(n.toLowerCase(), n); };
+  add(NO_GROUP);
+  for (const u of state.users) for (const g of u.groups || []) add(g);
+  reported.forEach(add);
+  const sorted = [...names.keys()].sort().map((k) => names.get(k));
+  sel.replaceChildren(el("option", { value: "", text: "All groups" }),
+    ...sorted.map((n) => el("option", { value: n, text: n })));
+  sel.value = current ? names.get(current.toLowerCase()) || "" : "";
+}
+
+/** Requests per day as grouped bars, one colour per group, drawn here as SVG. */
+function renderUsageChart(from, to, data, groups) {
+  const box = $("usage-chart"), legend = $("usage-legend");
+  const days = daysBetween(from, to);
+  if (!data.length || !days.length) {
+    box.replaceChildren(el("p", { className: "muted", text: "Nothing to draw." }));
+    legend.replaceChildren();
+    return;
+  }
+  const W = 720, H = 260, L = 48, R = 8, T = 10, B = 36, plotH = H - T - B;
+  const counts = new Map(data.map((d) => [`${d.group}\n${d.day}`, Number(d.requests) || 0]));
+  const top = axisTop(Math.max(...counts.values()));
+  const svg = svgEl("svg", { id: "usage-svg", class: "chart-svg", viewBox: `0 0 ${W} ${H}`,
+    role: "img", "aria-labelledby": "usage-chart-title" });
+  for (let i = 0; i <= 4; i++) {
+    const y = T + plotH * (1 - i / 4);
+    svg.append(svgEl("line", { class: "grid", x1: L, x2: W - R, y1: y, y2: y }),
+      svgEl("text", { class: "axis", x: L - 6, y: y + 4, "text-anchor": "end" }, fmtCount(top * i / 4)));
+  }
+  const slot = (W - L - R) / days.length;
+  const bar = Math.max((slot * 0.8) / groups.length, 0.5);
+  const every = Math.ceil(days.length / 8);
+  days.forEach((day, i) => {
+    const x0 = L + slot * i + slot * 0.1;
+    groups.forEach((g, j) => {
+      const n = counts.get(`${g}\n${day}`) || 0;
+      if (!n) return;
+      const h = Math.max((plotH * n) / top, 1);
+      svg.append(svgEl("rect", { class: `bar series-${j % SERIES}`, x: x0 + bar * j,
+        y: T + plotH - h, width: bar, height: h, "data-group": g, "data-day": day },
+      svgEl("title", {}, `${g}, ${day}: ${fmtCount(n)} request(s)`)));
+    });
+    if (i % every === 0) {
+      svg.append(svgEl("text", { class: "axis", x: L + slot * (i + 0.5), y: H - B + 16,
+        "text-anchor": "middle" }, day.slice(5)));
+    }
+  });
+  svg.append(svgEl("line", { class: "baseline", x1: L, x2: W - R, y1: T + plotH, y2: T + plotH }));
+  box.replaceChildren(svg);
+  legend.replaceChildren(...groups.map((g, j) => el("li", {},
+    el("span", { className: `swatch series-${j % SERIES}`, "aria-hidden": "true" }), ` ${g}`)));
+}
+
 // ---------------------------------------------------------------- master key
 
 async function rotate() {
@@ -888,6 +1120,7 @@ async function verifyChain() {
 function wire() {
   onSessionEnded(sessionEnded);
   $("login-form").addEventListener("submit", login);
+  $("sso-totp-form").addEventListener("submit", ssoTotp);
   $("logout").addEventListener("click", () => logout(false));
   $("tabs").addEventListener("keydown", tabKeys);
   for (const t of TABS) $(t).addEventListener("click", () => selectTab(t));
@@ -903,6 +1136,8 @@ function wire() {
   $("user-close").addEventListener("click", closeUser);
   $("key-form").addEventListener("submit", createKey);
   $("rotate").addEventListener("click", rotate);
+  $("usage-form").addEventListener("submit", (ev) => { ev.preventDefault(); loadUsage(); });
+  $("usage-group").addEventListener("change", loadUsage);
   $("audit-filters").addEventListener("submit", applyFilters);
   $("f-clear").addEventListener("click", () => {
     $("audit-filters").reset();
@@ -927,3 +1162,4 @@ function wire() {
 
 wire();
 resume();
+showSsoButton();

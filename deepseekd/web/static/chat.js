@@ -278,10 +278,30 @@ async function onLogin(ev) {
   }
 }
 
+/** The "Sign in with ..." button, when the server has single sign-on. */
+async function showSsoButton() {
+  try {
+    const resp = await fetch("/auth/oidc", { credentials: "same-origin" });
+    if (!resp.ok) return;
+    const sso = await resp.json();
+    if (!sso.enabled) return;
+    $("sso-login").textContent = sso.label;
+    $("sso-block").hidden = false;
+  } catch {
+    /* no button: the password form still works */
+  }
+}
+
 async function onLogout() {
   abortGeneration();
   try {
-    await api("POST", "/auth/logout", {}, { allow401: true });
+    const resp = await api("POST", "/auth/logout", {}, { allow401: true });
+    const data = resp.ok ? await resp.json() : {};
+    if (data.end_session_url) {
+      // Signed in with the identity provider: sign out there too.
+      window.location.assign(data.end_session_url);
+      return;
+    }
   } catch {
     /* logged out locally anyway */
   }
@@ -1078,6 +1098,7 @@ function init() {
   $("change-password").addEventListener("click", () => showPasswordForm(false));
   $("login-form").addEventListener("submit", onLogin);
   $("logout").addEventListener("click", onLogout);
+  showSsoButton();
   $("new-chat").addEventListener("click", () => {
     if (state.busy) abortGeneration();
     resetChat();

@@ -1,0 +1,237 @@
+"""Single sign-on with the site's OpenID provider: the browser leaves for the provider and
+comes back with a code, which becomes a session here.
+
+A sign-in is pending from ``start`` to ``finish`` (at most ``PENDING_TTL_S``), known by its
+``state`` and bound to the browser that started it by a cookie, so a callback link sent to
+someone else's browser does nothing. Admins need a second factor: the provider's (``amr`` /
+``acr``, ``auth.admin_mfa = "idp"``), or this daemon's TOTP code, asked for on the console
+with a one-time ticket (``TICKET_TTL_S``). Every refusal is audited with its class
+(``oidc.login`` denied: ``state_mismatch``, ``nonce_mismatch``, ``unknown_key`` ...), never a
+token or a code. The provider's ID token is kept in memory for the session's RP-initiated
+logout; after a restart, logout still ends the session here but signs out at the provider
+without the hint.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import NoReturn
+
+from deepseekd.config import AuthSettings
+from deepseekd.directory.ldap import DirectoryRefused, DirectoryUnavailable
+from deepseekd.directory.oidc import OidcClient, OidcUser, PendingLogin
+from deepseekd.domain.audit import Event
+from deepseekd.domain.errors import AuthFailed, Unavailable
+from deepseekd.domain.identity import Identity
+from deepseekd.security.apikeys import hash_api_key, new_session_token
+from deepseekd.services.audit import AuditLog
+from deepseekd.services.auth import AuthService
+from deepseekd.services.directory_login import External, local_name
+
+log = logging.getLogger("deepseekd.sso")
+
+PENDING_TTL_S = 600.0
+TICKET_TTL_S = 120.0
+MAX_PENDING = 10_000
+MAX_REMEMBERED = 10_000
+TARGETS = ("chat", "admin")
+
+EXPLAINED = {
+    "state_mismatch": "This sign-in was not started in this browser, or it was already used. "
+    "Start again from the sign-in page.",
+    "login_expired": "This sign-in took too long. Start again from the sign-in page.",
+    "provider_refused": "The identity provider did not sign you in.",
+    "code_refused": "The identity provider refused this sign-in (it may have been used "
+    "already). Start again from the sign-in page.",
+    "bad_username": "Your identity provider account has a user name this server cannot use. "
+    "Ask IT.",
+    "no_username": "The identity provider did not say who you are. Ask IT.",
+    "not_allowed": "Your account may not sign in here. Ask IT if you think it should.",
+    "no_totp": "Your admin account has no second factor here yet: another admin enrols one "
+    "(console: Users, Reset TOTP). Until then, use the chat page.",
+    "not_configured": "Single sign-on is not configured on this server.",
+}
+TOKEN_PROBLEM = (
+    "The identity provider's answer could not be verified, so you were not signed in. "
+    "Ask IT if this happens again."
+)
+
+
+class SsoRefused(AuthFailed):
+    """A provider sign-in refused; ``reason`` is its class, ``explanation`` the words for
+    the person in front of the browser."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, message=EXPLAINED.get(reason, TOKEN_PROBLEM))
+        self.explanation = EXPLAINED.get(reason, TOKEN_PROBLEM)
+
+
+@dataclass(frozen=True)
+class Pending:
+    login: PendingLogin
+    target: str
+    binding: str
+    """The hash of the browser cookie that started it."""
+
+
+@dataclass(frozen=True)
+class Signed:
+    """Where a finished sign-in leads: a session (``token``) or, for an admin who still
+    owes this daemon's code, a ``ticket`` to redeem with it."""
+
+    target: str
+    identity: Identity
+    token: str | None = None
+    ticket: str | None = None
+
+
+class SsoService:
+    def __init__(
+        self,
+        client: OidcClient | None,
+        auth: AuthService,
+        audit: AuditLog,
+        cfg: AuthSettings,
+        clock: Callable[[], float],
+    ) -> None:
+        self._client = client
+        self._auth = auth
+        self._audit = audit
+        self._cfg = cfg
+        self._now = clock
+        self._pending: collections.OrderedDict[str, Pending] = collections.OrderedDict()
+        self._tickets: dict[str, tuple[int, float, str]] = {}
+        self._id_tokens: collections.OrderedDict[str, str] = collections.OrderedDict()
+
+    @property
+    def enabled(self) -> bool:
+        return self._client is not None
+
+    @property
+    def label(self) -> str:
+        return self._cfg.oidc.button_label
+
+    def _oidc(self) -> OidcClient:
+        if self._client is None:
+            raise SsoRefused("not_configured")
+        return self._client
+
+    async def start(self, target: str) -> tuple[str, str]:
+        """(the provider's URL to send the browser to, the cookie binding it)."""
+        client = self._oidc()
+        try:
+            url, login = await client.begin()
+        except DirectoryUnavailable as exc:
+            raise self._down(exc) from None
+        binding = new_session_token()
+        self._forget_old()
+        self._pending[login.state] = Pending(
+            login, target if target in TARGETS else "chat", hash_api_key(binding)
+        )
+        while len(self._pending) > MAX_PENDING:
+            self._pending.popitem(last=False)
+        return url, binding
+
+    def _forget_old(self) -> None:
+        now = self._now()
+        for state in [k for k, p in self._pending.items() if now - p.login.created_at > 600]:
+            del self._pending[state]
+        for ticket in [k for k, t in self._tickets.items() if t[1] < now]:
+            del self._tickets[ticket]
+
+    def _down(self, exc: DirectoryUnavailable) -> Unavailable:
+        log.warning("identity provider unavailable", extra={"reason": exc.reason})
+        return Unavailable(
+            "identity_provider_unavailable: the identity provider cannot be reached or "
+            "answered wrongly; try again shortly (local accounts still sign in)",
+            code="identity_provider_unavailable",
+            retry_after=30,
+        )
+
+    async def finish(self, params: Mapping[str, str], binding: str | None, source: str) -> Signed:
+        """The provider's callback: a session, or an admin's ticket. Raises SsoRefused
+        (audited) or Unavailable."""
+        pending = self._pending.pop(params.get("state", ""), None)
+        if pending is None or binding is None or hash_api_key(binding) != pending.binding:
+            await self._refused("state_mismatch", source)
+        client = self._oidc()
+        try:
+            user = await client.finish(
+                pending.login, client.code_from_callback(pending.login, params)
+            )
+        except DirectoryUnavailable as exc:
+            await self._refused(exc.reason, source, down=exc)
+        except DirectoryRefused as exc:
+            await self._refused(exc.reason, source)
+        return await self._sign_in(client, user, pending.target, source)
+
+    async def _sign_in(
+        self, client: OidcClient, user: OidcUser, target: str, source: str
+    ) -> Signed:
+        name = local_name(user.username)
+        if name is None:
+            await self._refused("bad_username", source)
+        ext = External("oidc", name, f"{user.issuer}|{user.subject}", user.groups)
+        admin = "admin" if self._cfg.admin_mfa == "idp" else "totp"
+        kind = "web" if target == "chat" else admin
+        if target == "admin" and self._auth.directory.rights.role_for(ext.groups) == "auditor":
+            kind, target = "web", "auditor"  # the console's auditor view: a browser session
+        try:
+            token, who = await self._auth.provider_login(
+                ext, kind, source, mfa_proven=client.proves_mfa(user)
+            )
+        except AuthFailed as exc:
+            raise SsoRefused(
+                "not_allowed" if exc.reason != "no second factor enrolled" else "no_totp"
+            ) from None
+        if token is None:  # an admin who owes this daemon's TOTP code
+            ticket = new_session_token()
+            expires = self._now() + TICKET_TTL_S
+            self._tickets[hash_api_key(ticket)] = (who.user_id, expires, user.id_token)
+            return Signed(target, who, ticket=ticket)
+        self._remember(token, user.id_token)
+        return Signed(target, who, token=token)
+
+    async def redeem(self, ticket: object, code: object, source: str) -> tuple[str, Identity]:
+        """An admin's ticket and TOTP code: an admin session. Raises AuthFailed."""
+        self._forget_old()
+        held = self._tickets.get(hash_api_key(ticket)) if isinstance(ticket, str) else None
+        if held is None:
+            raise AuthFailed("unknown or expired sign-in ticket")
+        user_id, _, id_token = held
+        token, who = await self._auth.totp_login(user_id, code, source)
+        self._tickets.pop(hash_api_key(str(ticket)), None)  # once it opened a session
+        self._remember(token, id_token)
+        return token, who
+
+    def _remember(self, token: str, id_token: str) -> None:
+        self._id_tokens[hash_api_key(token)] = id_token
+        while len(self._id_tokens) > MAX_REMEMBERED:
+            self._id_tokens.popitem(last=False)
+
+    async def logout_url(self, token: str | None, back_to: str) -> str | None:
+        """The provider's end-session URL for a session opened through it (None for other
+        sessions, or a provider without one)."""
+        if self._client is None or token is None:
+            return None
+        id_token = self._id_tokens.pop(hash_api_key(token), None)
+        if id_token is None:
+            return None
+        try:
+            return await self._client.logout_url(id_token, back_to)
+        except DirectoryUnavailable:
+            return None
+
+    async def _refused(
+        self, reason: str, source: str, down: DirectoryUnavailable | None = None
+    ) -> NoReturn:
+        await self._audit.append(
+            Event(action="oidc.login", outcome="denied", detail=reason, client=source)
+        )
+        log.warning("single sign-on refused", extra={"reason": reason})
+        if down is not None:
+            raise self._down(down)
+        raise SsoRefused(reason)
