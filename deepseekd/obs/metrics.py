@@ -91,6 +91,15 @@ class Metrics:
             "deepseekd_auth_failures", "Refused credentials, logins and second factors.", registry=r
         )
         self.lockouts = Counter("deepseekd_lockouts", "Accounts locked after failures.", registry=r)
+        self.identity_source_errors = Counter(
+            "deepseekd_identity_source_errors",
+            "Sign-ins (and directory rechecks) that could not ask the directory or the OpenID "
+            "provider: down, TLS, timeout. source = ldap or oidc.",
+            ["source"],
+            registry=r,
+        )
+        for source in ("ldap", "oidc"):  # exported at 0 from the start, for rate() and alerts
+            self.identity_source_errors.labels(source)
         self.sign_ins_throttled = Counter(
             "deepseekd_sign_ins_throttled",
             "Sign-in attempts refused because their address made too many.",

@@ -88,6 +88,8 @@ class Services:
         auth = AuthService(db, settings.auth, clock, audit, accounts, settings.quota, directory)
         oidc = OidcClient(settings.auth.oidc, clock) if settings.auth.oidc.issuer else None
         sso = SsoService(oidc, auth, audit, settings.auth, clock)
+        directory.on_unavailable = metrics.identity_source_errors.labels("ldap").inc
+        sso.on_unavailable = metrics.identity_source_errors.labels("oidc").inc
         auth.on_lockout = metrics.lockouts.inc
         auth.throttle.on_refused = metrics.sign_ins_throttled.inc
         usage = QuotaService(db, settings.quota, clock)

@@ -249,6 +249,7 @@ class DirectorySignIn:
             try:
                 found = await self.ldap.lookup(name)
             except DirectoryUnavailable as exc:
+                self.on_unavailable()
                 log.warning("directory recheck stopped", extra={"error": str(exc)})
                 return gone
             who = from_ldap(found) if found is not None else None

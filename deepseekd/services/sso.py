@@ -105,6 +105,7 @@ class SsoService:
         self._pending: collections.OrderedDict[str, Pending] = collections.OrderedDict()
         self._tickets: dict[str, tuple[int, float, str]] = {}
         self._id_tokens: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self.on_unavailable: Callable[[], None] = lambda: None
 
     @property
     def enabled(self) -> bool:
@@ -143,6 +144,7 @@ class SsoService:
             del self._tickets[ticket]
 
     def _down(self, exc: DirectoryUnavailable) -> Unavailable:
+        self.on_unavailable()
         log.warning("identity provider unavailable", extra={"reason": exc.reason})
         return Unavailable(
             "identity_provider_unavailable: the identity provider cannot be reached or "

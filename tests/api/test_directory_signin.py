@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from deepseekd.http.state import ACCOUNTS, AUDIT, AUTH, SERVICES
+from deepseekd.http.state import ACCOUNTS, AUDIT, AUTH, METRICS, SERVICES
 from deepseekd.services.maintenance import Maintenance
 from tests.api.conftest import MODEL, Daemon, MakeDaemon
+from tests.api.test_governance import from_address, url
 from tests.support.slapd import GROUPS, PEOPLE, SERVICE_DN, SERVICE_PW, Slapd, start_slapd
 
 LEE_PW, KIM_PW, OPS_PW, VOSS_PW = "Lee-pass-2026", "Kim-pass-2026", "Ops-pass-2026", "Voss-2026"
@@ -193,6 +194,8 @@ async def test_directory_down_is_a_503_and_local_accounts_still_sign_in(
 ) -> None:
     local = await d.app[ACCOUNTS].create_user("breakglass", "user")
     assert local.password
+    assert (await web_login(d.client, "dr.lee", LEE_PW))[0] == 200  # an account to recheck
+    d.client.session.cookie_jar.clear()
     directory.stop()
     try:
         status, body = await web_login(d.client, "dr.lee", LEE_PW)
@@ -203,6 +206,11 @@ async def test_directory_down_is_a_503_and_local_accounts_still_sign_in(
         assert (status, body["user"]) == (200, "breakglass")
         # The recheck cannot tell: it changes nothing rather than disable everyone.
         assert await d.app[AUTH].directory.recheck() == 0
+        assert not (await user_row(d, "dr.lee")).disabled
+        # Counted for the IdentitySourceUnavailable alert: the sign-in and the recheck.
+        errors = d.app[METRICS].registry.get_sample_value(
+            "deepseekd_identity_source_errors_total", {"source": "ldap"})
+        assert errors == 2
     finally:
         directory.start()
     d.client.session.cookie_jar.clear()
@@ -254,3 +262,40 @@ async def test_models_reserved_to_a_group(make_daemon: MakeDaemon, directory: Sl
                 )["requests"]["used"] == 0
     finally:
         directory.delete(onc)
+
+
+async def test_an_erased_directory_user_is_not_brought_back_by_the_directory(
+    d: Daemon, directory: Slapd
+) -> None:
+    """Erasure (GDPR Art. 17) against the directory: the person is still in the directory,
+    but signing in neither re-enables the erased account nor creates a fresh one."""
+    assert (await web_login(d.client, "nurse.kim", KIM_PW))[0] == 200
+    d.client.session.cookie_jar.clear()
+    await d.app[SERVICES].erasure.erase("nurse.kim")
+    status, _ = await web_login(d.client, "nurse.kim", KIM_PW)
+    assert status == 401
+    assert await d.app[AUTH].directory.recheck() == 0
+    kim = [u for u in await d.app[ACCOUNTS].list_users() if u.name == "nurse.kim"]
+    assert len(kim) == 1 and kim[0].disabled
+    assert len(await events(d, "user.directory_create")) == 1
+
+
+async def test_a_strangers_wrong_passwords_do_not_lock_out_the_directory_admin(
+    make_daemon: MakeDaemon, directory: Slapd, tmp_path: Path
+) -> None:
+    """One feature against another: the lock counts per name *and* address."""
+    env = {"DEEPSEEKD_CONFIG": str(config(directory, tmp_path)),
+           "DEEPSEEKD_AUTH__LOCKOUT_THRESHOLD": "3"}
+    d = await make_daemon(env=env)
+    async with from_address(d, "127.0.0.2") as stranger:
+        for _ in range(5):
+            resp = await stranger.post(url(d, "/auth/login"),
+                                       json={"username": "admin.ops", "password": "guess"})
+            assert resp.status in (401, 429)
+        resp = await stranger.post(url(d, "/auth/login"),
+                                   json={"username": "admin.ops", "password": OPS_PW})
+        assert resp.status == 429  # locked from there, even with the right password
+    locks = await events(d, "account.lockout")
+    assert locks, "the stranger's address got locked"
+    status, body = await web_login(d.client, "admin.ops", OPS_PW)
+    assert (status, body.get("role")) == (200, "admin")

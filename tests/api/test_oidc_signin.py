@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from deepseekd.http.state import ACCOUNTS, AUDIT
+from deepseekd.http.state import ACCOUNTS, AUDIT, METRICS
 from deepseekd.security import totp
 from tests.api.conftest import Daemon, MakeDaemon
 from tests.api.helpers import secret_of
@@ -260,6 +260,8 @@ async def test_provider_down_is_a_clear_503(make_daemon: MakeDaemon, tmp_path: P
     d = await make_daemon(env=env)
     resp = await d.client.get("/auth/oidc/login", allow_redirects=False)
     assert resp.status == 503 and "cannot be reached" in await resp.text()
+    assert d.app[METRICS].registry.get_sample_value(
+        "deepseekd_identity_source_errors_total", {"source": "oidc"}) == 1
 
 
 async def test_a_provider_name_never_takes_over_another_account(d: Daemon,

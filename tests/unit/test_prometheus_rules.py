@@ -35,6 +35,7 @@ COUNTERS = {
     "deepseekd_reasoning_tokens_total",
     "deepseekd_auth_failures_total",
     "deepseekd_lockouts_total",
+    "deepseekd_identity_source_errors_total",
     "deepseekd_quota_rejections_total",
     "deepseekd_overload_rejections_total",
     "deepseekd_audit_write_failures_total",
