@@ -17,6 +17,7 @@ from deepseekd.http import sso
 from deepseekd.http.body import StrictBody, body_of, read_json, validate
 from deepseekd.http.errors import APIError, bad_request
 from deepseekd.http.middleware.auth import ADMIN_COOKIE
+from deepseekd.http.session_cookies import admin_session_answer
 from deepseekd.http.state import (
     ACCOUNTS,
     AUDIT,
@@ -89,14 +90,7 @@ async def login(request: web.Request) -> web.Response:
         code=body.totp,
         source=request.remote,
     )
-    idle = request.app[SETTINGS].auth.session_idle_minutes * 60
-    resp = web.json_response(
-        {"token": token, "user": who.name, "idle_timeout_s": idle, "csrf_token": csrf_token(token)}
-    )
-    resp.set_cookie(
-        ADMIN_COOKIE, token, httponly=True, samesite="Strict", path="/admin", secure=request.secure
-    )
-    return resp
+    return admin_session_answer(request, token, who)
 
 
 async def logout(request: web.Request) -> web.Response:

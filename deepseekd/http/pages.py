@@ -10,6 +10,7 @@ from pydantic import Field
 from deepseekd.http import sso
 from deepseekd.http.body import StrictBody, body_of
 from deepseekd.http.middleware.auth import WEB_COOKIE
+from deepseekd.http.session_cookies import set_web_cookie
 from deepseekd.http.state import AUTH, IDENTITY, QUOTA_STATE, SESSION_TOKEN, SETTINGS
 from deepseekd.security.apikeys import csrf_token
 
@@ -48,9 +49,7 @@ async def login(request: web.Request) -> web.Response:
             "password_change_required": who.password_change_required,
         }
     )
-    resp.set_cookie(
-        WEB_COOKIE, token, httponly=True, samesite="Strict", path="/", secure=request.secure
-    )
+    set_web_cookie(resp, token, request)
     return resp
 
 

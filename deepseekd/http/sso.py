@@ -12,9 +12,8 @@ from pydantic import Field
 from deepseekd.domain.errors import AuthFailed, Unavailable
 from deepseekd.http.body import StrictBody, body_of
 from deepseekd.http.errors import APIError
-from deepseekd.http.middleware.auth import ADMIN_COOKIE, WEB_COOKIE
+from deepseekd.http.session_cookies import admin_session_answer, set_admin_cookie, set_web_cookie
 from deepseekd.http.state import SETTINGS, SSO
-from deepseekd.security.apikeys import csrf_token
 
 BINDING_COOKIE = "deepseekd_sso"
 """Binds a pending sign-in to the browser that started it. SameSite=Lax: it must come back
@@ -73,24 +72,10 @@ async def callback(request: web.Request) -> web.Response:
         resp = web.HTTPFound(f"/admin#sso-ticket={signed.ticket}")
     elif signed.target == "admin":
         resp = web.HTTPFound("/admin")
-        resp.set_cookie(
-            ADMIN_COOKIE,
-            signed.token or "",
-            httponly=True,
-            samesite="Strict",
-            path="/admin",
-            secure=request.secure,
-        )
+        set_admin_cookie(resp, signed.token or "", request)
     else:  # a chat session; an auditor's opens the console's auditor view
         resp = web.HTTPFound("/admin" if signed.target == "auditor" else "/")
-        resp.set_cookie(
-            WEB_COOKIE,
-            signed.token or "",
-            httponly=True,
-            samesite="Strict",
-            path="/",
-            secure=request.secure,
-        )
+        set_web_cookie(resp, signed.token or "", request)
     resp.del_cookie(BINDING_COOKIE, path=CALLBACK_PATH)
     raise resp
 
@@ -104,14 +89,7 @@ async def ticket_login(request: web.Request) -> web.Response:
     """An admin back from the provider: the ticket plus this daemon's TOTP code."""
     body = body_of(request, TicketLogin)
     token, who = await request.app[SSO].redeem(body.ticket, body.totp, request.remote or "")
-    idle = request.app[SETTINGS].auth.session_idle_minutes * 60
-    resp = web.json_response(
-        {"token": token, "user": who.name, "idle_timeout_s": idle, "csrf_token": csrf_token(token)}
-    )
-    resp.set_cookie(
-        ADMIN_COOKIE, token, httponly=True, samesite="Strict", path="/admin", secure=request.secure
-    )
-    return resp
+    return admin_session_answer(request, token, who)
 
 
 async def end_session_url(request: web.Request, token: str | None) -> str | None:

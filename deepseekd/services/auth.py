@@ -13,17 +13,18 @@ Guessing is slowed twice, neither of which lets a stranger lock anybody else out
   do not exist are counted and locked exactly like those that do, so nothing is revealed.
 
 Password hashes (Argon2id) are checked outside any transaction, a few at a time in worker
-threads. Every sign-in, refused or not, is audited with its source address in the
-transaction that decides it.
+threads. The password of a directory account (and of a name with no account yet, when LDAP
+is configured) is the directory's (``directory_login``); a person the OpenID provider
+vouched for comes in through ``provider_login`` and, for an admin owing this daemon's TOTP
+code, ``totp_login`` (``sso``). Every sign-in, refused or not, is audited with its source
+address in the transaction that decides it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import datetime as dt
 import logging
-import time
 import zoneinfo
 from collections.abc import Callable
 from dataclasses import replace
@@ -31,7 +32,7 @@ from typing import Any
 
 from deepseekd.config import AuthSettings, QuotaSettings
 from deepseekd.domain.audit import Event
-from deepseekd.domain.errors import AuthFailed, Forbidden, Invalid, RateLimited
+from deepseekd.domain.errors import AuthFailed, Forbidden, Invalid
 from deepseekd.domain.identity import Identity
 from deepseekd.security import passwords, totp
 from deepseekd.security.apikeys import hash_api_key, new_session_token
@@ -39,6 +40,7 @@ from deepseekd.services.accounts import USER_NAME_RE, AccountService
 from deepseekd.services.audit import AuditLog
 from deepseekd.services.directory_login import DirectorySignIn, External
 from deepseekd.services.rights import GroupRights, split_groups
+from deepseekd.services.throttle import SourceThrottle
 from deepseekd.store import Tx
 from deepseekd.store import accounts as repo
 from deepseekd.store.db import Database
@@ -52,53 +54,6 @@ HASH_WORKERS = 2
 UNKNOWN_SOURCE = "unknown"
 PASSWORD, KEY = "password", "key"
 """The sign-in paths a lock applies to."""
-MAX_TRACKED_SOURCES = 100_000
-
-
-class SourceThrottle:
-    """Sign-in attempts per source address in the last minute, in memory (per daemon)."""
-
-    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self._limit = per_minute
-        self._now = clock
-        self._seen: dict[str, collections.deque[float]] = {}
-        self._warned: dict[str, float] = {}
-        self.on_refused: Callable[[], None] = lambda: None
-
-    def over(self, source: str) -> RateLimited | None:
-        """The refusal for ``source`` when it is over its attempts (nothing counted)."""
-        now = self._now()
-        seen = self._seen.get(source)
-        if seen is None:
-            return None
-        while seen and seen[0] <= now - 60:
-            seen.popleft()
-        if len(seen) < self._limit:
-            return None
-        wait = max(1, int(seen[0] + 60 - now) + 1)
-        self.on_refused()
-        if now - self._warned.get(source, float("-inf")) >= 60:  # one line a minute per address
-            self._warned[source] = now
-            log.warning(
-                "sign-in attempts throttled", extra={"source": source, "per_minute": self._limit}
-            )
-        return RateLimited(
-            f"too many sign-in attempts from this address; retry after {wait} s",
-            code="too_many_attempts",
-            retry_after=wait,
-        )
-
-    def check(self, source: str) -> None:
-        """Count one attempt from ``source``; RateLimited when it is one too many."""
-        refused = self.over(source)
-        if refused is not None:
-            raise refused
-        now = self._now()
-        self._seen.setdefault(source, collections.deque()).append(now)
-        if len(self._seen) > MAX_TRACKED_SOURCES:  # forget the quietest addresses
-            for quiet in [s for s, q in self._seen.items() if not q or q[-1] <= now - 60]:
-                del self._seen[quiet]
-                self._warned.pop(quiet, None)
 
 
 def _identity(
