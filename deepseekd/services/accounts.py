@@ -286,6 +286,13 @@ class AccountService:
                 )
             if user.erased_at is not None:
                 raise Conflict(f"name: user '{name}' was erased", field="name")
+            if user.source != "local":
+                raise Invalid(
+                    f"name: '{name}' signs in with the hospital directory ({user.source}); "
+                    "reset the password there",
+                    field="name",
+                    code="directory_account",
+                )
             user.password_hash, user.must_change_password = pw_hash, True
             ended = repo.end_sessions_of(s, user.id, self._now())
             repo.unlock(s, name)

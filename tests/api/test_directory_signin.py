@@ -226,6 +226,8 @@ async def test_a_local_accounts_name_never_signs_in_with_the_directory(d: Daemon
 
 async def test_directory_users_change_their_password_in_the_directory(d: Daemon) -> None:
     status, body = await web_login(d.client, "dr.lee", LEE_PW)
+    with pytest.raises(Exception, match="reset the password there"):
+        await d.app[ACCOUNTS].reset_password("dr.lee")  # an admin's reset: the same
     resp = await d.client.post("/auth/password",
                                json={"current_password": LEE_PW, "new_password": "x" * 16},
                                headers={"X-CSRF-Token": body["csrf_token"]})
