@@ -18,6 +18,7 @@ from deepseekd.domain.identity import Identity
 from deepseekd.security.keyring import Unreadable, open_sealed, seal
 from deepseekd.services.audit import AuditLog
 from deepseekd.services.keys import KeyService
+from deepseekd.services.rights import split_groups
 from deepseekd.services.turns import (
     AAD_VERSION,
     TurnMeta,
@@ -493,6 +494,11 @@ class HistoryService:
                 "erased_at": user.erased_at,
                 "daily_request_limit": user.daily_request_limit,
                 "daily_token_limit": user.daily_token_limit,
+                # Where the account comes from, as the directory named it, and its groups.
+                "source": user.source,
+                "external_id": user.external_id,
+                "groups": list(split_groups(user.groups)),
+                "directory_seen_at": user.directory_seen_at,
             },
             "api_keys": [
                 {

@@ -104,6 +104,10 @@ async def test_first_sign_in_creates_the_account_with_its_groups_rights(d: Daemo
     d.client.session.cookie_jar.clear()
     assert (await web_login(d.client, "dr.lee", LEE_PW))[0] == 200
     assert len(await events(d, "user.directory_create")) == 1
+    # What is held about her includes where the account comes from (GDPR Art. 15).
+    exported = (await (await d.client.get("/v1/me/export")).json())["user"]
+    assert (exported["source"], exported["groups"]) == ("ldap", ["clinicians", "radiology"])
+    assert exported["external_id"] == f"uid=dr.lee,{PEOPLE}"
     kim_status, kim = await web_login(d.client, "nurse.kim", KIM_PW)
     assert kim_status == 200 and kim["role"] == "user"
     assert (await (await d.client.get("/auth/session")).json())["quota"]["limit"] == 40

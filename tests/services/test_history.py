@@ -419,7 +419,9 @@ async def test_export_user(stack: Stack) -> None:
     text_ = json.dumps(data)
     assert "TANGERINE-WALRUS" in text_ and bobs not in text_
     assert set(data["user"]) == {"name", "role", "created_at", "disabled", "erased_at",
-                                 "daily_request_limit", "daily_token_limit"}
+                                 "daily_request_limit", "daily_token_limit", "source",
+                                 "external_id", "groups", "directory_seen_at"}
+    assert (data["user"]["source"], data["user"]["groups"]) == ("local", [])
     ev = (await stack.audit.query(action="user.export"))[0]
     assert ev["target"] == "user:alice"
     with pytest.raises(DomainError) as err:
