@@ -18,6 +18,7 @@ from deepseekd.security import passwords, totp
 from deepseekd.security.apikeys import KEY_PREFIX, generate_api_key, hash_api_key
 from deepseekd.security.keyring import SecretBox
 from deepseekd.services.audit import AuditLog
+from deepseekd.services.rights import GroupRights
 from deepseekd.store import Tx
 from deepseekd.store import accounts as repo
 from deepseekd.store.db import Database
@@ -68,6 +69,9 @@ class UserInfo:
     """Where the account comes from: 'local', 'ldap' or 'oidc'."""
     groups: tuple[str, ...] = ()
     """Its directory groups as of its last directory sign-in or recheck."""
+    group_daily_request_limit: int | None = None
+    """The largest daily request limit of its groups ([[auth.group]]), which applies while
+    ``daily_request_limit`` is null; null: the [quota] default."""
 
 
 @dataclass(frozen=True)
@@ -206,6 +210,7 @@ class AccountService:
         rows, locked = await self._db.read(
             "user.list", lambda s: (repo.users_with_key_counts(s), repo.locked_names(s, now))
         )
+        rights = GroupRights(self._auth.group)
         return [
             UserInfo(
                 u.name,
@@ -220,6 +225,7 @@ class AccountService:
                 bool(u.must_change_password),
                 u.source or "local",
                 group_names(u.groups),
+                rights.limits(group_names(u.groups), (None, None))[0],
             )
             for u, n in rows
         ]

@@ -97,6 +97,8 @@ async def test_first_sign_in_creates_the_account_with_its_groups_rights(d: Daemo
     assert session["quota"]["limit"] == 300
     usage = await (await d.client.get("/v1/me/usage")).json()
     assert usage["requests"]["limit"] == 300 and usage["tokens"]["limit"] is None
+    listed = await user_row(d, "dr.lee")
+    assert (listed.daily_request_limit, listed.group_daily_request_limit) == (None, 300)
     created = await events(d, "user.directory_create")
     assert len(created) == 1 and created[0]["target"] == "user:dr.lee"
     assert "groups=clinicians,radiology" in created[0]["detail"]

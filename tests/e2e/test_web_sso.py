@@ -54,6 +54,10 @@ button_label = "Sign in with Hospital ID"
 [[auth.group]]
 name = "it-admins"
 role = "admin"
+
+[[auth.group]]
+name = "clinicians"
+daily_requests = 40
 """)
         web = start_fake_web(folder, port, DEEPSEEKD_CONFIG=str(folder / "sso.toml"),
                              DEEPSEEKD_TEST_FAKE_TOKEN_DELAY="0.01")
@@ -147,6 +151,9 @@ def test_admin_signs_in_to_the_console_with_the_provider_and_a_totp_code(
     assert "admin.ops (administrator)" in (page.text_content("#whoami-text") or "")
     row = page.locator("#users-table tbody tr", has_text="admin.ops")
     assert "OIDC" in (row.text_content() or "") and "it-admins" in (row.text_content() or "")
+    # dr.lee signed in first (the test before): her limit is her group's, and says so.
+    lee = page.locator("#users-table tbody tr", has_text="dr.lee")
+    assert "40 (groups)" in (lee.text_content() or "")
     shot(page, "sso-admin-console")
     assert not console.page_errors() and not console.csp_violations(), console.messages
 

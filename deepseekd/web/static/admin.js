@@ -427,6 +427,12 @@ function stateCell(u) {
 }
 
 function fmtLimit(v) { return v === null || v === undefined ? "default" : String(v); }
+/** A user's daily limit as it applies: their own, else their directory groups', else the default. */
+function fmtUserLimit(u) {
+  if (u.daily_request_limit === null && u.group_daily_request_limit !== null
+      && u.group_daily_request_limit !== undefined) return `${u.group_daily_request_limit} (groups)`;
+  return fmtLimit(u.daily_request_limit);
+}
 
 const SOURCES = { local: "local", ldap: "LDAP", oidc: "OIDC" };
 
@@ -467,7 +473,7 @@ function renderUsers() {
       el("td", { text: u.role }),
       stateCell(u),
       el("td", { text: u.role === "admin" ? (u.totp_enrolled ? "yes" : "no") : (u.totp_enrolled ? "yes" : "—") }),
-      el("td", { className: "num", text: fmtLimit(u.daily_request_limit) }),
+      el("td", { className: "num", text: fmtUserLimit(u) }),
       el("td", { className: "num", text: String(u.active_keys ?? "") }),
       el("td", { className: "source", text: fmtSource(u.source) }),
       groupsCell(u.groups),
@@ -501,7 +507,7 @@ function closeUser() {
 function renderUserDetail(u, resetInputs = false) {
   $("user-detail-title").textContent = `User ${u.name}`;
   $("user-detail-summary").textContent =
-    `Role ${u.role}; ${userStates(u).join(", ")}; daily limit ${fmtLimit(u.daily_request_limit)}; ` +
+    `Role ${u.role}; ${userStates(u).join(", ")}; daily limit ${fmtUserLimit(u)}; ` +
     `${u.active_keys} active key(s).`;
   if (resetInputs) $("limit-input").value = u.daily_request_limit ?? "";
   const focused = document.activeElement;
