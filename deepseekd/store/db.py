@@ -416,15 +416,37 @@ def _check_known(cfg: AlembicConfig, conn: Connection) -> str | None:
     return current
 
 
+def _switch_to_wal(cur: Any, busy_timeout_ms: int) -> None:
+    """Put the file in WAL mode (it stays so), waiting out another process doing the same.
+
+    Two connections switching a fresh file at once both hold a shared lock and want an
+    exclusive one; SQLite answers one of them "database is locked" at once, without the
+    busy handler (it would deadlock). Two daemons, or `deepseekd migrate` beside a starting
+    daemon, on a new file hit that about one start in ten, so the switch is retried.
+    """
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    delay = 0.005
+    while True:
+        try:
+            if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
 def _make_sqlite_safe(sync_engine: Engine, busy_timeout_ms: int, cache_kib: int) -> None:
     @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event emit BEGIN itself (the driver's would be DEFERRED).
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
-        cur.execute("PRAGMA synchronous=FULL")  # an acknowledged commit survives power loss
         cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        _switch_to_wal(cur, busy_timeout_ms)  # readers never block the writer
+        cur.execute("PRAGMA synchronous=FULL")  # an acknowledged commit survives power loss
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
         # Deleted rows are overwritten with zeros, not left in free pages: an erased user's

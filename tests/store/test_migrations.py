@@ -246,6 +246,22 @@ async def test_sqlite_is_wal_synchronous_full_with_busy_timeout(tmp_path: Path) 
     plain.close()
 
 
+async def test_many_connections_switching_a_fresh_file_to_wal_at_once(tmp_path: Path) -> None:
+    """Switching a new file to WAL from two connections at once makes SQLite refuse one of them
+    without waiting (about one start in ten for two daemons on a new file); the daemon waits
+    its turn instead of failing to start."""
+
+    async def open_and_read(path: Path) -> str:
+        async with Database(f"sqlite+aiosqlite:///{path}") as db:
+            return str(await db.read("test", lambda s: s.connection().exec_driver_sql(
+                "PRAGMA journal_mode").scalar()))
+
+    for round_ in range(15):
+        path = tmp_path / f"fresh-{round_}.db"
+        modes = await asyncio.gather(*(open_and_read(path) for _ in range(4)))
+        assert modes == ["wal"] * 4
+
+
 async def test_sqlite_default_busy_timeout(tmp_path: Path) -> None:
     async with Database(f"sqlite+aiosqlite:///{tmp_path}/t.db") as db:
         assert await db.read("test", lambda s: s.connection().exec_driver_sql(
@@ -266,7 +282,9 @@ async def test_two_processes_migrating_at_once(db_url: str) -> None:
         for p in procs:
             assert p.stdout is not None
             line = await asyncio.wait_for(p.stdout.readline(), 60)
-            assert line.strip() == b"ready"
+            if line.strip() != b"ready":  # it died before the cue: say why
+                assert p.stderr is not None
+                pytest.fail((await p.stderr.read()).decode()[-2000:])
         for p in procs:  # the cue, as close together as it gets
             assert p.stdin is not None
             p.stdin.write(b"go\n")
