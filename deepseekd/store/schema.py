@@ -285,3 +285,44 @@ class LoraAdapter(Base):
     rank: Mapped[int] = mapped_column(Integer)
     loaded_at: Mapped[float] = mapped_column(Float)
     loaded_by: Mapped[str | None] = mapped_column(String(64))
+
+
+class BreakGlass(Base):
+    """An emergency access (break-glass): who took which elevated right, why, for how long,
+    and the auditor's review of it afterwards. Its start, each action under it and its end
+    are audit events too; this row is what the access checks and the review queue read."""
+
+    __tablename__ = "breakglass"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    """Who took it (None: the command line, named in ``actor``)."""
+    actor: Mapped[str] = mapped_column(String(64))
+    reason_code: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(512))
+    scope: Mapped[str] = mapped_column(String(16))
+    """read_history | lift_quota | admin"""
+    target: Mapped[str | None] = mapped_column(String(64))
+    """The user whose history or quota it is about (None for the admin scope)."""
+    started_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
+    ended_at: Mapped[float | None] = mapped_column(Float)
+    end_reason: Mapped[str | None] = mapped_column(String(16))
+    """stopped | expired"""
+    start_event: Mapped[int | None] = mapped_column(BigInteger)
+    """The audit event that recorded the start."""
+    reviewed_at: Mapped[float | None] = mapped_column(Float)
+    reviewed_by: Mapped[str | None] = mapped_column(String(64))
+    review_comment: Mapped[str | None] = mapped_column(String(2000))
+
+
+class ExportCursor(Base):
+    """How far an audit forwarder (a SIEM sink) has shipped the chain: the last event id the
+    sink acknowledged. A restart resumes after it; an outage leaves it where it was."""
+
+    __tablename__ = "export_cursors"
+
+    sink: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_id: Mapped[int] = mapped_column(BigInteger)
+    last_hash: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[float] = mapped_column(Float)

@@ -2,7 +2,12 @@
 // Strict CSP: no inline code; all server data enters the DOM through textContent /
 // createElement / attribute setters, never innerHTML.
 
-import { $, apiJson, fromUnix, onSessionEnded, setCsrfToken } from "./lib/api.js";
+import { $, apiJson, onSessionEnded, setCsrfToken } from "./lib/api.js";
+import {
+  confirmDialog, el, fmtBytes, sentence, setMsg, show, svgDataUrl, tabList, timeCell,
+} from "./ui.js";
+import * as auditor from "./auditor.js";
+import * as breakglass from "./breakglass.js";
 
 const state = {
   mode: null,          // "admin" | "auditor" | null
@@ -16,87 +21,7 @@ const state = {
   users: [],
   usageGen: 0,         // bumped by each usage load: an older answer arriving late is dropped
   ssoTicket: null,     // back from single sign-on: the ticket the TOTP code redeems
-  audit: { afterId: 0, history: [], next: null, filters: {} },
 };
-
-// ---------------------------------------------------------------- small DOM helpers
-
-function el(tag, props = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(props)) {
-    if (v === undefined || v === null) continue;
-    if (k === "text") node.textContent = String(v);
-    else if (k === "className") node.className = v;
-    else node.setAttribute(k, String(v));
-  }
-  for (const c of children) if (c !== null && c !== undefined) node.append(c);
-  return node;
-}
-
-function show(node, on = true) { node.hidden = !on; }
-
-function setMsg(node, text) {
-  node.textContent = text || "";
-  if (node.classList.contains("error")) node.hidden = !text;
-}
-
-/** "too many attempts; try again after 14:05 (UTC)" as a sentence. */
-function sentence(text) {
-  const s = String(text || "").trim();
-  if (!s) return s;
-  return s[0].toUpperCase() + s.slice(1) + (/[.!?)]$/.test(s) ? "" : ".");
-}
-
-function fmtTime(ts) {
-  if (ts === null || ts === undefined || ts === "") return { text: "—", iso: "" };
-  const d = fromUnix(ts);
-  if (!d) return { text: String(ts), iso: "" };
-  return { text: d.toLocaleString(), iso: d.toISOString() };
-}
-
-function timeCell(ts) {
-  const t = fmtTime(ts);
-  const td = el("td");
-  if (t.iso) td.append(el("time", { datetime: t.iso, title: t.iso, text: t.text }));
-  else td.textContent = t.text;
-  return td;
-}
-
-function fmtBytes(n) {
-  if (typeof n !== "number" || !Number.isFinite(n)) return "?";
-  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
-  let i = 0;
-  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
-  return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
-}
-
-function svgDataUrl(svg) {
-  // An SVG shown as an <img> renders only with the SVG namespace; inline-style SVG markup
-  // (segno's svg_inline) leaves it out, so add it when missing.
-  svg = String(svg).trim();
-  if (/^<svg\b/.test(svg) && !/^<svg\b[^>]*\sxmlns=/.test(svg)) {
-    svg = svg.replace(/^<svg\b/, '<svg xmlns="http://www.w3.org/2000/svg"');
-  }
-  const bytes = new TextEncoder().encode(svg);
-  let bin = "";
-  for (let i = 0; i < bytes.length; i += 0x8000) {
-    bin += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
-  }
-  return "data:image/svg+xml;base64," + btoa(bin);
-}
-
-function confirmDialog(title, text, okLabel = "Confirm") {
-  const dlg = $("confirm");
-  $("confirm-title").textContent = title;
-  $("confirm-text").textContent = text;
-  $("confirm-ok").textContent = okLabel;
-  dlg.returnValue = "";
-  return new Promise((resolve) => {
-    dlg.addEventListener("close", () => resolve(dlg.returnValue === "ok"), { once: true });
-    dlg.showModal();
-    $("confirm-cancel").focus();
-  });
-}
 
 // ---------------------------------------------------------------- views & session
 
@@ -109,7 +34,7 @@ function setView(view) {
 }
 
 function clearSensitive() {
-  for (const id of ["users-table", "keys-table", "audit-table", "usage-table", "usage-totals"]) {
+  for (const id of ["users-table", "keys-table", "usage-table", "usage-totals"]) {
     $(id).tBodies[0].replaceChildren();
   }
   $("settings-list").replaceChildren();
@@ -120,8 +45,8 @@ function clearSensitive() {
   setMsg($("usage-summary"), "");
   hideSecrets();
   show($("user-detail"), false);
-  setMsg($("verify-result"), "");
-  setMsg($("audit-page"), "");
+  auditor.clear();
+  breakglass.clear();
   setMsg($("rotate-result"), "");
   state.selectedUser = null;
   state.users = [];
@@ -175,8 +100,7 @@ function startSession(mode, info) {
     loadSettings();
   } else {
     setView("audit");
-    state.audit = { afterId: 0, history: [], next: null, filters: readFilters() };
-    loadAudit();
+    auditor.start();
   }
 }
 
@@ -326,34 +250,16 @@ async function logout(idle = false) {
 
 // ---------------------------------------------------------------- tabs
 
-const TABS = ["tab-users", "tab-engine", "tab-usage", "tab-keys", "tab-settings"];
+const TABS = ["tab-users", "tab-engine", "tab-usage", "tab-keys", "tab-breakglass", "tab-settings"];
+let selectTab = () => {};
 
-function selectTab(id, focus = true) {
-  for (const t of TABS) {
-    const tab = $(t);
-    const on = t === id;
-    tab.setAttribute("aria-selected", on ? "true" : "false");
-    tab.tabIndex = on ? 0 : -1;
-    show($(tab.getAttribute("aria-controls")), on);
-  }
-  if (focus) $(id).focus();
-  if (id === "tab-users" && state.mode === "admin") loadUsers();
-  if (id === "tab-engine" && state.mode === "admin") pollStatus();
-  if (id === "tab-usage" && state.mode === "admin") loadUsage();
-  if (id === "tab-settings" && state.mode === "admin") loadSettings();
-}
-
-function tabKeys(ev) {
-  const i = TABS.indexOf(ev.target.id);
-  if (i < 0) return;
-  let j = null;
-  if (ev.key === "ArrowRight" || ev.key === "ArrowDown") j = (i + 1) % TABS.length;
-  else if (ev.key === "ArrowLeft" || ev.key === "ArrowUp") j = (i - 1 + TABS.length) % TABS.length;
-  else if (ev.key === "Home") j = 0;
-  else if (ev.key === "End") j = TABS.length - 1;
-  if (j === null) return;
-  ev.preventDefault();
-  selectTab(TABS[j]);
+function onTab(id) {
+  if (state.mode !== "admin") return;
+  if (id === "tab-users") loadUsers();
+  if (id === "tab-engine") pollStatus();
+  if (id === "tab-usage") loadUsage();
+  if (id === "tab-breakglass") breakglass.load();
+  if (id === "tab-settings") loadSettings();
 }
 
 // ---------------------------------------------------------------- one-time secrets
@@ -1021,106 +927,6 @@ async function saveSetting(s, { input, btn, ok, err }) {
   }
 }
 
-// ---------------------------------------------------------------- auditor
-
-function toUnix(v) {
-  if (!v) return null;
-  const t = new Date(v).getTime();  // datetime-local values parse as local time
-  return Number.isNaN(t) ? null : Math.floor(t / 1000);
-}
-
-function readFilters() {
-  return {
-    since: toUnix($("f-since").value),
-    until: toUnix($("f-until").value),
-    actor: $("f-actor").value.trim(),
-    action: $("f-action").value.trim(),
-    limit: Number($("f-limit").value) || 50,
-  };
-}
-
-async function loadAudit() {
-  const a = state.audit;
-  const f = a.filters;
-  const q = new URLSearchParams();
-  if (f.since !== null) q.set("since", String(f.since));
-  if (f.until !== null) q.set("until", String(f.until));
-  if (f.actor) q.set("actor", f.actor);
-  if (f.action) q.set("action", f.action);
-  if (a.afterId) q.set("after_id", String(a.afterId));
-  q.set("limit", String(f.limit));
-  const err = $("audit-error");
-  const table = $("audit-table");
-  table.setAttribute("aria-busy", "true");
-  try {
-    const r = await apiJson("GET", `/audit/api/events?${q}`);
-    setMsg(err, "");
-    a.next = r.next_after_id ?? null;
-    renderAudit(r.events || []);
-    const page = a.history.length + 1;
-    $("audit-page").textContent = `Page ${page}: ${(r.events || []).length} event(s)` +
-      (a.next === null ? " (last page)." : ".");
-    $("audit-next").disabled = a.next === null;
-    $("audit-first").disabled = a.afterId === 0;
-  } catch (e) {
-    if (e.status !== 401) setMsg(err, e.message);
-  } finally {
-    table.setAttribute("aria-busy", "false");
-  }
-}
-
-function renderAudit(events) {
-  const tbody = $("audit-table").tBodies[0];
-  tbody.replaceChildren();
-  for (const ev of events) {
-    const tokens = ev.prompt_tokens === null && ev.completion_tokens === null ? ""
-      : `${ev.prompt_tokens ?? "–"} / ${ev.completion_tokens ?? "–"}`;
-    tbody.append(el("tr", { "data-id": ev.id, "data-action": ev.action },
-      el("td", { className: "num", text: String(ev.id) }),
-      timeCell(ev.at),
-      el("td", { text: ev.actor ?? "" }),
-      el("td", { text: ev.role ?? "" }),
-      el("td", {}, el("code", { text: ev.action ?? "" })),
-      el("td", { text: ev.target ?? "" }),
-      el("td", { className: ev.outcome && ev.outcome !== "ok" ? "bad" : "", text: ev.outcome ?? "" }),
-      el("td", {}, el("code", { className: "rid", text: ev.request_id ?? "" })),
-      el("td", { text: ev.model ?? "" }),
-      el("td", { className: "num", text: tokens })));
-  }
-  if (!events.length) tbody.append(el("tr", {}, el("td", { colspan: 10, text: "No events match." })));
-}
-
-function applyFilters(ev) {
-  ev.preventDefault();
-  const f = readFilters();
-  if (f.since !== null && f.until !== null && f.since > f.until) {
-    setMsg($("audit-error"), "'Since' is after 'Until'.");
-    return;
-  }
-  state.audit = { afterId: 0, history: [], next: null, filters: f };
-  loadAudit();
-}
-
-async function verifyChain() {
-  const out = $("verify-result");
-  out.className = "";
-  out.textContent = "Verifying…";
-  try {
-    const r = await apiJson("GET", "/audit/api/verify");
-    if (r.ok) {
-      out.className = "ok";
-      out.textContent = `Chain OK: ${r.events} event(s) verified; head #${r.head_id ?? "—"}` +
-        (r.head_hash ? ` (${String(r.head_hash).slice(0, 16)}…)` : "") + ".";
-      if (r.head_hash) out.title = r.head_hash;
-    } else {
-      out.className = "error";
-      out.textContent = `Chain BROKEN at event #${r.first_bad_id ?? "?"}: ${r.reason || "unknown reason"}.`;
-    }
-  } catch (e) {
-    if (e.status !== 401) { out.className = "error"; out.textContent = e.message; }
-  }
-}
-
 // ---------------------------------------------------------------- wiring
 
 function wire() {
@@ -1128,8 +934,8 @@ function wire() {
   $("login-form").addEventListener("submit", login);
   $("sso-totp-form").addEventListener("submit", ssoTotp);
   $("logout").addEventListener("click", () => logout(false));
-  $("tabs").addEventListener("keydown", tabKeys);
-  for (const t of TABS) $(t).addEventListener("click", () => selectTab(t));
+  selectTab = tabList("tabs", TABS, onTab);
+  breakglass.wire();
   $("secrets-dismiss").addEventListener("click", hideSecrets);
   $("create-form").addEventListener("submit", createUser);
   $("limit-form").addEventListener("submit", setLimit);
@@ -1144,25 +950,7 @@ function wire() {
   $("rotate").addEventListener("click", rotate);
   $("usage-form").addEventListener("submit", (ev) => { ev.preventDefault(); loadUsage(); });
   $("usage-group").addEventListener("change", loadUsage);
-  $("audit-filters").addEventListener("submit", applyFilters);
-  $("f-clear").addEventListener("click", () => {
-    $("audit-filters").reset();
-    state.audit = { afterId: 0, history: [], next: null, filters: readFilters() };
-    loadAudit();
-  });
-  $("audit-next").addEventListener("click", () => {
-    const a = state.audit;
-    if (a.next === null) return;
-    a.history.push(a.afterId);
-    a.afterId = a.next;
-    loadAudit();
-  });
-  $("audit-first").addEventListener("click", () => {
-    state.audit.afterId = 0;
-    state.audit.history = [];
-    loadAudit();
-  });
-  $("verify").addEventListener("click", verifyChain);
+  auditor.wire();
   document.addEventListener("visibilitychange", () => { if (!document.hidden) pollStatus(); });
 }
 
