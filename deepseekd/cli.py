@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import faulthandler
+import getpass
 import json
 import os
 import sys
@@ -180,6 +182,43 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_breakglass_start(args: argparse.Namespace) -> int:
+    totp = args.totp or getpass.getpass(f"authenticator code of {args.name}: ")
+    started = _with_services(
+        args,
+        lambda svc: svc.breakglass.start_as(
+            args.name,
+            scope=args.scope,
+            target=args.target,
+            reason_code=args.reason_code,
+            reason=args.reason,
+            minutes=args.minutes,
+            totp=totp,
+        ),
+    )
+    print(json.dumps(started))
+    return 0
+
+
+def cmd_breakglass_stop(args: argparse.Namespace) -> int:
+    print(json.dumps(_with_services(args, lambda svc: svc.breakglass.stop(None, args.id))))
+    return 0
+
+
+def cmd_breakglass_list(args: argparse.Namespace) -> int:
+    rows = _with_services(
+        args, lambda svc: svc.breakglass.review_queue(unreviewed_only=not args.all)
+    )
+    print(json.dumps(rows, indent=2))
+    return 0
+
+
+def cmd_breakglass_review(args: argparse.Namespace) -> int:
+    done = _with_services(args, lambda svc: svc.breakglass.review(None, args.id, args.comment))
+    print(json.dumps(done))
+    return 0
+
+
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
     retired, current = _with_services(args, lambda svc: svc.keys.rotate(None))
     print(json.dumps({"retired": retired, "current": current}))
@@ -195,6 +234,45 @@ def _anchor(value: str) -> tuple[int, str]:
     return int(seq), digest.lower()
 
 
+EXPORT_FORMATS = ("jsonl", "csv", "fhir", "fhir-r5")
+"""``audit export --format`` (services/audit_export.py FORMATS; a test keeps them equal)."""
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    from deepseekd.services.audit_export import AuditExport, Export, Filters, parse_time
+
+    filters = Filters(
+        since=None if args.start is None else parse_time(args.start, field="--from"),
+        until=None if args.end is None else parse_time(args.end, field="--to", end=True),
+        actor=args.actor,
+        action=args.action,
+        outcome=args.outcome,
+    )
+    filters.check()
+    out = Path(args.output) if args.output else None
+    if out is not None and not out.parent.is_dir():
+        raise CliError(f"--output: no directory {out.parent}")
+
+    async def run(svc: Services) -> Export:
+        job = await AuditExport(svc.audit, svc.clock).start(args.format, filters, None)
+        try:
+            fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600) if out else None
+        except OSError as exc:
+            raise CliError(f"--output: cannot write {out}: {exc.strerror}") from None
+        with contextlib.ExitStack() as files:
+            f = sys.stdout
+            if fd is not None:
+                f = files.enter_context(open(fd, "w", encoding="utf-8", newline=""))
+            async for chunk in job.chunks():
+                f.write(chunk)
+        return job
+
+    job = _with_services(args, run)
+    if out is not None:
+        _say(f"{job.count} audit events written to {out} ({args.format})")
+    return 0
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     result = _with_services(args, lambda svc: svc.audit.verify(expect=args.expect_head))
     print(json.dumps(result.as_json()))
@@ -204,6 +282,28 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    return 0
+
+
+def cmd_report_access(args: argparse.Namespace) -> int:
+    out = Path(args.output) if args.output else None
+    if out is not None and not out.parent.is_dir():
+        raise CliError(f"--output: no directory {out.parent}")
+    report = _with_services(
+        args,
+        lambda svc: svc.access_review.report(
+            args.first, args.last, args.dormant_days, by=None, fmt=args.format
+        ),
+    )
+    text = report.as_csv() if args.format == "csv" else json.dumps(report.as_json(), indent=2)
+    if out is None:
+        sys.stdout.write(text if args.format == "csv" else text + "\n")
+        return 0
+    try:
+        out.write_text(text, encoding="utf-8", newline="")
+    except OSError as exc:
+        raise CliError(f"--output: cannot write {out}: {exc.strerror}") from None
+    _say(f"access review {report.first} to {report.last} written to {out}")
     return 0
 
 
@@ -430,6 +530,34 @@ def _key_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     )
 
 
+def _audit_export_command(audit: Any, common: argparse.ArgumentParser) -> None:
+    _command(
+        audit,
+        common,
+        "export",
+        cmd_audit_export,
+        "the audit log as JSON lines, CSV or a FHIR Bundle of AuditEvents (audited)",
+        arg(
+            "--from",
+            dest="start",
+            metavar="WHEN",
+            help="first day (YYYY-MM-DD, UTC) or ISO 8601 date-time (default: the first event)",
+        ),
+        arg(
+            "--to",
+            dest="end",
+            metavar="WHEN",
+            help="last day, taken in whole (YYYY-MM-DD, UTC), or the ISO 8601 date-time the "
+            "export stops before (default: now)",
+        ),
+        arg("--format", choices=EXPORT_FORMATS, default="jsonl", help="default: jsonl"),
+        arg("--actor", help="only events by this user name"),
+        arg("--action", help="only events with this action, e.g. breakglass.start"),
+        arg("--outcome", help="only events with this outcome: ok, denied, error, ..."),
+        arg("--output", metavar="FILE", help="write to FILE (mode 0600), not to stdout"),
+    )
+
+
 def _store_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     keys = _group(sub, common, "keys", "master key rotation")
     _command(
@@ -440,6 +568,7 @@ def _store_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "new master key version; re-wraps every data key; no downtime",
     )
     audit = _group(sub, common, "audit", "the audit log")
+    _audit_export_command(audit, common)
     _command(
         audit,
         common,
@@ -508,6 +637,64 @@ def _bench_command(sub: Any) -> None:
     )
 
 
+def _breakglass_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    bg = _group(sub, common, "breakglass", "emergency access (when the network is down)")
+    _command(
+        bg,
+        common,
+        "start",
+        cmd_breakglass_start,
+        "take emergency access as NAME (listed in [breakglass] allowed), with their code",
+        NAME,
+        arg("--scope", required=True, choices=["read_history", "lift_quota", "admin"]),
+        arg("--target", help="the user whose history or quota (read_history, lift_quota)"),
+        arg("--reason-code", required=True, choices=["treatment", "recovery", "legal", "other"]),
+        arg("--reason", required=True, help="why, in words"),
+        arg("--minutes", type=int, help="how long (default [breakglass] default_minutes)"),
+        arg("--totp", help="NAME's authenticator code (asked for when left out)"),
+    )
+    _command(bg, common, "stop", cmd_breakglass_stop, "end one now", arg("id", type=int))
+    _command(
+        bg,
+        common,
+        "list",
+        cmd_breakglass_list,
+        "unreviewed ones (oldest first) with their audit events",
+        arg("--all", action="store_true", help="reviewed ones too, newest first"),
+    )
+    _command(
+        bg,
+        common,
+        "review",
+        cmd_breakglass_review,
+        "mark an ended one reviewed",
+        arg("id", type=int),
+        arg("--comment", required=True, help="what the review found"),
+    )
+
+
+def _report_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    report = _group(sub, common, "report", "reports for auditors")
+    _command(
+        report,
+        common,
+        "access",
+        cmd_report_access,
+        "access review of a period: who accessed whose data, sign-ins, dormant accounts, "
+        "admins without a recent second factor (audited)",
+        arg("--from", dest="first", metavar="YYYY-MM-DD", help="first day (default: to - 29)"),
+        arg("--to", dest="last", metavar="YYYY-MM-DD", help="last day (default: today)"),
+        arg("--format", choices=["json", "csv"], default="json", help="default json"),
+        arg(
+            "--dormant-days",
+            type=int,
+            metavar="N",
+            help="days without a sign-in that make an account dormant (default [audit])",
+        ),
+        arg("--output", metavar="FILE", help="write the report here instead of to stdout"),
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -540,6 +727,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _user_commands(sub, common)
     _store_commands(sub, common)
+    _report_commands(sub, common)
+    _breakglass_commands(sub, common)
     _bench_command(sub)
     return p
 

@@ -509,6 +509,48 @@ class AuditSettings:
         min=10,
         max=86400,
     )
+    dormant_days: int = _f(
+        90,
+        "Access review: an enabled account without a successful sign-in for this many days "
+        "is dormant.",
+        min=1,
+        max=3650,
+    )
+    admin_totp_days: int = _f(
+        30,
+        "Access review: an enabled admin without a successful second factor for this many "
+        "days is listed.",
+        min=1,
+        max=3650,
+    )
+
+
+@dataclass(frozen=True)
+class BreakGlassSettings:
+    allowed: tuple[str, ...] = _f(
+        (),
+        "Who may start a break-glass (emergency access): user names, or 'group:NAME' for a "
+        "directory group. Empty: nobody. Each needs an enrolled authenticator (TOTP).",
+    )
+    default_minutes: int = _f(60, "How long a break-glass lasts unless asked for less.", min=1)
+    max_minutes: int = _f(240, "The longest break-glass one may ask for.", min=1, max=1440)
+    review_hours: int = _f(
+        24,
+        "An ended break-glass not reviewed by an auditor within this many hours raises "
+        "the BreakGlassUnreviewed alert.",
+        min=1,
+        max=8760,
+    )
+    notify_url: str = _f(
+        "",
+        "A webhook (https://...) told of every start and end, as JSON; empty = none.",
+    )
+    notify_ca_file: str = _f("", "CA bundle that signs the webhook's certificate; empty = system.")
+    notify_syslog: str = _f(
+        "",
+        "Also told by syslog (priority alert): 'udp://HOST:PORT' or 'unix:///dev/log'; "
+        "empty = none.",
+    )
 
 
 @dataclass(frozen=True)
@@ -520,6 +562,44 @@ class ObsSettings:
     )
     log_level: str = _f(
         "INFO", "Log level of the daemon's JSON log.", choices=("DEBUG", "INFO", "WARNING", "ERROR")
+    )
+
+
+@dataclass(frozen=True)
+class SiemSettings:
+    syslog_url: str = _f(
+        "",
+        "Forward every audit event by syslog (RFC 5424): 'tls://HOST:PORT', 'tcp://HOST:PORT', "
+        "'udp://HOST:PORT' or 'unix:///dev/log'; empty = no syslog sink.",
+    )
+    jsonl_path: str = _f(
+        "", "Append every audit event as a JSON line to this file (fsynced); empty = none."
+    )
+    http_url: str = _f(
+        "",
+        "POST every audit event, in batches of JSON lines, to this https:// URL (http:// only "
+        "to this host); empty = none.",
+    )
+    ca_file: str = _f(
+        "", "PEM CA bundle that signs the syslog (tls://) and HTTPS receivers; empty = system's."
+    )
+    cert_file: str = _f(
+        "", "PEM client certificate presented to the tls:// and https:// receivers (mTLS)."
+    )
+    key_file: str = _f("", "PEM private key of cert_file.")
+    batch: int = _f(
+        500, "Events sent per batch (one syslog connection, one POST).", min=1, max=10000
+    )
+    app_name: str = _f("deepseekd", "Syslog APP-NAME (1-48 printable ASCII characters).")
+    facility: int = _f(13, "Syslog facility (13 = log audit, 10 = authpriv).", min=0, max=23)
+    poll_interval_s: float = _f(
+        1.0, "How often the forwarder looks for new audit events.", min=0.05, max=60
+    )
+    retry_max_s: float = _f(
+        60.0, "Longest wait between retries while a receiver is down.", min=0.1, max=3600
+    )
+    timeout_s: float = _f(
+        10.0, "Connect, send and acknowledge timeout of one batch.", min=0.5, max=600
     )
 
 
@@ -539,6 +619,8 @@ class Settings:
     audit: AuditSettings = field(default_factory=AuditSettings)
     obs: ObsSettings = field(default_factory=ObsSettings)
     lora: LoraSettings = field(default_factory=LoraSettings)
+    breakglass: BreakGlassSettings = field(default_factory=BreakGlassSettings)
+    siem: SiemSettings = field(default_factory=SiemSettings)
     explicit: tuple[str, ...] = field(
         default=(), compare=False, repr=False, metadata={"internal": True}
     )
@@ -821,6 +903,62 @@ def _check_directory(auth: AuthSettings) -> None:
         seen.add(group.name.lower())
 
 
+def _check_breakglass(bg: BreakGlassSettings) -> None:
+    if bg.default_minutes > bg.max_minutes:
+        raise ConfigError(
+            f"breakglass.default_minutes: at most breakglass.max_minutes ({bg.max_minutes}), "
+            f"got {bg.default_minutes}"
+        )
+    if bg.notify_url and not re.fullmatch(r"https?://\S+", bg.notify_url):
+        raise ConfigError(f"breakglass.notify_url: expected https://..., got {bg.notify_url!r}")
+    if bg.notify_syslog and not re.fullmatch(r"(udp://[^\s:/]+:\d+|unix:///\S+)", bg.notify_syslog):
+        raise ConfigError(
+            "breakglass.notify_syslog: expected udp://HOST:PORT or unix:///PATH, "
+            f"got {bg.notify_syslog!r}"
+        )
+    for who in bg.allowed:
+        if not who.strip() or who.strip() == "group:":
+            raise ConfigError("breakglass.allowed: an entry is empty")
+
+
+SYSLOG_URL = re.compile(
+    r"(?P<scheme>tls|tcp|udp)://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})"
+    r"|unix://(?P<path>/\S+)"
+)
+LOCAL_HTTP_URL = re.compile(r"http://(127\.0\.0\.1|localhost|\[::1\])(:\d{1,5})?(/\S*)?")
+
+
+def _check_siem(siem: SiemSettings) -> None:
+    """The SIEM sinks' addresses and files: refused at start, naming the setting."""
+    m = SYSLOG_URL.fullmatch(siem.syslog_url)
+    if siem.syslog_url and (m is None or (m["port"] and not 0 < int(m["port"]) < 65536)):
+        raise ConfigError(
+            "siem.syslog_url: expected 'tls://HOST:PORT', 'tcp://HOST:PORT', 'udp://HOST:PORT' "
+            f"or 'unix:///PATH', got {siem.syslog_url!r}"
+        )
+    url = siem.http_url
+    if url and not (re.fullmatch(r"https://[^\s/]+(/\S*)?", url) or LOCAL_HTTP_URL.fullmatch(url)):
+        raise ConfigError(
+            "siem.http_url: expected https://HOST[:PORT]/PATH (plain http:// only to "
+            f"127.0.0.1, localhost or [::1]), got {url!r}"
+        )
+    if siem.jsonl_path and not Path(siem.jsonl_path).parent.is_dir():
+        raise ConfigError(f"siem.jsonl_path: no such directory: {Path(siem.jsonl_path).parent}")
+    if siem.cert_file and not siem.key_file:
+        raise ConfigError("siem.key_file: required when siem.cert_file is set")
+    if siem.key_file and not siem.cert_file:
+        raise ConfigError("siem.cert_file: required when siem.key_file is set")
+    for name in ("ca_file", "cert_file", "key_file"):
+        path = getattr(siem, name)
+        if path and not Path(path).is_file():
+            raise ConfigError(f"siem.{name}: no such file: {path}")
+    if not re.fullmatch(r"[!-~]{1,48}", siem.app_name):
+        raise ConfigError(
+            "siem.app_name: expected 1-48 printable ASCII characters without spaces, "
+            f"got {siem.app_name!r}"
+        )
+
+
 def _check_cross_field(settings: Settings) -> None:
     """Checks one field's type cannot express."""
     try:
@@ -863,6 +1001,8 @@ def _check_cross_field(settings: Settings) -> None:
             f"'hermes', got {tool_parser!r}"
         )
     _check_directory(settings.auth)
+    _check_breakglass(settings.breakglass)
+    _check_siem(settings.siem)
     e = settings.engine
     if e.structured_outputs_compact and e.structured_outputs_backend == "auto":
         raise ConfigError(
@@ -960,6 +1100,7 @@ __all__ = [
     "ReasoningSettings",
     "ServerSettings",
     "Settings",
+    "SiemSettings",
     "StoreSettings",
     "TlsSettings",
     "WarmupSettings",

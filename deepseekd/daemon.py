@@ -34,6 +34,7 @@ from deepseekd.services import doctor
 from deepseekd.services.container import Services
 from deepseekd.services.lifecycle import Lifecycle, Phase
 from deepseekd.services.maintenance import TICK_S, Maintenance, log_anchor
+from deepseekd.services.siem import SiemForwarder
 
 log = logging.getLogger("deepseekd")
 
@@ -133,6 +134,7 @@ def build_app(
     anything starts), database (migrated, key checked), maintenance, then the engine."""
     metrics = Metrics()
     svc = Services.build(settings, model_name=model_name, clock=clock, metrics=metrics)
+    siem = SiemForwarder.from_settings(settings.siem, svc.db, svc.audit, metrics, clock)
     tracing = Tracing(settings.obs.otlp_endpoint)
     app = create_app(
         svc, notifier=Notifier.from_env(), tracing=tracing, model_sha256=model_sha256 or ""
@@ -142,6 +144,8 @@ def build_app(
     app.on_cleanup.append(lambda _app: asyncio.to_thread(tracing.shutdown))
     app.cleanup_ctx.append(_database_ctx)
     app.cleanup_ctx.append(_maintenance_ctx)
+    if siem is not None:  # after the database: the boot events are its first to send
+        app.cleanup_ctx.append(lambda _app: _siem_ctx(siem))
     app.cleanup_ctx.append(lambda app: _engine_ctx(app, factory))
     return app
 
@@ -206,6 +210,16 @@ async def _maintenance_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await _cancelled(task)
+
+
+async def _siem_ctx(forwarder: SiemForwarder) -> AsyncIterator[None]:
+    """The audit forwarder (services/siem.py) for as long as the app runs."""
+    task = asyncio.create_task(forwarder.run(), name="siem-forwarder")
+    try:
+        yield
+    finally:
+        await _cancelled(task)
+        await forwarder.close()
 
 
 async def _cancelled(task: asyncio.Task[None]) -> None:

@@ -23,3 +23,5 @@ ADMIN = Access(frozenset({"admin"}), second_factor=True)
 METRICS = Access(frozenset({"admin", "auditor", "metrics"}))
 AUDITOR = Access(frozenset({"auditor"}))
 SIGNED_IN = Access(frozenset({"admin", "user", "auditor"}))
+BREAKGLASS = Access(frozenset({"admin", "user"}))
+"""Holders of a break-glass: each start proves a fresh second factor in its body instead."""

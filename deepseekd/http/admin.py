@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import asdict
+from typing import Any
 
 import segno
 from aiohttp import web
@@ -22,7 +23,7 @@ from deepseekd.http.state import (
     ACCOUNTS,
     AUDIT,
     AUTH,
-    HISTORY,
+    BREAKGLASS,
     IDENTITY,
     KEYS,
     LIFECYCLE,
@@ -226,7 +227,7 @@ async def erase_user(request: web.Request) -> web.Response:
 
 async def export_user(request: web.Request) -> web.Response:
     """GDPR Art. 15 on behalf of a data subject."""
-    data = await request.app[HISTORY].export_user(request.match_info["name"], by=request[IDENTITY])
+    data = await request.app[BREAKGLASS].export_user(request[IDENTITY], request.match_info["name"])
     return web.json_response(data)
 
 
@@ -247,6 +248,18 @@ def wants_csv(request: web.Request) -> bool:
     return fmt == "csv" or (not fmt and "text/csv" in request.headers.get("Accept", ""))
 
 
+def report_answer(report: Any, as_csv: bool) -> web.Response:
+    """A report (``as_json``, ``as_csv``, ``filename``) as JSON, or as a CSV download."""
+    if not as_csv:
+        return web.json_response(report.as_json())
+    return web.Response(
+        text=report.as_csv(),
+        content_type="text/csv",
+        charset="utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{report.filename}"'},
+    )
+
+
 async def usage_report(request: web.Request) -> web.Response:
     """Requests and tokens per directory group and day, as JSON or CSV.
 
@@ -260,14 +273,7 @@ async def usage_report(request: web.Request) -> web.Response:
     await request.app[AUDIT].append(
         Event.by(request[IDENTITY], "usage.report", extra={**extra, "csv": as_csv})
     )
-    if not as_csv:
-        return web.json_response(report.as_json())
-    return web.Response(
-        text=report.as_csv(),
-        content_type="text/csv",
-        charset="utf-8",
-        headers={"Content-Disposition": f'attachment; filename="{report.filename}"'},
-    )
+    return report_answer(report, as_csv)
 
 
 # -- the box -------------------------------------------------------------------------

@@ -92,6 +92,11 @@ SUCCESS: dict[str, dict[str, Any]] = {
         "application/json": {"schema": {"type": "object"}},
         "text/csv": {"schema": {"type": "string"}},
     },
+    "export": {
+        "application/x-ndjson": {"schema": {"type": "string"}},
+        "text/csv": {"schema": {"type": "string"}},
+        "application/fhir+json": {"schema": {"type": "object"}},
+    },
 }
 
 

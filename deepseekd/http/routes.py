@@ -16,15 +16,27 @@ from pydantic import BaseModel
 from deepseekd.http import (
     admin,
     audit,
+    breakglass,
     conversations,
     health,
     lora,
     metrics,
     openapi,
     pages,
+    review,
     sso,
 )
-from deepseekd.http.access import ADMIN, AUDITOR, CHAT, CHAT_READ, METRICS, OPEN, SIGNED_IN, Access
+from deepseekd.http.access import (
+    ADMIN,
+    AUDITOR,
+    BREAKGLASS,
+    CHAT,
+    CHAT_READ,
+    METRICS,
+    OPEN,
+    SIGNED_IN,
+    Access,
+)
 from deepseekd.http.body import read_json, validate
 from deepseekd.http.openai import handlers as openai
 from deepseekd.http.openai import responses
@@ -54,7 +66,8 @@ class Route:
     """No body at all reads as ``{}`` (then validated like any other)."""
     answers: str = "json"
     """What a success looks like: 'json', 'stream' (JSON or server-sent events), 'created'
-    (201 JSON), 'html', 'static', 'text' or 'report' (JSON, or CSV when asked for)."""
+    (201 JSON), 'html', 'static', 'text', 'report' (JSON, or CSV when asked for) or
+    'export' (a download: JSON lines, CSV or FHIR JSON)."""
     query: tuple[tuple[str, str, str], ...] = ()
     """Query parameters for the document: (name, JSON type, description)."""
     sign_in: bool = False
@@ -67,13 +80,26 @@ AUDIT_QUERY = (
     ("until", "number", "Events before this time (epoch seconds)."),
     ("actor", "string", "Only events by this user name."),
     ("action", "string", "Only events with this action, e.g. user.create."),
+    ("outcome", "string", "Only events with this outcome: ok, denied, error, stopped, locked."),
+    ("order", "string", "asc (default): the oldest first; desc: the newest first."),
     ("after_id", "integer", "Paging: events after this id (next_after_id of the last page)."),
+    ("before_id", "integer", "Paging newest first: events before this id (next_before_id)."),
     ("limit", "integer", "Events per page, 1 to 1000."),
+)
+AUDIT_EXPORT_QUERY = (
+    ("format", "string", "jsonl (default), csv, fhir (a FHIR R4 Bundle) or fhir-r5."),
+    *(q for q in AUDIT_QUERY if q[0] in ("since", "until", "actor", "action", "outcome")),
 )
 USAGE_QUERY = (
     ("from", "string", "First day, YYYY-MM-DD (default: 29 days before to)."),
     ("to", "string", "Last day, YYYY-MM-DD (default: today in the quota time zone)."),
     ("group", "string", "Only this group (case-insensitive); '(no group)' for users in none."),
+    ("format", "string", "json (default) or csv; Accept: text/csv also asks for CSV."),
+)
+ACCESS_REVIEW_QUERY = (
+    ("from", "string", "First day, YYYY-MM-DD (default: 29 days before to)."),
+    ("to", "string", "Last day, YYYY-MM-DD (default: today in the quota time zone)."),
+    ("dormant_days", "integer", "Days without a sign-in that make dormant, 1-3650."),
     ("format", "string", "json (default) or csv; Accept: text/csv also asks for CSV."),
 )
 CONVERSATIONS_QUERY = (
@@ -168,6 +194,22 @@ TABLE: tuple[Route, ...] = (
     # -- auditors and scrapers
     Route("GET", "/audit/api/events", audit.events, AUDITOR, query=AUDIT_QUERY),
     Route("GET", "/audit/api/verify", audit.verify, AUDITOR),
+    Route(
+        "GET",
+        "/audit/api/export",
+        audit.export,
+        AUDITOR,
+        answers="export",
+        query=AUDIT_EXPORT_QUERY,
+    ),
+    Route(
+        "GET",
+        "/audit/api/access-review",
+        review.access_review,
+        AUDITOR,
+        answers="report",
+        query=ACCESS_REVIEW_QUERY,
+    ),
     Route("GET", "/metrics", metrics.metrics, METRICS, answers="text"),
     # -- admins, with a second factor on every call
     Route("POST", "/admin/api/logout", admin.logout, ADMIN),
@@ -206,6 +248,38 @@ TABLE: tuple[Route, ...] = (
     Route("POST", "/admin/api/keys/rotate", admin.rotate_keys, ADMIN),
     Route(
         "GET", "/admin/api/usage", admin.usage_report, ADMIN, answers="report", query=USAGE_QUERY
+    ),
+    # -- break-glass: emergency access (its holder proves a fresh code on start)
+    Route("GET", "/admin/api/breakglass", breakglass.overview, BREAKGLASS),
+    Route(
+        "POST",
+        "/admin/api/breakglass",
+        breakglass.start,
+        BREAKGLASS,
+        body=breakglass.StartBody,
+        answers="created",
+    ),
+    Route("POST", "/admin/api/breakglass/{id}/stop", breakglass.stop, BREAKGLASS),
+    Route("GET", "/admin/api/breakglass/{id}/conversations", breakglass.conversations, BREAKGLASS),
+    Route(
+        "GET",
+        "/admin/api/breakglass/{id}/conversations/{conversation_id}",
+        breakglass.conversation,
+        BREAKGLASS,
+    ),
+    Route(
+        "GET",
+        "/audit/api/breakglass",
+        breakglass.reviews,
+        AUDITOR,
+        query=(("status", "string", "unreviewed (default, oldest first) or all."),),
+    ),
+    Route(
+        "POST",
+        "/audit/api/breakglass/{id}/review",
+        breakglass.review,
+        AUDITOR,
+        body=breakglass.ReviewBody,
     ),
     Route("GET", "/admin/api/lora", lora.list_adapters, ADMIN),
     Route(

@@ -13,6 +13,7 @@ from deepseekd.obs.tracing import Tracing
 from deepseekd.services.accounts import AccountService
 from deepseekd.services.audit import AuditLog
 from deepseekd.services.auth import AuthService
+from deepseekd.services.breakglass import BreakGlassService
 from deepseekd.services.chat import Caller, ChatService
 from deepseekd.services.container import Clock, Services
 from deepseekd.services.history import HistoryService
@@ -41,6 +42,7 @@ LORA = web.AppKey("lora", LoraService)
 RUNTIME = web.AppKey("runtime_settings", RuntimeSettings)
 CHAT = web.AppKey("chat", ChatService)
 SSO = web.AppKey("sso", SsoService)
+BREAKGLASS = web.AppKey("breakglass", BreakGlassService)
 METRICS = web.AppKey("metrics", Metrics)
 NOTIFIER = web.AppKey("notifier", Notifier)
 TRACING = web.AppKey("tracing", Tracing)
@@ -66,6 +68,7 @@ def set_services(app: web.Application, svc: Services) -> None:
     app[RUNTIME] = svc.runtime
     app[CHAT] = svc.chat
     app[SSO] = svc.sso
+    app[BREAKGLASS] = svc.breakglass
     app[METRICS] = svc.metrics
 
 

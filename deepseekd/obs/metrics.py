@@ -22,6 +22,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from deepseekd.obs.siem import SINKS as SIEM_SINKS
+
 log = logging.getLogger("deepseekd.metrics")
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -100,6 +102,24 @@ class Metrics:
         )
         for source in ("ldap", "oidc"):  # exported at 0 from the start, for rate() and alerts
             self.identity_source_errors.labels(source)
+        self.breakglass_active = Gauge(
+            "deepseekd_breakglass_active",
+            "Break-glass (emergency access) sessions active now.",
+            registry=r,
+        )
+        self.breakglass_unreviewed = Gauge(
+            "deepseekd_breakglass_unreviewed_overdue",
+            "Ended break-glass sessions no auditor reviewed within [breakglass] review_hours.",
+            registry=r,
+        )
+        self.notify_errors = Counter(
+            "deepseekd_notify_errors",
+            "Break-glass notices that could not be delivered. channel = webhook or syslog.",
+            ["channel"],
+            registry=r,
+        )
+        for channel in ("webhook", "syslog"):
+            self.notify_errors.labels(channel)
         self.sign_ins_throttled = Counter(
             "deepseekd_sign_ins_throttled",
             "Sign-in attempts refused because their address made too many.",
@@ -119,6 +139,30 @@ class Metrics:
             "Audit events that could not be written (the request failed closed).",
             registry=r,
         )
+        self.siem_lag = Gauge(
+            "deepseekd_siem_lag_events",
+            "Audit events not yet acknowledged by the SIEM sink (the chain's head id minus "
+            "the sink's cursor). sink = syslog, jsonl or http.",
+            ["sink"],
+            registry=r,
+        )
+        self.siem_sent = Counter(
+            "deepseekd_siem_sent",
+            "Audit events the SIEM sink acknowledged (a batch re-sent after a failure counts "
+            "again).",
+            ["sink"],
+            registry=r,
+        )
+        self.siem_errors = Counter(
+            "deepseekd_siem_errors",
+            "Batches the SIEM sink did not acknowledge (down, refused, TLS, timeout).",
+            ["sink"],
+            registry=r,
+        )
+        for sink in SIEM_SINKS:  # exported at 0 from the start, for rate() and alerts
+            self.siem_lag.labels(sink)
+            self.siem_sent.labels(sink)
+            self.siem_errors.labels(sink)
         self.db_transaction = Histogram(
             "deepseekd_db_transaction_seconds",
             "Database transactions by name, from the call to the commit (queueing included).",

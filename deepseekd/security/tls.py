@@ -71,6 +71,29 @@ def build_context(cfg: TlsSettings) -> LoadedContext:
     return LoadedContext(ctx, cert.not_valid_after_utc.timestamp(), signature)
 
 
+def client_context(
+    section: str, ca_file: str = "", cert_file: str = "", key_file: str = ""
+) -> ssl.SSLContext:
+    """A client context with the server's floor (TLS 1.2+, the same suites): the peer's
+    certificate and name checked against ``ca_file`` (empty: the system's CAs), and with
+    ``cert_file`` a client certificate to present (mTLS). Raises TlsError naming the setting
+    under ``section`` (``"siem"``)."""
+    try:
+        ctx = ssl.create_default_context(cafile=ca_file or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsError(f"{section}.ca_file: cannot load {ca_file}: {exc}") from None
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(TLS12_CIPHERS)
+    if cert_file:
+        try:
+            ctx.load_cert_chain(cert_file, key_file or None)
+        except (OSError, ssl.SSLError) as exc:
+            raise TlsError(
+                f"{section}.cert_file/key_file: cannot load {cert_file} with {key_file}: {exc}"
+            ) from None
+    return ctx
+
+
 class TlsReloader:
     """Holds the current context; ``poll()`` rebuilds it when a file changed."""
 

@@ -18,7 +18,7 @@ from deepseekd.security import passwords, totp
 from deepseekd.security.apikeys import KEY_PREFIX, generate_api_key, hash_api_key
 from deepseekd.security.keyring import SecretBox
 from deepseekd.services.audit import AuditLog
-from deepseekd.services.rights import GroupRights
+from deepseekd.services.rights import GroupRights, split_groups
 from deepseekd.store import Tx
 from deepseekd.store import accounts as repo
 from deepseekd.store.db import Database
@@ -147,6 +147,8 @@ class AccountService:
         self._now = clock
         self._audit = audit
         self._totp_box = totp_box
+        self.may_have_totp: Callable[[str, tuple[str, ...]], bool] = lambda _name, _groups: False
+        """Besides admins: who else enrols an authenticator (break-glass holders)."""
 
     def seal_totp(self, user_id: int, secret: str) -> str:
         """TOTP seeds are stored sealed with the service's TOTP key (bound to the user)."""
@@ -347,8 +349,14 @@ class AccountService:
 
         def reset(s: Tx) -> None:
             user = require_user(s, name)
-            if user.role != "admin":
-                raise Invalid("name: only admins have a second factor", field="name")
+            if user.role != "admin" and not self.may_have_totp(
+                user.name, split_groups(user.groups)
+            ):
+                raise Invalid(
+                    "name: only admins and those listed in [breakglass] allowed have a "
+                    "second factor",
+                    field="name",
+                )
             user.totp_secret = self.seal_totp(user.id, secret)
             user.totp_last_step = None
             self._audit.append_in(s, Event.by(by, "user.totp_reset", target=f"user:{name}"))

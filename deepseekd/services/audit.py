@@ -190,9 +190,14 @@ class AuditLog:
         until: float | None = None,
         actor: str | None = None,
         action: str | None = None,
+        outcome: str | None = None,
         after_id: int = 0,
+        before_id: int | None = None,
+        newest_first: bool = False,
         limit: int = 100,
     ) -> list[dict[str, Any]]:
+        """Events matching every filter given, ``limit`` at most: after ``after_id`` and
+        before ``before_id``, the oldest first (or the newest, with ``newest_first``)."""
         return await self._db.read(
             "audit.query",
             lambda s: repo.query(
@@ -201,7 +206,10 @@ class AuditLog:
                 until=until,
                 actor=actor,
                 action=action,
+                outcome=outcome,
                 after_id=after_id,
+                before_id=before_id,
+                newest_first=newest_first,
                 limit=limit,
             ),
         )

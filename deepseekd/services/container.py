@@ -13,16 +13,19 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from deepseekd.config import Settings
 from deepseekd.directory.ldap import LdapDirectory
 from deepseekd.directory.oidc import OidcClient
 from deepseekd.obs.metrics import Metrics
+from deepseekd.obs.notify import Notifier
 from deepseekd.security.keyring import Keyring, SecretBox
+from deepseekd.services.access_review import AccessReview
 from deepseekd.services.accounts import AccountService
 from deepseekd.services.audit import AuditLog
 from deepseekd.services.auth import AuthService
+from deepseekd.services.breakglass import BreakGlassService
 from deepseekd.services.chat import ChatService
 from deepseekd.services.directory_login import DirectorySignIn
 from deepseekd.services.erasure import ErasureService
@@ -58,6 +61,14 @@ class Services:
     chat: ChatService
     erasure: ErasureService
     sso: SsoService
+    breakglass: BreakGlassService
+    access_review: AccessReview = field(init=False)
+    """Reads only the audit log and the accounts: built from the others."""
+
+    def __post_init__(self) -> None:
+        self.access_review = AccessReview(
+            self.db, self.audit, self.settings.audit, self.settings.quota.timezone, self.clock
+        )
 
     @classmethod
     def build(
@@ -98,6 +109,9 @@ class Services:
         runtime = RuntimeSettings(settings, db, audit, usage, clock)
         chat = ChatService(settings, life, usage, history, audit, lora, metrics, clock, rights)
         erasure = ErasureService(settings, db, keys, audit, chat, clock)
+        breakglass = _breakglass(
+            settings, db, audit, (auth, accounts, chat), history, clock, metrics
+        )
         return cls(
             settings,
             clock,
@@ -115,6 +129,7 @@ class Services:
             chat,
             erasure,
             sso,
+            breakglass,
         )
 
     async def open(self, *, migrate: bool) -> tuple[str | None, str]:
@@ -131,6 +146,38 @@ class Services:
 
     async def close(self) -> None:
         await self.db.close()
+
+
+def _breakglass(
+    settings: Settings,
+    db: Database,
+    audit: AuditLog,
+    hooks: tuple[AuthService, AccountService, ChatService],
+    history: HistoryService,
+    clock: Clock,
+    metrics: Metrics,
+) -> BreakGlassService:
+    """The break-glass service, hooked into what it changes: the console's sign-in (admin
+    scope), who may enrol an authenticator, and the quota check (lift_quota)."""
+    auth, accounts, chat = hooks
+    bg = settings.breakglass
+    notifier = Notifier(
+        bg.notify_url,
+        bg.notify_ca_file,
+        bg.notify_syslog,
+        lambda channel: metrics.notify_errors.labels(channel).inc(),
+    )
+    service = BreakGlassService(db, bg, audit, auth.verify_second_factor, clock, history, notifier)
+
+    def counts(active: int, overdue: int) -> None:
+        metrics.breakglass_active.set(active)
+        metrics.breakglass_unreviewed.set(overdue)
+
+    service.on_counts = counts
+    chat.quota_lift = service.quota_lift
+    accounts.may_have_totp = service.may_start
+    auth.acts_as_admin = service.acts_as_admin
+    return service
 
 
 @contextlib.asynccontextmanager

@@ -89,6 +89,12 @@ class TurnRecord:
         return json.dumps([self.answer, self.tool_calls], ensure_ascii=False, sort_keys=True)
 
 
+WITHHELD = (
+    "the conversations' content is withheld: only its owner (GET /v1/me/export) or someone "
+    "holding a read_history break-glass for this user may read it"
+)
+
+
 class HistoryService:
     def __init__(
         self, db: Database, keys: KeyService, audit: AuditLog, clock: Callable[[], float]
@@ -470,8 +476,23 @@ class HistoryService:
 
     # -- data-subject rights -----------------------------------------------------------
 
-    async def export_user(self, name: str, *, by: Identity | None = None) -> dict[str, Any]:
-        """GDPR Art. 15: everything held about the user, as JSON."""
+    async def _exported_conversations(
+        self, who: Identity, with_history: bool
+    ) -> list[dict[str, Any]]:
+        listed = await self.list_conversations(who)
+        if with_history:
+            return [await self.get_conversation(who, c["id"]) for c in listed]
+        return [
+            {"id": c["id"], "created_at": c["created_at"], "updated_at": c["updated_at"]}
+            for c in listed
+        ]
+
+    async def export_user(
+        self, name: str, *, by: Identity | None = None, with_history: bool = True
+    ) -> dict[str, Any]:
+        """GDPR Art. 15: everything held about the user, as JSON. ``with_history`` False
+        (someone else asking, without a break-glass): only each conversation's id and
+        times; titles and messages are withheld."""
 
         def read(s: Tx) -> Any:
             user = accounts_repo.user_by_name(s, name)
@@ -481,9 +502,7 @@ class HistoryService:
 
         user, keys, usage = await self._db.read("user.export", read)
         who = Identity(user.id, user.name, user.role, "export")
-        conversations = [
-            await self.get_conversation(who, c["id"]) for c in await self.list_conversations(who)
-        ]
+        conversations = await self._exported_conversations(who, with_history)
         await self._audit.append(Event.by(by, "user.export", target=f"user:{name}"))
         return {
             "user": {
@@ -520,4 +539,5 @@ class HistoryService:
                 for u in usage
             ],
             "conversations": conversations,
+            **({} if with_history else {"history_withheld": WITHHELD}),
         }

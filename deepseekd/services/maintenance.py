@@ -1,7 +1,7 @@
-"""Periodic upkeep: the directory recheck (``auth.directory_recheck_minutes``), retention
-purge (daily), the audit head written to the log (an anchor
-outside the database), and automatic master key rotation when the key is old enough. The
-daemon calls ``tick`` once a minute."""
+"""Periodic upkeep: break-glass expiry, the directory recheck
+(``auth.directory_recheck_minutes``), retention purge (daily), the audit head written to the
+log (an anchor outside the database), and automatic master key rotation when the key is
+old enough. The daemon calls ``tick`` once a minute."""
 
 from __future__ import annotations
 
@@ -51,6 +51,9 @@ class Maintenance:
             disabled = await directory.recheck()
             if disabled:
                 log.info("directory recheck", extra={"disabled": disabled})
+        # Break-glass past its time: its access already ended; this records the end,
+        # tells supervisors and keeps the active/overdue gauges current.
+        await svc.breakglass.expire_due()
         if self._due("purge", 86400, now):
             own = await directory.retention_overrides()
             purged = await svc.history.purge(svc.runtime.retention_days, own)

@@ -72,8 +72,15 @@ def query(
     action: str | None,
     after_id: int,
     limit: int,
+    outcome: str | None = None,
+    before_id: int | None = None,
+    newest_first: bool = False,
 ) -> list[dict[str, Any]]:
+    """Events after ``after_id`` (and before ``before_id``) that match every filter given:
+    the oldest first, or with ``newest_first`` the newest first."""
     q = select(AuditEvent).where(AuditEvent.id > after_id)
+    if before_id is not None:
+        q = q.where(AuditEvent.id < before_id)
     if since is not None:
         q = q.where(AuditEvent.at >= since)
     if until is not None:
@@ -82,7 +89,10 @@ def query(
         q = q.where(AuditEvent.actor == actor)
     if action is not None:
         q = q.where(AuditEvent.action == action)
-    rows = s.execute(q.order_by(AuditEvent.id).limit(limit)).scalars().all()
+    if outcome is not None:
+        q = q.where(AuditEvent.outcome == outcome)
+    order = AuditEvent.id.desc() if newest_first else AuditEvent.id
+    rows = s.execute(q.order_by(order).limit(limit)).scalars().all()
     return [_as_dict(r) for r in rows]
 
 

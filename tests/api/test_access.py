@@ -121,7 +121,9 @@ EXPECT_2XX = {
     ("POST", "/admin/api/users/{name}/keys"), ("DELETE", "/admin/api/keys/{key_id}"),
     ("POST", "/admin/api/users/{name}/erase"), ("GET", "/admin/api/users/{name}/export"),
     ("POST", "/admin/api/keys/rotate"), ("GET", "/v1/conversations"), ("GET", "/v1/me/export"),
-    ("GET", "/audit/api/events"), ("GET", "/audit/api/verify"),
+    ("GET", "/audit/api/events"), ("GET", "/audit/api/verify"), ("GET", "/audit/api/export"),
+    ("GET", "/audit/api/access-review"), ("GET", "/admin/api/breakglass"),
+    ("GET", "/audit/api/breakglass"),
 }
 _PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
 PLACEHOLDER = "00000000-0000-4000-8000-000000000000"

@@ -29,7 +29,7 @@ FakeClock = Any
 
 STATE_CHANGING = sorted((m, p) for (m, p), rule in ROUTES.items()
                         if m not in SAFE_METHODS and rule.roles)
-HARMLESS = {"name": "ghost", "key_id": "999999",
+HARMLESS = {"name": "ghost", "key_id": "999999", "id": "999999",  # break-glass ids
             "conversation_id": "00000000-0000-4000-8000-000000000000"}
 BODIES = {
     ("POST", "/v1/chat/completions"): CHAT_BODY,
@@ -47,11 +47,12 @@ def _path(template: str) -> str:
     return re.sub(r"\{(\w+)\}", lambda m: HARMLESS[m.group(1)], template)
 
 
-async def _sessions(d: Any, clock: FakeClock) -> tuple[str, str]:
-    """A browser session of the user 'tester' and an admin console session, as cookies."""
+async def _sessions(d: Any, clock: FakeClock, auditor: bool = False) -> tuple[str, str]:
+    """A browser session of the user 'browser' (an auditor's for the auditor's routes) and
+    an admin console session, as cookies."""
     accounts = d.app[ACCOUNTS]
     root = await accounts.create_user("root", "admin")
-    web_user = await accounts.create_user("browser", "user")
+    web_user = await accounts.create_user("browser", "auditor" if auditor else "user")
     c = d.client
     web = await ok_json(await c.post("/auth/login", json={"username": "browser",
                                                           "password": web_user.password}))
@@ -76,7 +77,7 @@ async def test_csrf_on_every_state_changing_cookie_route(make_daemon: MakeDaemon
                                                          clock: FakeClock,
                                                          method: str, path: str) -> None:
     d = await make_daemon(clock=clock)
-    web_token, admin_token = await _sessions(d, clock)
+    web_token, admin_token = await _sessions(d, clock, auditor=path.startswith("/audit/"))
     token, name = ((admin_token, ADMIN_COOKIE) if path.startswith("/admin/")
                    else (web_token, WEB_COOKIE))
     cookie = {"Cookie": f"{name}={token}"}

@@ -16,6 +16,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests.e2e.web_fixtures import (  # noqa: F401  (fixtures)
+    shoot_admin as shoot,
     ARTIFACTS,
     DESKTOP,
     PHONE,
@@ -83,18 +84,6 @@ def console(browser: Browser, fake_web: FakeWeb, boss: dict[str, str]) -> Iterat
     ctx.close()
 
 
-def shoot(page: Page, name: str) -> None:
-    """Desktop and 390px-wide screenshots; the narrow page must not scroll sideways."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"admin-{name}.png"), full_page=True)
-    page.set_viewport_size(PHONE)
-    try:
-        page.wait_for_timeout(150)
-        page.screenshot(path=str(ARTIFACTS / f"admin-{name}-390.png"), full_page=True)
-        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
-        assert overflow <= 1, f"page is {overflow}px wider than a 390px screen"
-    finally:
-        page.set_viewport_size(DESKTOP)
 
 
 def _cells(page: Page, selector: str) -> list[list[str]]:
@@ -176,6 +165,9 @@ def test_tabs_still_end_on_settings(console: Page) -> None:
     console.focus("#tab-usage")
     console.keyboard.press("End")
     expect(console.locator("#panel-settings")).to_be_visible()
+    console.keyboard.press("ArrowLeft")
+    expect(console.locator("#tab-breakglass")).to_be_focused()
+    expect(console.locator("#panel-breakglass")).to_be_visible()
     console.keyboard.press("ArrowLeft")
     expect(console.locator("#tab-keys")).to_be_focused()
     console.keyboard.press("ArrowLeft")

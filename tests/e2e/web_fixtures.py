@@ -41,6 +41,21 @@ def browser() -> Iterator[object]:
             b.close()
 
 
+def shoot_admin(page: Any, name: str) -> None:
+    """The console at desktop width and at 390px (test-artifacts/web/admin-<name>[-390].png);
+    the narrow page must not scroll sideways."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"admin-{name}.png"), full_page=True)
+    page.set_viewport_size(PHONE)
+    try:
+        page.wait_for_timeout(150)
+        page.screenshot(path=str(ARTIFACTS / f"admin-{name}-390.png"), full_page=True)
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 1, f"page is {overflow}px wider than a 390px screen"
+    finally:
+        page.set_viewport_size(DESKTOP)
+
+
 def shot(page: object, name: str) -> None:
     """Save a screenshot as test-artifacts/web/chat-<name>.png."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,9 @@ COUNTERS = {
     "deepseekd_quota_rejections_total",
     "deepseekd_overload_rejections_total",
     "deepseekd_audit_write_failures_total",
+    "deepseekd_siem_sent_total",
+    "deepseekd_siem_errors_total",
+    "deepseekd_notify_errors_total",
 }
 GAUGES = {
     "deepseekd_requests_running",
@@ -48,6 +51,9 @@ GAUGES = {
     "deepseekd_ready",
     "deepseekd_tls_certificate_expiry_timestamp_seconds",
     "deepseekd_build_info",
+    "deepseekd_siem_lag_events",
+    "deepseekd_breakglass_active",
+    "deepseekd_breakglass_unreviewed_overdue",
     "deepseekd_gpu_memory_used_bytes",
     "deepseekd_gpu_memory_total_bytes",
     "deepseekd_gpu_utilization_ratio",

@@ -12,7 +12,16 @@ from deepseekd.domain.errors import AuthFailed
 from deepseekd.domain.identity import Identity
 from deepseekd.http.errors import APIError, unauthorized
 from deepseekd.http.middleware.types import Handler
-from deepseekd.http.state import AUTH, IDENTITY, QUOTA, QUOTA_STATE, ROUTES, SESSION_TOKEN, SETTINGS
+from deepseekd.http.state import (
+    AUTH,
+    BREAKGLASS,
+    IDENTITY,
+    QUOTA,
+    QUOTA_STATE,
+    ROUTES,
+    SESSION_TOKEN,
+    SETTINGS,
+)
 from deepseekd.security.apikeys import SESSION_PREFIX, csrf_matches
 from deepseekd.security.tls import peer_common_name
 from deepseekd.services.auth import with_client
@@ -81,7 +90,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise unauthorized("missing API key: send 'Authorization: Bearer <key>'", "missing_api_key")
     if who is None:
         raise unauthorized("invalid, revoked or expired credentials", "invalid_api_key")
-    who = with_client(who, request.remote)
+    who = await request.app[BREAKGLASS].elevate(with_client(who, request.remote))
     request[IDENTITY] = who
     if cookie is not None:
         request[SESSION_TOKEN] = cookie
