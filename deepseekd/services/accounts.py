@@ -116,11 +116,6 @@ def check_label(label: object) -> str:
     return label
 
 
-def group_names(stored: str | None) -> tuple[str, ...]:
-    """The groups column (one name per line, or NULL) as names."""
-    return tuple(line.strip() for line in (stored or "").splitlines() if line.strip())
-
-
 def require_user(s: Tx, name: str) -> User:
     user = repo.user_by_name(s, name)
     if user is None:
@@ -226,8 +221,8 @@ class AccountService:
                 n,
                 bool(u.must_change_password),
                 u.source or "local",
-                group_names(u.groups),
-                rights.limits(group_names(u.groups), (None, None))[0],
+                split_groups(u.groups),
+                rights.limits(split_groups(u.groups), (None, None))[0],
             )
             for u, n in rows
         ]

@@ -20,8 +20,8 @@ RANK = {"user": 0, "auditor": 1, "admin": 2}
 
 
 def split_groups(stored: str | None) -> tuple[str, ...]:
-    """Group names as the ``users.groups`` column keeps them (one per line)."""
-    return tuple(g for g in (stored or "").split("\n") if g)
+    """Group names as the ``users.groups`` column keeps them (one per line, or NULL)."""
+    return tuple(line.strip() for line in (stored or "").splitlines() if line.strip())
 
 
 def join_groups(groups: Iterable[str]) -> str | None:

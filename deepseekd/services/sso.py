@@ -138,7 +138,9 @@ class SsoService:
 
     def _forget_old(self) -> None:
         now = self._now()
-        for state in [k for k, p in self._pending.items() if now - p.login.created_at > 600]:
+        for state in [
+            k for k, p in self._pending.items() if now - p.login.created_at > PENDING_TTL_S
+        ]:
             del self._pending[state]
         for ticket in [k for k, t in self._tickets.items() if t[1] < now]:
             del self._tickets[ticket]

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from deepseekd.domain.errors import Invalid
+from deepseekd.services.rights import split_groups
 
 NO_GROUP = "(no group)"
 DEFAULT_DAYS = 30
@@ -131,10 +132,8 @@ def check_group(group: str | None) -> str | None:
 def groups_of(raw: str | None) -> list[str]:
     """A user's groups (stored one per line), each once whatever its case; or (no group)."""
     names: dict[str, str] = {}
-    for line in (raw or "").splitlines():
-        name = line.strip()
-        if name:
-            names.setdefault(name.casefold(), name)
+    for name in split_groups(raw):
+        names.setdefault(name.casefold(), name)
     return list(names.values()) or [NO_GROUP]
 
 
