@@ -15,6 +15,7 @@ export".
 
 from __future__ import annotations
 
+import abc
 import csv
 import datetime as dt
 import io
@@ -446,14 +447,15 @@ def bundle_entry(resource: dict[str, Any], ev: dict[str, Any], observer: str) ->
 # -- the writers -----------------------------------------------------------------------
 
 
-class _Writer:
+class _Writer(abc.ABC):
     """Text before the events, one batch of events, text after them."""
 
     def head(self) -> str:
         return ""
 
+    @abc.abstractmethod
     def batch(self, events: list[dict[str, Any]]) -> str:
-        raise NotImplementedError
+        """The events of one batch, as this format writes them."""
 
     def tail(self) -> str:
         return ""
