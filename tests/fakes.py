@@ -82,7 +82,9 @@ class FakeEngine:
         False never closes the tag. The engine then reports the parser ``fake_r1``.
       * ``echo``: the answer repeats the last user message word by word (one word per token,
         joined by single spaces) and ends with finish_reason ``"stop"`` after its last word
-        (or ``"length"`` at ``max_tokens``), instead of ``tok0 tok1 ...``.
+        (or ``"length"`` at ``max_tokens``), instead of ``tok0 tok1 ...``. With
+        ``echo_exact`` the message's whitespace (newlines included) is kept: each token is a
+        word with the whitespace before it, so Markdown tables and code blocks come back whole.
       * ``script``: the answer is this text (or what the function returns for the request's
         options), 4 characters per token, ending with ``"stop"`` (``"length"`` if
         ``max_tokens`` runs out first): structured outputs and tool calls in HTTP tests.
@@ -105,6 +107,7 @@ class FakeEngine:
         start_gate: asyncio.Event | None = None,
         generate_gate: asyncio.Event | None = None,
         echo: bool = False,
+        echo_exact: bool = False,
         think: int | None = None,
         think_open: bool = False,
         think_close: bool = True,
@@ -121,6 +124,7 @@ class FakeEngine:
         self.start_gate = start_gate
         self.generate_gate = generate_gate
         self.echo = echo
+        self.echo_exact = echo_exact
         self.think = think
         self.think_open = think_open
         self.think_close = think_close
@@ -253,7 +257,9 @@ class FakeEngine:
             last = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
             if len(self._echo_words) > 10_000:  # a long-running process: stay bounded
                 self._echo_words.clear()
-            self._echo_words[tuple(ids)] = str(last).split() or [""]
+            self._echo_words[tuple(ids)] = (
+                re.findall(r"\s*\S+", str(last)) if self.echo_exact else str(last).split()
+            ) or [""]
         return ids
 
     async def encode_text(self, prompt: str) -> list[int]:
@@ -313,8 +319,8 @@ class FakeEngine:
                         tok = thinking[produced]
                     elif echo_words is not None:
                         word = echo_words[produced - len(thinking)]
-                        tok = word if produced == len(thinking) or script is not None else (
-                            " " + word)
+                        exact = script is not None or self.echo_exact
+                        tok = word if produced == len(thinking) or exact else " " + word
                     else:
                         tok = token_text(produced - len(thinking), i, n)
                     texts[i] += tok

@@ -11,7 +11,7 @@ from deepseekd.http import sso
 from deepseekd.http.body import StrictBody, body_of
 from deepseekd.http.middleware.auth import WEB_COOKIE
 from deepseekd.http.session_cookies import set_web_cookie
-from deepseekd.http.state import AUTH, IDENTITY, QUOTA_STATE, SESSION_TOKEN, SETTINGS
+from deepseekd.http.state import AUTH, IDENTITY, NOTICE, QUOTA_STATE, SESSION_TOKEN, SETTINGS
 from deepseekd.security.apikeys import csrf_token
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -54,7 +54,8 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def session(request: web.Request) -> web.Response:
-    """Who is calling and today's quota; for a reloaded page also its CSRF token."""
+    """Who is calling and today's quota; for a reloaded page also its CSRF token; and the
+    acceptable-use notice the caller has still to accept (``notice``: null when none)."""
     who = request[IDENTITY]
     token = request.get(SESSION_TOKEN)
     state = request.get(QUOTA_STATE)
@@ -71,6 +72,7 @@ async def session(request: web.Request) -> web.Response:
             "idle_timeout_s": request.app[SETTINGS].auth.web_session_idle_minutes * 60,
             "quota": quota,
             "password_change_required": who.password_change_required,
+            "notice": await request.app[NOTICE].pending(who),
         }
     )
 

@@ -18,9 +18,11 @@ from deepseekd.http import (
     audit,
     breakglass,
     conversations,
+    feedback,
     health,
     lora,
     metrics,
+    notice,
     openapi,
     pages,
     review,
@@ -102,6 +104,7 @@ ACCESS_REVIEW_QUERY = (
     ("dormant_days", "integer", "Days without a sign-in that make dormant, 1-3650."),
     ("format", "string", "json (default) or csv; Accept: text/csv also asks for CSV."),
 )
+FEEDBACK_QUERY = USAGE_QUERY[:2]
 CONVERSATIONS_QUERY = (
     ("limit", "integer", "Conversations per page, 1 to 200 (default 50)."),
     ("after", "string", "Paging: the id of the last conversation of the previous page."),
@@ -140,6 +143,7 @@ TABLE: tuple[Route, ...] = (
     Route("GET", "/auth/session", pages.session, SIGNED_IN),
     Route("POST", "/auth/logout", pages.logout, SIGNED_IN),
     Route("POST", "/auth/password", pages.change_password, SIGNED_IN, body=pages.PasswordChange),
+    Route("POST", "/auth/notice", notice.accept_notice, SIGNED_IN, body=notice.AcceptBody),
     # -- inference (counted against the daily quota)
     Route(
         "POST",
@@ -188,6 +192,13 @@ TABLE: tuple[Route, ...] = (
         conversations.rename_conversation,
         CHAT_READ,
         body=ConversationTitle,
+    ),
+    Route(
+        "PUT",
+        "/v1/conversations/{conversation_id}/turns/{turn_id}/feedback",
+        feedback.put_feedback,
+        CHAT_READ,
+        body=feedback.FeedbackBody,
     ),
     Route("GET", "/v1/me/export", conversations.export_me, CHAT_READ),
     Route("GET", "/v1/me/usage", conversations.usage_me, CHAT_READ),
@@ -248,6 +259,15 @@ TABLE: tuple[Route, ...] = (
     Route("POST", "/admin/api/keys/rotate", admin.rotate_keys, ADMIN),
     Route(
         "GET", "/admin/api/usage", admin.usage_report, ADMIN, answers="report", query=USAGE_QUERY
+    ),
+    Route("GET", "/admin/api/notice", notice.get_notice, ADMIN),
+    Route("PUT", "/admin/api/notice", notice.put_notice, ADMIN, body=notice.NoticeBody),
+    Route(
+        "GET",
+        "/admin/api/feedback",
+        feedback.feedback_report,
+        ADMIN,
+        query=FEEDBACK_QUERY,
     ),
     # -- break-glass: emergency access (its holder proves a fresh code on start)
     Route("GET", "/admin/api/breakglass", breakglass.overview, BREAKGLASS),

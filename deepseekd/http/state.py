@@ -16,10 +16,12 @@ from deepseekd.services.auth import AuthService
 from deepseekd.services.breakglass import BreakGlassService
 from deepseekd.services.chat import Caller, ChatService
 from deepseekd.services.container import Clock, Services
+from deepseekd.services.feedback import FeedbackService
 from deepseekd.services.history import HistoryService
 from deepseekd.services.keys import KeyService
 from deepseekd.services.lifecycle import Lifecycle
 from deepseekd.services.lora import LoraService
+from deepseekd.services.notice import NoticeService
 from deepseekd.services.settings import RuntimeSettings
 from deepseekd.services.sso import SsoService
 from deepseekd.services.usage import QuotaService, QuotaState
@@ -43,6 +45,8 @@ RUNTIME = web.AppKey("runtime_settings", RuntimeSettings)
 CHAT = web.AppKey("chat", ChatService)
 SSO = web.AppKey("sso", SsoService)
 BREAKGLASS = web.AppKey("breakglass", BreakGlassService)
+NOTICE = web.AppKey("notice", NoticeService)
+FEEDBACK = web.AppKey("feedback", FeedbackService)
 METRICS = web.AppKey("metrics", Metrics)
 NOTIFIER = web.AppKey("notifier", Notifier)
 TRACING = web.AppKey("tracing", Tracing)
@@ -69,6 +73,8 @@ def set_services(app: web.Application, svc: Services) -> None:
     app[CHAT] = svc.chat
     app[SSO] = svc.sso
     app[BREAKGLASS] = svc.breakglass
+    app[NOTICE] = svc.notice
+    app[FEEDBACK] = svc.feedback
     app[METRICS] = svc.metrics
 
 

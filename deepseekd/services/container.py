@@ -29,10 +29,12 @@ from deepseekd.services.breakglass import BreakGlassService
 from deepseekd.services.chat import ChatService
 from deepseekd.services.directory_login import DirectorySignIn
 from deepseekd.services.erasure import ErasureService
+from deepseekd.services.feedback import FeedbackService
 from deepseekd.services.history import HistoryService
 from deepseekd.services.keys import KeyService
 from deepseekd.services.lifecycle import Lifecycle
 from deepseekd.services.lora import LoraService
+from deepseekd.services.notice import NoticeService
 from deepseekd.services.rights import GroupRights
 from deepseekd.services.settings import RuntimeSettings
 from deepseekd.services.sso import SsoService
@@ -64,11 +66,15 @@ class Services:
     breakglass: BreakGlassService
     access_review: AccessReview = field(init=False)
     """Reads only the audit log and the accounts: built from the others."""
+    notice: NoticeService = field(init=False)
+    feedback: FeedbackService = field(init=False)
 
     def __post_init__(self) -> None:
         self.access_review = AccessReview(
             self.db, self.audit, self.settings.audit, self.settings.quota.timezone, self.clock
         )
+        self.notice = NoticeService(self.db, self.audit, self.clock)
+        self.feedback = FeedbackService(self.db, self.keys, self.audit, self.usage, self.clock)
 
     @classmethod
     def build(

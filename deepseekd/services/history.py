@@ -23,6 +23,7 @@ from deepseekd.services.turns import (
     AAD_VERSION,
     TurnMeta,
     meta_of,
+    open_feedback,
     open_part,
     open_state,
     seal_part,
@@ -385,6 +386,7 @@ class HistoryService:
                 if t.tool_calls_ct is not None
                 else None
             )
+            feedback = open_feedback(key, meta, t)
         except Unreadable:
             return None
         item: dict[str, Any] = {
@@ -408,6 +410,8 @@ class HistoryService:
             item["reasoning_hmac"] = t.reasoning_hmac
         if calls:
             item["tool_calls"] = calls
+        if feedback is not None:
+            item["feedback"] = feedback
         return item, msgs, answer
 
     async def rename_conversation(self, who: Identity, conversation_id: str, title: str) -> None:

@@ -109,3 +109,24 @@ def open_state(key: bytes, user_id: int, conversation_id: str, blob: bytes | Non
         )
     except (ValueError, KeyError, TypeError):
         raise Unreadable("conversation state is not a request count") from None
+
+
+def seal_feedback(key: bytes, meta: TurnMeta, rating: str, comment: str) -> bytes:
+    """The owner's comment on an answer, sealed to the turn and to its rating: a comment
+    moved to another turn, or a rating changed behind the service's back, fails to open."""
+    return seal_part(key, meta, f"feedback:{rating}", comment.encode())
+
+
+def open_feedback(key: bytes, meta: TurnMeta, row: Any) -> dict[str, Any] | None:
+    """The feedback on a stored turn as the API shows it; None when it is not rated. Raises
+    Unreadable when the sealed comment does not open."""
+    rating = row.feedback_rating
+    if rating is None:
+        return None
+    blob = row.feedback_comment_ct
+    comment = (
+        ""
+        if blob is None
+        else open_part(key, meta, f"feedback:{rating}", blob, AAD_VERSION).decode()
+    )
+    return {"rating": rating, "comment": comment, "updated_at": row.feedback_at}

@@ -216,6 +216,12 @@ class Turn(Base):
     aad_version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     """1: associated data names user, conversation and turn; 2: also seq, choice, model,
     token counts, created_at and stopped, so none of them can change unnoticed."""
+    feedback_rating: Mapped[str | None] = mapped_column(String(8))
+    """The owner's rating of the answer: 'up' or 'down' (None: not rated)."""
+    feedback_comment_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
+    """The owner's comment on the answer, sealed like the answer (None: no comment)."""
+    feedback_at: Mapped[float | None] = mapped_column(Float, index=True)
+    """When the rating was last set: the day the admin's feedback report counts it on."""
 
     __table_args__ = (
         Index("ix_turns_conversation_seq", "conversation_id", "seq", "choice", unique=True),
@@ -326,3 +332,28 @@ class ExportCursor(Base):
     last_id: Mapped[int] = mapped_column(BigInteger)
     last_hash: Mapped[str] = mapped_column(String(64))
     updated_at: Mapped[float] = mapped_column(Float)
+
+
+class Notice(Base):
+    """A version of the acceptable-use notice the chat page asks users to accept; the
+    newest is in force (empty text: no notice). Every change is a new row."""
+
+    __tablename__ = "notices"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    text: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+    created_by: Mapped[str | None] = mapped_column(String(64))
+
+
+class NoticeAcceptance(Base):
+    """A user accepted a version of the notice (the ``notice.accept`` event records it too)."""
+
+    __tablename__ = "notice_acceptances"
+
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    accepted_at: Mapped[float] = mapped_column(Float)

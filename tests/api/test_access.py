@@ -124,6 +124,7 @@ EXPECT_2XX = {
     ("GET", "/audit/api/events"), ("GET", "/audit/api/verify"), ("GET", "/audit/api/export"),
     ("GET", "/audit/api/access-review"), ("GET", "/admin/api/breakglass"),
     ("GET", "/audit/api/breakglass"),
+    ("GET", "/admin/api/notice"), ("PUT", "/admin/api/notice"), ("GET", "/admin/api/feedback"),
 }
 _PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
 PLACEHOLDER = "00000000-0000-4000-8000-000000000000"
@@ -140,6 +141,9 @@ def _body(method: str, path: str) -> Any:
         ("POST", "/admin/api/login"): {},  # 400: the credentials are in the body
         ("PATCH", "/admin/api/users/{name}"): {"daily_request_limit": 10},
         ("POST", "/admin/api/users/{name}/keys"): {"label": "matrix"},
+        ("PUT", "/admin/api/notice"): {"text": "For work use only."},
+        ("POST", "/auth/notice"): {"version": 1},  # 409: no notice is in force
+        ("PUT", "/v1/conversations/{conversation_id}/turns/{turn_id}/feedback"): {"rating": "up"},
     }.get((method, path))
 
 

@@ -76,6 +76,13 @@ async def new_conversation(w: World) -> None:
     await resp.read()
 
 
+async def rate_answer(w: World) -> None:
+    conv = await ok_json(await w.d.client.get(f"/v1/conversations/{w.cid}", headers=w.nurse))
+    path = f"/v1/conversations/{w.cid}/turns/{conv['turns'][0]['id']}/feedback"
+    await ok_json(await w.d.client.put(path, json={"rating": "down", "comment": "wrong"},
+                                       headers=w.nurse))
+
+
 def call(method: str, path: str, body: Any = None, who: str = "nurse",
          headers: dict[str, str] | None = None) -> Step:
     async def step(w: World) -> Any:
@@ -107,6 +114,9 @@ CASES: list[tuple[str, Step, list[tuple[str, str]]]] = [
     ("conversation-new", new_conversation, [("inference", OK)]),
     ("conversation-list", call("GET", "/v1/conversations"), []),
     ("conversation-get", call("GET", "/v1/conversations/{cid}"), []),
+    ("feedback-set", rate_answer, [("feedback.set", OK)]),
+    ("feedback-400", call("PUT", "/v1/conversations/{cid}/turns/{cid}/feedback",
+                          {"rating": "meh"}), []),
     ("conversation-rename", call("PATCH", "/v1/conversations/{cid}", {"title": "x"}),
      [("history.rename", OK)]),
     ("conversation-delete", call("DELETE", "/v1/conversations/{cid}"), [("history.delete", OK)]),
@@ -140,6 +150,11 @@ CASES: list[tuple[str, Step, list[tuple[str, str]]]] = [
     ("admin-settings", call("PATCH", "/admin/api/settings", {"history.retention_days": 30},
                             who="root"), [("settings.change", OK)]),
     ("admin-settings-400", call("PATCH", "/admin/api/settings", {"nope": 1}, who="root"), []),
+    ("admin-notice", call("PUT", "/admin/api/notice", {"text": "Work use only."}, who="root"),
+     [("notice.change", OK)]),
+    ("notice-accept", call("POST", "/auth/notice", {"version": 1}), [("notice.accept", OK)]),
+    ("notice-accept-409", call("POST", "/auth/notice", {"version": 7}), []),
+    ("admin-feedback", call("GET", "/admin/api/feedback", who="root"), [("feedback.report", OK)]),
     ("admin-rotate", call("POST", "/admin/api/keys/rotate", who="root"), [("keys.rotate", OK)]),
     ("admin-erase", call("POST", "/admin/api/users/clerk/erase", who="root"),
      [("user.erase", OK), ("keys.rotate", OK)]),

@@ -30,7 +30,8 @@ FakeClock = Any
 STATE_CHANGING = sorted((m, p) for (m, p), rule in ROUTES.items()
                         if m not in SAFE_METHODS and rule.roles)
 HARMLESS = {"name": "ghost", "key_id": "999999", "id": "999999",  # break-glass ids
-            "conversation_id": "00000000-0000-4000-8000-000000000000"}
+            "conversation_id": "00000000-0000-4000-8000-000000000000",
+            "turn_id": "00000000-0000-4000-8000-000000000000"}
 BODIES = {
     ("POST", "/v1/chat/completions"): CHAT_BODY,
     ("POST", "/v1/completions"): {"prompt": "hi", "max_tokens": 1},
@@ -40,6 +41,9 @@ BODIES = {
     ("PATCH", "/admin/api/users/{name}"): {"daily_request_limit": 1},
     ("PATCH", "/admin/api/settings"): {"quota.daily_requests": 0},
     ("POST", "/admin/api/users/{name}/keys"): {"label": "csrf"},
+    ("PUT", "/admin/api/notice"): {"text": ""},
+    ("POST", "/auth/notice"): {"version": 1},
+    ("PUT", "/v1/conversations/{conversation_id}/turns/{turn_id}/feedback"): {"rating": "up"},
 }
 
 

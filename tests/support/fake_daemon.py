@@ -4,7 +4,10 @@ Settings come from the environment (DEEPSEEKD_STORE__URL, DEEPSEEKD_DATA_DIR,
 DEEPSEEKD_SERVER__PORT, ...) like ``deepseekd serve``; SIGTERM drains and exits 0.
 Test-only knobs (removed from the environment before the settings are read):
 ``DEEPSEEKD_TEST_FAKE_ECHO=1`` makes the engine echo the last user message;
-``DEEPSEEKD_TEST_FAKE_TOKEN_DELAY=<seconds>`` sleeps between tokens.
+``DEEPSEEKD_TEST_FAKE_TOKEN_DELAY=<seconds>`` sleeps between tokens;
+``DEEPSEEKD_TEST_FAKE_ECHO_EXACT=1`` keeps the message's whitespace and newlines in the echo;
+``DEEPSEEKD_TEST_FAKE_THINK=<n>`` makes it a reasoning model (n reasoning words first);
+``DEEPSEEKD_TEST_FAKE_MAX_MODEL_LEN=<tokens>`` sets its context length (default 64).
 """
 
 from __future__ import annotations
@@ -24,10 +27,15 @@ if __name__ == "__main__":
 
     echo = os.environ.pop("DEEPSEEKD_TEST_FAKE_ECHO", "") == "1"
     token_delay = float(os.environ.pop("DEEPSEEKD_TEST_FAKE_TOKEN_DELAY", "") or 0.0)
+    echo_exact = os.environ.pop("DEEPSEEKD_TEST_FAKE_ECHO_EXACT", "") == "1"
+    think = int(os.environ.pop("DEEPSEEKD_TEST_FAKE_THINK", "") or 0) or None
+    max_model_len = int(os.environ.pop("DEEPSEEKD_TEST_FAKE_MAX_MODEL_LEN", "") or 64)
     setup_logging()
     settings = load_settings()
     # keep_history=False: the test hooks would grow with every request of a soak.
     app = build_app(settings, lambda: FakeEngine(model_name="fake-model", echo=echo,
+                                                 echo_exact=echo_exact, think=think,
+                                                 max_model_len=max_model_len,
                                                  token_delay=token_delay, keep_history=False),
                     "fake-model")
     sys.exit(asyncio.run(run_daemon(app)))

@@ -10,12 +10,14 @@ from aiohttp import web
 
 from deepseekd.domain.errors import AuthFailed
 from deepseekd.domain.identity import Identity
+from deepseekd.http.access import Access
 from deepseekd.http.errors import APIError, unauthorized
 from deepseekd.http.middleware.types import Handler
 from deepseekd.http.state import (
     AUTH,
     BREAKGLASS,
     IDENTITY,
+    NOTICE,
     QUOTA,
     QUOTA_STATE,
     ROUTES,
@@ -126,6 +128,16 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             if exc.locked_until is None:
                 raise unauthorized(AuthFailed.PUBLIC_MESSAGE, "second_factor_failed") from None
             raise
-    if not access.quota:  # inference routes are counted (and say so) when admitted
-        request[QUOTA_STATE] = await request.app[QUOTA].peek(who)
+    await _last_checks(request, who, access)
     return await handler(request)
+
+
+async def _last_checks(request: web.Request, who: Identity, access: Access) -> None:
+    """An inference route from the chat page needs the acceptable-use notice accepted (API
+    keys are programs, which cannot read a dialog: see README, Web pages); any other route
+    learns today's quota (inference routes are counted, and say so, when admitted)."""
+    if access.quota:
+        if who.via == "web_session":
+            await request.app[NOTICE].require_accepted(who)
+    else:
+        request[QUOTA_STATE] = await request.app[QUOTA].peek(who)

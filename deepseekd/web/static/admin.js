@@ -8,6 +8,8 @@ import {
 } from "./ui.js";
 import * as auditor from "./auditor.js";
 import * as breakglass from "./breakglass.js";
+import * as feedbackReport from "./feedback-report.js";
+import * as noticeAdmin from "./notice-admin.js";
 
 const state = {
   mode: null,          // "admin" | "auditor" | null
@@ -47,6 +49,8 @@ function clearSensitive() {
   show($("user-detail"), false);
   auditor.clear();
   breakglass.clear();
+  feedbackReport.clear();
+  noticeAdmin.clear();
   setMsg($("rotate-result"), "");
   state.selectedUser = null;
   state.users = [];
@@ -259,7 +263,10 @@ function onTab(id) {
   if (id === "tab-engine") pollStatus();
   if (id === "tab-usage") loadUsage();
   if (id === "tab-breakglass") breakglass.load();
-  if (id === "tab-settings") loadSettings();
+  if (id === "tab-settings") {
+    loadSettings();
+    noticeAdmin.load();
+  }
 }
 
 // ---------------------------------------------------------------- one-time secrets
@@ -719,6 +726,7 @@ async function loadUsage() {
   const from = $("usage-from").value, to = $("usage-to").value, group = $("usage-group").value;
   const err = $("usage-error");
   if (from && to && from > to) { setMsg(err, "'From' is after 'To'."); return; }
+  feedbackReport.load(from, to); // the answer feedback of the same days, below the usage
   const gen = ++state.usageGen;
   const table = $("usage-table");
   table.setAttribute("aria-busy", "true");
@@ -936,6 +944,7 @@ function wire() {
   $("logout").addEventListener("click", () => logout(false));
   selectTab = tabList("tabs", TABS, onTab);
   breakglass.wire();
+  noticeAdmin.wire();
   $("secrets-dismiss").addEventListener("click", hideSecrets);
   $("create-form").addEventListener("submit", createUser);
   $("limit-form").addEventListener("submit", setLimit);

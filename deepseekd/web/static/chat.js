@@ -18,6 +18,10 @@ import {
 import { StreamError, sseEvents } from "./lib/sse.js";
 import { clearPasswordForm, openPasswordForm, setupPasswordForm } from "./account.js";
 import { renderMarkdown } from "./markdown.js";
+import { closeNotice, requireNotice } from "./notice.js";
+import { addFeedback } from "./feedback.js";
+import { addCodeCopyButtons, copyAnswerButton, copySource, setCopySource, wireCopyButtons }
+  from "./copy.js";
 
 const state = {
   user: null,
@@ -60,6 +64,7 @@ function showOnly(view) {
 
 function showLogin(notice) {
   abortGeneration();
+  closeNotice();
   setCsrfToken(null);
   state.user = null;
   state.role = null;
@@ -135,6 +140,27 @@ function applySession(data) {
     if (kept.convId) openConversation(kept.convId);
   }
   $("composer-input").focus();
+  if (data.notice) askNotice(data.notice);
+}
+
+/** The acceptable-use notice the user has still to accept, over the chat until they do (the
+ * server refuses their chats until then). */
+function askNotice(notice) {
+  requireNotice(notice, { logout: onLogout }).then(() => {
+    clearChatError();
+    setStatus("Notice accepted.");
+    $("composer-input").focus();
+  });
+}
+
+/** A send was refused for a notice not accepted (a new version came meanwhile): ask. */
+async function checkNotice() {
+  try {
+    const session = await apiJson("GET", "/auth/session");
+    if (session && session.notice) askNotice(session.notice);
+  } catch {
+    /* the next send asks again */
+  }
 }
 
 const fmt = (n) => Number(n).toLocaleString();
@@ -550,41 +576,57 @@ function resendable(m) {
   return msg;
 }
 
-/** The positions in `msgs` of the answers that were stopped: each readable turn's answer
- * (first choice) is the next assistant message with its text, in order. */
-function stoppedPositions(data, msgs) {
-  const marks = new Set();
+/** The stored turn of each answer in `msgs`, by position: each readable turn's answer (first
+ * choice) is the next assistant message with its text, in order. */
+function answerTurns(data, msgs) {
+  const turns = new Map();
   let pos = 0;
   for (const t of Array.isArray(data.turns) ? data.turns : []) {
     if (!t || t.unreadable || t.choice || typeof t.answer !== "string") continue;
     let i = pos;
     while (i < msgs.length && !(msgs[i].role === "assistant" && msgs[i].content === t.answer)) i += 1;
     if (i >= msgs.length) continue;
-    if (t.stopped) marks.add(i);
+    turns.set(i, t);
     pos = i + 1;
   }
-  return marks;
+  return turns;
+}
+
+/** When each message of `msgs` was stored (a Date, or null): the time of the turn whose answer
+ * it is or comes before (a question is stored with its answer, when the answer ends). */
+function storedTimes(msgs, turns) {
+  const times = [];
+  let next = null;
+  for (let i = msgs.length - 1; i >= 0; i -= 1) {
+    if (turns.has(i)) next = fromUnix(turns.get(i).created_at);
+    times[i] = next;
+  }
+  return times;
 }
 
 function renderStored(data) {
   const msgs = storedMessages(data);
-  const stopped = stoppedPositions(data, msgs);
+  const turns = answerTurns(data, msgs);
+  const times = storedTimes(msgs, turns);
   const callNames = new Map(msgs.flatMap((m) => (m.tool_calls || []).map((c) => [c.id, c.name])));
   msgs.forEach((m, i) => {
     state.messages.push(resendable(m));
     if (m.role === "tool") {
-      addToolResult(m, callNames.get(m.tool_call_id));
+      addToolResult(m, callNames.get(m.tool_call_id), times[i]);
       return;
     }
     if (m.role !== "assistant") {
-      addPlainBubble(m.role, m.content);
+      addPlainBubble(m.role, m.content, times[i]);
       return;
     }
     const bubble = addAssistantBubble();
     // A reasoning model's stored reasoning (history keeps it when [reasoning] history = "store").
     renderAnswer(bubble, m.content, m.reasoning_content || "");
     if (m.tool_calls) addToolCalls(bubble, m.tool_calls);
-    if (stopped.has(i)) markStopped(bubble, true);
+    if (turns.has(i) && turns.get(i).stopped) markStopped(bubble, true);
+    setMessageTime(bubble, times[i]);
+    showAnswerActions(bubble);
+    if (turns.has(i)) addFeedback(bubble, state.convId, turns.get(i));
   });
   const unreadable = Array.isArray(data.turns) ? data.turns.filter((t) => t && t.unreadable).length : 0;
   if (unreadable) {
@@ -644,6 +686,15 @@ function showChatError(text) {
   el.hidden = false;
 }
 
+/** Say `text` in the copy live region (emptied first, so the same words are read again). */
+function announce(text) {
+  const el = $("copy-status");
+  el.textContent = "";
+  requestAnimationFrame(() => {
+    el.textContent = text;
+  });
+}
+
 function clearChatError() {
   const el = $("chat-error");
   el.textContent = "";
@@ -656,7 +707,32 @@ function scrollToBottom(force = false) {
   if (force || near) box.scrollTop = box.scrollHeight;
 }
 
-function addPlainBubble(role, text) {
+/** A <time> for a message: the clock time (with the date when not today) and, as its title,
+ * the full date. */
+function messageTime(date) {
+  const el = document.createElement("time");
+  el.className = "msg-time";
+  el.setAttribute("datetime", date.toISOString());
+  el.title = date.toLocaleString([], { dateStyle: "full", timeStyle: "medium" });
+  const now = new Date();
+  const opts = { hour: "2-digit", minute: "2-digit" };
+  if (date.toDateString() !== now.toDateString()) {
+    Object.assign(opts, { day: "numeric", month: "short" });
+    if (date.getFullYear() !== now.getFullYear()) opts.year = "numeric";
+  }
+  el.textContent = date.toLocaleString([], opts);
+  return el;
+}
+
+/** Show when `bubble`'s message was sent or answered (nothing when `date` is null). */
+function setMessageTime(bubble, date) {
+  const label = bubble.querySelector(".msg-label");
+  const old = label.querySelector(".msg-time");
+  if (old) old.remove();
+  if (date) label.appendChild(messageTime(date));
+}
+
+function addPlainBubble(role, text, when = new Date()) {
   const div = document.createElement("div");
   div.className = `msg msg-${role}`;
   const label = document.createElement("p");
@@ -666,6 +742,7 @@ function addPlainBubble(role, text) {
   body.className = "msg-body";
   body.textContent = text; // the user's own text: plain text, never parsed
   div.append(label, body);
+  setMessageTime(div, when);
   $("empty-hint").hidden = true;
   $("messages").appendChild(div);
   scrollToBottom(true);
@@ -682,13 +759,19 @@ function addAssistantBubble() {
   details.className = "reasoning";
   details.hidden = true;
   const summary = document.createElement("summary");
-  summary.textContent = "Reasoning";
+  const duration = document.createElement("span");
+  duration.className = "reasoning-duration";
+  summary.append("Reasoning", duration);
   const reasoningBody = document.createElement("div");
   reasoningBody.className = "reasoning-body msg-body";
   details.append(summary, reasoningBody);
   const body = document.createElement("div");
   body.className = "msg-body answer";
-  div.append(label, details, body);
+  const actions = document.createElement("div");
+  actions.className = "msg-actions";
+  actions.hidden = true; // until the answer is complete
+  actions.append(copyAnswerButton());
+  div.append(label, details, body, actions);
   $("empty-hint").hidden = true;
   $("messages").appendChild(div);
   return div;
@@ -707,9 +790,47 @@ function renderAnswer(bubble, content, reasoning) {
   const details = bubble.querySelector("details.reasoning");
   if (allReasoning) {
     details.hidden = false;
-    details.querySelector(".reasoning-body").replaceChildren(renderMarkdown(allReasoning));
+    const reasoningBody = details.querySelector(".reasoning-body");
+    reasoningBody.replaceChildren(renderMarkdown(allReasoning));
+    addCodeCopyButtons(reasoningBody);
   }
-  bubble.querySelector(".answer").replaceChildren(renderMarkdown(split.answer));
+  const answer = bubble.querySelector(".answer");
+  answer.replaceChildren(renderMarkdown(split.answer));
+  addCodeCopyButtons(answer);
+  setCopySource(bubble, split.answer);
+}
+
+/** The buttons under a complete answer ("Copy answer"), when it has text. */
+function showAnswerActions(bubble) {
+  bubble.querySelector(".msg-actions").hidden = !copySource(bubble).trim();
+}
+
+/** "1 min 5 s", "12 s", "under 1 s". */
+function formatDuration(ms) {
+  const total = Math.round(ms / 1000);
+  if (ms < 1000) return "under 1 s";
+  return total < 60 ? `${total} s` : `${Math.floor(total / 60)} min ${total % 60} s`;
+}
+
+/** Reasoning time, measured here: from the first reasoning text that reaches the page to the
+ * first answer text (or the end of the stream). The server does not report it. */
+function trackThinking(turn) {
+  if (turn.thinkEnd !== null) return;
+  const now = performance.now();
+  if (turn.thinkStart === null && (turn.reasoning || /^\s*<think>/.test(turn.content))) {
+    turn.thinkStart = now;
+  }
+  if (turn.thinkStart === null) return;
+  if (splitThink(turn.content).answer.trim() || /<\/think>/.test(turn.content)) turn.thinkEnd = now;
+}
+
+function showThinkingTime(turn) {
+  if (turn.thinkStart === null) return;
+  const span = turn.bubble.querySelector(".reasoning-duration");
+  span.textContent = turn.thinkEnd === null ? " (thinking…)"
+    : ` (took ${formatDuration(turn.thinkEnd - turn.thinkStart)})`;
+  span.title = "Measured in this browser, from the first reasoning text received to the first "
+    + "answer text.";
 }
 
 // Tool calls and their results, from a conversation made through the API (the page itself
@@ -752,12 +873,13 @@ function addToolCalls(bubble, calls) {
   answer.after(...calls.map(toolCallBox));
 }
 
-function addToolResult(m, name) {
+function addToolResult(m, name, when) {
   const div = document.createElement("div");
   div.className = "msg msg-tool";
   const label = document.createElement("p");
   label.className = "msg-label";
   label.textContent = "Tool result";
+  if (when) label.appendChild(messageTime(when));
   const title = document.createElement("p");
   title.className = "tool-result-title";
   title.textContent = `Result of ${m.tool_call_id || "a call"}${name ? ` (${name})` : ""}:`;
@@ -794,7 +916,9 @@ function addBubbleNote(bubble, text, isError = false) {
   p.className = isError ? "msg-error" : "msg-note";
   if (isError) p.setAttribute("role", "alert");
   p.textContent = text;
-  bubble.appendChild(p);
+  const actions = bubble.querySelector(".msg-actions");
+  if (actions) actions.before(p);
+  else bubble.appendChild(p);
 }
 
 // ------------------------------------------------------------------------- sending
@@ -867,7 +991,7 @@ function startTurn(text) {
     text, outgoing, body, userBubble, bubble, controller,
     gen: state.chatGen, convId: state.convId,
     content: "", reasoning: "", started: false, stopped: false, streamError: null,
-    renderQueued: false,
+    renderQueued: false, thinkStart: null, thinkEnd: null,
   };
   state.turn = turn;
   return turn;
@@ -886,6 +1010,7 @@ async function refuseTurn(turn, resp) {
   if (!state.messages.length) $("empty-hint").hidden = false;
   showChatError(preStreamMessage(info, resp));
   setStatus("");
+  if (info.code === "notice_not_accepted") checkNotice();
 }
 
 function beginAnswer(turn, resp) {
@@ -907,6 +1032,7 @@ function scheduleRender(turn) {
   requestAnimationFrame(() => {
     turn.renderQueued = false;
     renderAnswer(turn.bubble, turn.content, turn.reasoning);
+    showThinkingTime(turn);
     scrollToBottom();
   });
 }
@@ -926,6 +1052,7 @@ function applyChunk(turn, evt) {
     turn.reasoning += thought;
     turn.bubble.classList.remove("msg-pending");
   }
+  trackThinking(turn);
   scheduleRender(turn);
 }
 
@@ -952,6 +1079,10 @@ function finishAnswer(turn) {
   const { bubble, content, reasoning, stopped, streamError } = turn;
   bubble.classList.remove("msg-pending");
   renderAnswer(bubble, content, reasoning);
+  if (turn.thinkStart !== null && turn.thinkEnd === null) turn.thinkEnd = performance.now();
+  showThinkingTime(turn);
+  setMessageTime(bubble, new Date());
+  showAnswerActions(bubble);
   if (stopped) markStopped(bubble, true);
   if (streamError) addBubbleNote(bubble, streamError, true);
   if (!content && !reasoning && !stopped && !streamError) addBubbleNote(bubble, "(empty answer)");
@@ -966,6 +1097,19 @@ function finishAnswer(turn) {
     state.syncing = syncing;
   } else {
     loadConversations();
+    if (turn.convId && content && !streamError) linkFeedback(turn);
+  }
+}
+
+/** The rating buttons under a finished answer, once its stored turn (and id) is read back:
+ * the turn is committed before the stream's end reached the page. */
+async function linkFeedback(turn) {
+  try {
+    const data = await apiJson("GET", `/v1/conversations/${encodeURIComponent(turn.convId)}`);
+    const stored = storedTurn(data, turn);
+    if (stored) addFeedback(turn.bubble, turn.convId, stored);
+  } catch {
+    /* no buttons on this answer; they show when the conversation is opened again */
   }
 }
 
@@ -994,6 +1138,9 @@ function adoptStored(turn, data, stored) {
   if (stored.answer !== turn.content) renderAnswer(turn.bubble, stored.answer, reasoning);
   turn.content = stored.answer;
   markStopped(turn.bubble, !!stored.stopped);
+  setMessageTime(turn.bubble, fromUnix(stored.created_at));
+  showAnswerActions(turn.bubble);
+  addFeedback(turn.bubble, turn.convId, stored);
   if (turn.gen !== state.chatGen || state.convId !== turn.convId || state.busy) return;
   state.messages = storedMessages(data).map(resendable);
 }
@@ -1130,6 +1277,7 @@ function init() {
   $("stop").addEventListener("click", () => {
     abortGeneration();
   });
+  wireCopyButtons($("messages"), { announce, refused: showChatError });
   resume();
 }
 

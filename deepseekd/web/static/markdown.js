@@ -3,9 +3,11 @@
 // It only ever builds DOM nodes with document.createElement and sets text with
 // textContent / createTextNode: no innerHTML, so raw HTML in the input is shown as text.
 // Supported: paragraphs, line breaks, **bold** / __bold__, *italic* / _italic_, `code`,
-// fenced ``` code blocks, bullet and numbered lists, # headings, > quotes, and
+// fenced ``` code blocks, bullet and numbered lists, # headings, > quotes, GFM pipe tables
+// (alignment as a class per cell: md-align-left / -center / -right, never a style), and
 // [text](url) links for absolute http:, https: and mailto: URLs only (anything else is
-// rendered as the plain source text).
+// rendered as the plain source text). A table is wrapped in a <div class="md-table-wrap">
+// that scrolls sideways on its own, so a wide table never widens the page.
 
 const SAFE_PROTOCOLS = new Set(["http:", "https:", "mailto:"]);
 const MAX_DEPTH = 8; // nesting limit for inline emphasis (pathological input stays cheap)
@@ -330,11 +332,111 @@ function renderList(parent, lines, i, depth) {
   return end;
 }
 
-/** A paragraph: consecutive lines until a blank line or another block starts. */
+// ------------------------------------------------------------------------- tables
+
+const DELIMITER_CELL = /^\s*(:?)-+(:?)\s*$/;
+const MAX_COLUMNS = 64;
+
+/**
+ * The cells of a table row: split on the pipes that are not escaped (an odd number of
+ * backslashes before them), without the optional pipes at either end. `\|` becomes `|` in
+ * the cell's text, in code spans too (as in GFM, the row is split before inline parsing).
+ */
+function splitRow(line) {
+  let row = line.trim();
+  if (row.startsWith("|")) row = row.slice(1);
+  const cells = [];
+  let cell = "";
+  let slashes = 0;
+  for (const c of row) {
+    if (c === "|" && slashes % 2 === 0) {
+      cells.push(cell);
+      cell = "";
+    } else if (c === "|") {
+      cell = cell.slice(0, -1) + "|"; // the escaping backslash goes
+    } else {
+      cell += c;
+    }
+    slashes = c === "\\" ? slashes + 1 : 0;
+  }
+  // A last pipe closes the row; otherwise the text after the last pipe is a cell.
+  if (cell.trim() || !row.endsWith("|")) cells.push(cell);
+  return cells.map((c) => c.trim());
+}
+
+/** The alignment of each column ("left", "center", "right" or "") from a delimiter row such as
+ * `| :--- | :---: | ---: |`, or null when the line is not one. */
+function delimiterRow(line) {
+  if (!line.includes("|") && !line.includes(":")) return null;
+  const cells = splitRow(line);
+  const aligns = [];
+  for (const cell of cells) {
+    const m = DELIMITER_CELL.exec(cell);
+    if (!m) return null;
+    aligns.push(m[1] && m[2] ? "center" : m[2] ? "right" : m[1] ? "left" : "");
+  }
+  return aligns;
+}
+
+/** Whether a table starts at lines[i]: a header row with pipes, then a delimiter row (with a
+ * pipe) that has as many cells as the header. */
+function isTableStart(lines, i) {
+  const header = lines[i];
+  const delim = lines[i + 1];
+  if (header === undefined || delim === undefined || !header.includes("|") || !delim.includes("|")) {
+    return false;
+  }
+  if (/^ {4,}/.test(header) || /^ {4,}/.test(delim)) return false;
+  const aligns = delimiterRow(delim);
+  return aligns !== null && aligns.length === splitRow(header).length && aligns.length <= MAX_COLUMNS;
+}
+
+/** One <tr> of `tag` cells (th or td): as many cells as the header, missing ones empty, extra
+ * ones dropped (as GFM does). */
+function tableRow(cells, aligns, tag) {
+  const tr = document.createElement("tr");
+  aligns.forEach((align, k) => {
+    const cell = document.createElement(tag);
+    if (tag === "th") cell.setAttribute("scope", "col");
+    if (align) cell.className = `md-align-${align}`;
+    appendInline(cell, cells[k] || "");
+    tr.appendChild(cell);
+  });
+  return tr;
+}
+
+/** A GFM pipe table: header, delimiter, then rows until a blank line or another block. */
+function renderTable(parent, lines, i) {
+  const aligns = delimiterRow(lines[i + 1]);
+  const table = document.createElement("table");
+  const head = document.createElement("thead");
+  head.appendChild(tableRow(splitRow(lines[i]), aligns, "th"));
+  table.appendChild(head);
+  i += 2;
+  const body = document.createElement("tbody");
+  while (i < lines.length && lines[i].trim() && !isBlockStart(lines[i])) {
+    body.appendChild(tableRow(splitRow(lines[i]), aligns, "td"));
+    i++;
+  }
+  if (body.childNodes.length) table.appendChild(body);
+  const wrap = document.createElement("div");
+  wrap.className = "md-table-wrap";
+  // A wide table scrolls inside its box: keyboard users reach the scroll with Tab.
+  wrap.setAttribute("tabindex", "0");
+  wrap.setAttribute("role", "region");
+  wrap.setAttribute("aria-label", "Table");
+  wrap.appendChild(table);
+  parent.appendChild(wrap);
+  return i;
+}
+
+// ------------------------------------------------------------------------- paragraphs
+
+/** A paragraph: consecutive lines until a blank line, another block or a table starts. */
 function renderParagraph(parent, lines, i) {
   const para = [lines[i]];
   i++;
-  while (i < lines.length && lines[i].trim() && !isBlockStart(lines[i])) {
+  while (i < lines.length && lines[i].trim() && !isBlockStart(lines[i]) && !isTableStart(lines, i)) {
     para.push(lines[i]);
     i++;
   }
@@ -352,6 +454,7 @@ function renderBlock(parent, lines, i, depth) {
   if (RULE.test(line)) return renderRule(parent, lines, i);
   if (QUOTE.test(line) && depth < MAX_DEPTH) return renderQuote(parent, lines, i, depth);
   if (BULLET.test(line) || ORDERED.test(line)) return renderList(parent, lines, i, depth);
+  if (isTableStart(lines, i)) return renderTable(parent, lines, i);
   return renderParagraph(parent, lines, i);
 }
 
