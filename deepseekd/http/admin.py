@@ -125,11 +125,6 @@ async def admin_session(request: web.Request) -> web.Response:
 # -- users and keys ------------------------------------------------------------------
 
 
-async def list_users(request: web.Request) -> web.Response:
-    users = await request.app[ACCOUNTS].list_users()
-    return web.json_response({"users": [asdict(u) for u in users]})
-
-
 async def create_user(request: web.Request) -> web.Response:
     body = body_of(request, NewUserBody)
     new = await request.app[ACCOUNTS].create_user(

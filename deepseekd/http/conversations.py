@@ -4,6 +4,8 @@ a missing one."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from deepseekd.http.body import body_of
@@ -12,6 +14,7 @@ from deepseekd.http.openai.protocol import ConversationTitle
 from deepseekd.http.state import HISTORY, IDENTITY, QUOTA
 
 PAGE_DEFAULT, PAGE_MAX = 50, 200
+SEARCH_DEFAULT, SEARCH_MAX = 20, 50
 
 
 def _int_param(request: web.Request, name: str, *, default: int, low: int, high: int) -> int:
@@ -52,10 +55,30 @@ async def delete_conversation(request: web.Request) -> web.Response:
 
 
 async def rename_conversation(request: web.Request) -> web.Response:
+    """Rename (``title``), pin or unpin (``pinned``) one of the caller's conversations."""
     cid = request.match_info["conversation_id"]
     body = body_of(request, ConversationTitle)
-    await request.app[HISTORY].rename_conversation(request[IDENTITY], cid, body.title)
-    return web.json_response({"id": cid, "title": body.title.strip()})
+    history, who = request.app[HISTORY], request[IDENTITY]
+    out: dict[str, Any] = {"id": cid}
+    if body.title is not None:
+        await history.rename_conversation(who, cid, body.title)
+        out["title"] = body.title.strip()
+    if body.pinned is not None:
+        await history.pin_conversation(who, cid, body.pinned)
+        out["pinned"] = body.pinned
+    return web.json_response(out)
+
+
+async def search_conversations(request: web.Request) -> web.Response:
+    """The caller's own conversations whose title or messages contain ``q``, newest first,
+    each with a snippet around the first match; ``?after=`` continues while ``has_more``.
+    Not audited (searching one's own history is reading it)."""
+    limit = _int_param(request, "limit", default=SEARCH_DEFAULT, low=1, high=SEARCH_MAX)
+    after = request.query.get("after") or None
+    page = await request.app[HISTORY].search(
+        request[IDENTITY], request.query.get("q", ""), limit, after
+    )
+    return web.json_response(page.as_json(limit))
 
 
 async def export_me(request: web.Request) -> web.Response:

@@ -27,6 +27,7 @@ from deepseekd.http import (
     pages,
     review,
     sso,
+    users,
 )
 from deepseekd.http.access import (
     ADMIN,
@@ -105,6 +106,11 @@ ACCESS_REVIEW_QUERY = (
     ("format", "string", "json (default) or csv; Accept: text/csv also asks for CSV."),
 )
 FEEDBACK_QUERY = USAGE_QUERY[:2]
+SEARCH_QUERY = (
+    ("q", "string", "What to find (2 to 200 characters), case-insensitive."),
+    ("limit", "integer", "Results per page, 1 to 50 (default 20)."),
+    ("after", "string", "Paging: the response's after (where the scan stopped)."),
+)
 CONVERSATIONS_QUERY = (
     ("limit", "integer", "Conversations per page, 1 to 200 (default 50)."),
     ("after", "string", "Paging: the id of the last conversation of the previous page."),
@@ -179,6 +185,13 @@ TABLE: tuple[Route, ...] = (
         CHAT_READ,
         query=CONVERSATIONS_QUERY,
     ),
+    Route(
+        "GET",
+        "/v1/conversations/search",
+        conversations.search_conversations,
+        CHAT_READ,
+        query=SEARCH_QUERY,
+    ),
     Route("GET", "/v1/conversations/{conversation_id}", conversations.get_conversation, CHAT_READ),
     Route(
         "DELETE",
@@ -228,7 +241,14 @@ TABLE: tuple[Route, ...] = (
     Route("GET", "/admin/api/status", admin.status, ADMIN),
     Route("GET", "/admin/api/settings", admin.get_settings, ADMIN),
     Route("PATCH", "/admin/api/settings", admin.patch_settings, ADMIN),
-    Route("GET", "/admin/api/users", admin.list_users, ADMIN),
+    Route("GET", "/admin/api/users", users.list_users, ADMIN, query=users.USERS_QUERY),
+    Route(
+        "POST",
+        "/admin/api/users/import",
+        users.import_users,
+        ADMIN,
+        query=users.IMPORT_QUERY,
+    ),
     Route(
         "POST",
         "/admin/api/users",

@@ -39,6 +39,8 @@ from deepseekd.services.rights import GroupRights
 from deepseekd.services.settings import RuntimeSettings
 from deepseekd.services.sso import SsoService
 from deepseekd.services.usage import QuotaService
+from deepseekd.services.user_import import UserImport
+from deepseekd.services.users_view import UsersView
 from deepseekd.store.db import Database
 
 Clock = Callable[[], float]
@@ -68,6 +70,8 @@ class Services:
     """Reads only the audit log and the accounts: built from the others."""
     notice: NoticeService = field(init=False)
     feedback: FeedbackService = field(init=False)
+    users_view: UsersView = field(init=False)
+    user_import: UserImport = field(init=False)
 
     def __post_init__(self) -> None:
         self.access_review = AccessReview(
@@ -75,6 +79,8 @@ class Services:
         )
         self.notice = NoticeService(self.db, self.audit, self.clock)
         self.feedback = FeedbackService(self.db, self.keys, self.audit, self.usage, self.clock)
+        self.users_view = UsersView(self.db, self.accounts, self.usage)
+        self.user_import = UserImport(self.db, self.audit, self.clock)
 
     @classmethod
     def build(

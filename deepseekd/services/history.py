@@ -16,6 +16,7 @@ from deepseekd.domain.audit import Event
 from deepseekd.domain.errors import Conflict, Invalid, NotFound
 from deepseekd.domain.identity import Identity
 from deepseekd.security.keyring import Unreadable, open_sealed, seal
+from deepseekd.services import conversation_search
 from deepseekd.services.audit import AuditLog
 from deepseekd.services.keys import KeyService
 from deepseekd.services.rights import split_groups
@@ -250,6 +251,7 @@ class HistoryService:
                 "created_at": conv.created_at,
                 "updated_at": conv.updated_at,
                 "turns": turns,
+                "pinned": conv.pinned_at is not None,
             }
             for conv, turns in rows
         ]
@@ -302,6 +304,7 @@ class HistoryService:
             "title": self._title(key, who.user_id, conv),
             "created_at": conv.created_at,
             "updated_at": conv.updated_at,
+            "pinned": conv.pinned_at is not None,
             "messages": flat,
             "turns": rendered,
         }
@@ -434,6 +437,25 @@ class HistoryService:
             )
 
         await self._audit.transaction("history.rename", rename, "history.rename")
+
+    async def search(
+        self, who: Identity, q: str, limit: int, after: str | None
+    ) -> conversation_search.Page:
+        """The caller's own conversations containing ``q`` (services/conversation_search)."""
+        return await conversation_search.search(self._db, self._keys, who, q, limit, after)
+
+    async def pin_conversation(self, who: Identity, conversation_id: str, pinned: bool) -> None:
+        """Pin or unpin one of the caller's conversations (a preference of the list, like
+        its order: not audited; nothing of the content is read)."""
+        if not valid_id(conversation_id):
+            raise not_found(conversation_id)
+        at = self._now() if pinned else None
+
+        def pin(s: Tx) -> None:
+            if not repo.set_pinned(s, conversation_id, who.user_id, at):
+                raise not_found(conversation_id)
+
+        await self._db.write("history.pin", pin)
 
     async def delete_conversation(self, who: Identity, conversation_id: str) -> None:
         if not valid_id(conversation_id):

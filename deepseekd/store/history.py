@@ -76,32 +76,67 @@ def set_state(s: Session, conversation_id: str, state_ct: bytes) -> None:
 
 
 def conversations(
-    s: Session, user_id: int, limit: int | None, after: str | None
+    s: Session, user_id: int, limit: int | None, after: str | None, *, pinned_first: bool = True
 ) -> list[tuple[Conversation, int]] | None:
-    """The user's conversations, most recently updated first, with their turn counts;
-    ``after`` (the last id of the previous page) pages. None when ``after`` is unknown."""
+    """The user's conversations, most recently updated first (the pinned ones before the
+    others unless ``pinned_first`` is False), with their turn counts; ``after`` (the last id
+    of the previous page) pages. None when ``after`` is unknown."""
+    pinned = Conversation.pinned_at.is_not(None)
     query = (
         select(Conversation, func.count(Turn.id))
         .outerjoin(Turn, Turn.conversation_id == Conversation.id)
         .where(Conversation.user_id == user_id)
         .group_by(Conversation.id)
+        .order_by(*([pinned.desc()] if pinned_first else []))
         .order_by(Conversation.updated_at.desc(), Conversation.id.desc())
     )
     if after is not None:
         mark = s.execute(
-            select(Conversation.updated_at).where(
+            select(Conversation.updated_at, Conversation.pinned_at).where(
                 Conversation.id == after, Conversation.user_id == user_id
             )
-        ).scalar_one_or_none()
+        ).one_or_none()
         if mark is None:
             return None
-        query = query.where(
-            (Conversation.updated_at < mark)
-            | ((Conversation.updated_at == mark) & (Conversation.id < after))
+        later = (Conversation.updated_at < mark[0]) | (
+            (Conversation.updated_at == mark[0]) & (Conversation.id < after)
         )
+        if pinned_first and mark[1] is not None:  # the rest of the pinned, then the others
+            later = (pinned & later) | Conversation.pinned_at.is_(None)
+        elif pinned_first:
+            later = Conversation.pinned_at.is_(None) & later
+        query = query.where(later)
     if limit is not None:
         query = query.limit(limit)
     return [(c, int(n)) for c, n in s.execute(query).all()]
+
+
+def set_pinned(s: Session, conversation_id: str, user_id: int, at: float | None) -> bool:
+    """Pin (``at``: when) or unpin the user's conversation; False when it is not theirs."""
+    return bool(
+        rowcount(
+            s.execute(
+                update(Conversation)
+                .where(Conversation.id == conversation_id, Conversation.user_id == user_id)
+                .values(pinned_at=at)
+            )
+        )
+    )
+
+
+def turns_of(s: Session, conversation_ids: Sequence[str]) -> Sequence[Turn]:
+    """The turns of these conversations, in order (for a search that opens them)."""
+    if not conversation_ids:
+        return []
+    return (
+        s.execute(
+            select(Turn)
+            .where(Turn.conversation_id.in_(list(conversation_ids)))
+            .order_by(Turn.conversation_id, Turn.seq, Turn.choice)
+        )
+        .scalars()
+        .all()
+    )
 
 
 def conversation(s: Session, conversation_id: str) -> Conversation | None:

@@ -184,6 +184,8 @@ class Conversation(Base):
     updated_at: Mapped[float] = mapped_column(Float, index=True)
     state_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
     """The number of requests in the conversation, sealed: a dropped last turn shows."""
+    pinned_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """When its owner pinned it (pinned ones are listed first); None: not pinned."""
 
 
 class Turn(Base):

@@ -125,6 +125,7 @@ EXPECT_2XX = {
     ("GET", "/audit/api/access-review"), ("GET", "/admin/api/breakglass"),
     ("GET", "/audit/api/breakglass"),
     ("GET", "/admin/api/notice"), ("PUT", "/admin/api/notice"), ("GET", "/admin/api/feedback"),
+    ("POST", "/admin/api/users/import"),  # a dry run (the default) of a one-row file
 }
 _PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
 PLACEHOLDER = "00000000-0000-4000-8000-000000000000"
@@ -165,7 +166,10 @@ async def _call(w: World, clock: FakeClock, method: str, canonical: str, caller:
         headers = bearer(w.keys[caller])
     assert not w.d.client.session.cookie_jar, "a cookie would authenticate 'none'"
     body = _body(method, canonical)
-    kwargs = {"json": body} if body is not None else {}
+    kwargs: dict[str, Any] = {"json": body} if body is not None else {}
+    if canonical == "/admin/api/users/import":
+        kwargs = {"data": "name,role\nmatrixrow,user\n"}
+        headers = {**headers, "Content-Type": "text/csv"}
     resp = await w.d.client.request(method, path, headers=headers, **kwargs)
     await resp.read()
     return resp

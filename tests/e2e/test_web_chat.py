@@ -186,6 +186,7 @@ def test_real_chat_journey(browser: Any, daemon: Daemon) -> None:
 
         # Delete it (confirming the dialog): gone from the list and from the server.
         page.once("dialog", lambda d: d.accept())
+        page.click(".conv-item .conv-menu-button")
         page.click(".conv-item .conv-delete")
         page.wait_for_function("() => document.querySelectorAll('.conv-item').length === 0")
         listed = page.request.get(daemon.url + "/v1/conversations")
@@ -461,6 +462,7 @@ def test_rename_and_new_chat(browser: Any, fake_web: FakeWeb) -> None:
         login(page, fake_web.url, "rename.nurse", password)
         send(page, "first conversation", timeout_ms=30_000)
         page.wait_for_selector(".conv-item")
+        page.click(".conv-item .conv-menu-button")
         page.click(".conv-item .conv-rename")
         page.fill(".conv-rename-form input", "Ward 3 handover")
         page.press(".conv-rename-form input", "Enter")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from deepseekd.http.body import Body
 
@@ -293,6 +293,15 @@ class SimpleChatRequest(Body):
 
 
 class ConversationTitle(Body):
-    """``PATCH /v1/conversations/{id}``: rename a conversation."""
+    """``PATCH /v1/conversations/{id}``: rename a conversation, pin or unpin it (either or
+    both)."""
 
-    title: str = Field(min_length=1, max_length=120)
+    pinned: bool | None = None
+    title: str | None = Field(None, min_length=1, max_length=120, validate_default=True)
+
+    @field_validator("title")
+    @classmethod
+    def _something(cls, title: str | None, info: ValidationInfo) -> str | None:
+        if title is None and info.data.get("pinned") is None:
+            raise ValueError("give a title, pinned (true or false) or both")
+        return title

@@ -10,6 +10,7 @@ import * as auditor from "./auditor.js";
 import * as breakglass from "./breakglass.js";
 import * as feedbackReport from "./feedback-report.js";
 import * as noticeAdmin from "./notice-admin.js";
+import * as usersView from "./users.js";
 
 const state = {
   mode: null,          // "admin" | "auditor" | null
@@ -21,6 +22,7 @@ const state = {
   idleTimer: null,
   selectedUser: null,
   users: [],
+  usersGen: 0,         // bumped by each users load: an older page arriving late is dropped
   usageGen: 0,         // bumped by each usage load: an older answer arriving late is dropped
   ssoTicket: null,     // back from single sign-on: the ticket the TOTP code redeems
 };
@@ -41,6 +43,7 @@ function clearSensitive() {
   }
   $("settings-list").replaceChildren();
   state.usageGen += 1;  // a usage load in flight is dropped
+  state.usersGen += 1;
   $("usage-chart").replaceChildren();
   $("usage-legend").replaceChildren();
   $("usage-group").replaceChildren(el("option", { value: "", text: "All groups" }));
@@ -51,6 +54,7 @@ function clearSensitive() {
   breakglass.clear();
   feedbackReport.clear();
   noticeAdmin.clear();
+  usersView.clear();
   setMsg($("rotate-result"), "");
   state.selectedUser = null;
   state.users = [];
@@ -359,10 +363,13 @@ function groupsCell(groups) {
 async function loadUsers() {
   const err = $("users-error");
   try {
-    const r = await apiJson("GET", "/admin/api/users");
+    const gen = ++state.usersGen;
+    const r = await apiJson("GET", usersView.usersUrl());
+    if (gen !== state.usersGen) return;
     setMsg(err, "");
     state.users = r.users || [];
     renderUsers();
+    usersView.showPage(r.total ?? state.users.length, state.users.length);
     if (state.selectedUser) {
       const u = state.users.find((x) => x.name === state.selectedUser);
       if (u) renderUserDetail(u); else closeUser();
@@ -387,13 +394,16 @@ function renderUsers() {
       stateCell(u),
       el("td", { text: u.role === "admin" ? (u.totp_enrolled ? "yes" : "no") : (u.totp_enrolled ? "yes" : "—") }),
       el("td", { className: "num", text: fmtUserLimit(u) }),
+      el("td", { className: "num", text: String(u.requests_today ?? 0),
+        title: `${u.tokens_today ?? 0} tokens today` }),
+      timeCell(u.last_login_at),
       el("td", { className: "num", text: String(u.active_keys ?? "") }),
       el("td", { className: "source", text: fmtSource(u.source) }),
       groupsCell(u.groups),
       timeCell(u.created_at));
     tbody.append(tr);
   }
-  if (!state.users.length) tbody.append(el("tr", {}, el("td", { colspan: 9, text: "No users." })));
+  if (!state.users.length) tbody.append(el("tr", {}, el("td", { colspan: 11, text: "No users." })));
 }
 
 function openUser(name) {
@@ -945,6 +955,7 @@ function wire() {
   selectTab = tabList("tabs", TABS, onTab);
   breakglass.wire();
   noticeAdmin.wire();
+  usersView.wire(loadUsers);
   $("secrets-dismiss").addEventListener("click", hideSecrets);
   $("create-form").addEventListener("submit", createUser);
   $("limit-form").addEventListener("submit", setLimit);

@@ -20,6 +20,7 @@ import { clearPasswordForm, openPasswordForm, setupPasswordForm } from "./accoun
 import { renderMarkdown } from "./markdown.js";
 import { closeNotice, requireNotice } from "./notice.js";
 import { addFeedback } from "./feedback.js";
+import { convTitle, renderGrouped, renderResults, setupSearch } from "./conversations.js";
 import { addCodeCopyButtons, copyAnswerButton, copySource, setCopySource, wireCopyButtons }
   from "./copy.js";
 
@@ -34,6 +35,8 @@ const state = {
   busy: false,
   controller: null,
   conversations: [],
+  search: null, // {q, data, after} while the list shows search results
+  searchSeq: 0, // the latest search: an older answer arriving late must not overwrite it
   chatGen: 0, // bumped whenever another chat is put on screen: older turns must not write to it
   turn: null, // the send in progress
   syncing: null, // a stopped answer being read back from the server (the next send waits)
@@ -134,6 +137,8 @@ function applySession(data) {
   renderQuota();
   refreshUsage();
   resetChat();
+  $("conv-search").value = ""; // another user may sign in on the same page
+  clearSearch();
   loadConversations();
   if (kept) {
     $("composer-input").value = kept.draft;
@@ -399,45 +404,81 @@ async function loadConversations() {
   }
 }
 
-function convTitle(c) {
-  return (c && typeof c.title === "string" && c.title.trim()) ? c.title : "Untitled conversation";
-}
+const listActions = {
+  onOpen: (id) => openConversation(id),
+  onRename: (c) => {
+    const li = $("conv-list").querySelector(`li[data-id="${CSS.escape(c.id)}"]`);
+    if (li) startRename(li, c);
+  },
+  onDelete: (c) => deleteConversation(c),
+  onPin: (c) => pinConversation(c),
+};
 
 function renderConversations() {
-  const list = $("conv-list");
-  list.replaceChildren();
-  $("conv-empty").hidden = state.conversations.length > 0;
-  for (const c of state.conversations) {
-    const li = document.createElement("li");
-    li.className = "conv-item";
-    li.dataset.id = c.id;
-    if (c.id === state.convId) li.classList.add("active");
-
-    const open = document.createElement("button");
-    open.type = "button";
-    open.className = "conv-open";
-    open.textContent = convTitle(c);
-    open.title = convTitle(c);
-    if (c.id === state.convId) open.setAttribute("aria-current", "true");
-    open.addEventListener("click", () => openConversation(c.id));
-
-    const rename = document.createElement("button");
-    rename.type = "button";
-    rename.className = "btn btn-secondary btn-small conv-rename";
-    rename.textContent = "Rename";
-    rename.setAttribute("aria-label", `Rename conversation “${convTitle(c)}”`);
-    rename.addEventListener("click", () => startRename(li, c));
-
-    const del = document.createElement("button");
-    del.type = "button";
-    del.className = "btn btn-secondary btn-small conv-delete";
-    del.textContent = "Delete";
-    del.setAttribute("aria-label", `Delete conversation “${convTitle(c)}”`);
-    del.addEventListener("click", () => deleteConversation(c));
-
-    li.append(open, rename, del);
-    list.appendChild(li);
+  $("conv-empty").hidden = state.conversations.length > 0 || state.search !== null;
+  if (state.search !== null) {
+    renderResults($("conv-list"), state.search.data, state.convId, listActions);
+    return;
   }
+  renderGrouped($("conv-list"), state.conversations, state.convId, listActions);
+}
+
+function focusMenuOf(id) {
+  const b = $("conv-list").querySelector(`li[data-id="${CSS.escape(id)}"] .conv-menu-button`);
+  if (b) b.focus();
+}
+
+async function pinConversation(c) {
+  const pinned = !c.pinned;
+  try {
+    await apiJson("PATCH", `/v1/conversations/${encodeURIComponent(c.id)}`, { pinned });
+    clearChatError();
+    setStatus(pinned ? "Conversation pinned." : "Conversation unpinned.");
+    if (state.search !== null) c.pinned = pinned;
+    await loadConversations();
+    focusMenuOf(c.id);
+  } catch (e) {
+    if (e instanceof SessionEnded) return;
+    showChatError(`Could not ${pinned ? "pin" : "unpin"}: ${e.message}`);
+  }
+}
+
+async function searchConversations(q, after = null) {
+  const seq = ++state.searchSeq;
+  const status = $("conv-search-status");
+  status.textContent = "Searching…";
+  const params = new URLSearchParams({ q, limit: "20" });
+  if (after) params.set("after", after);
+  try {
+    const data = await apiJson("GET", `/v1/conversations/search?${params}`);
+    if (seq !== state.searchSeq) return; // a newer search (or a clear) came meanwhile
+    const found = Array.isArray(data && data.data) ? data.data : [];
+    const earlier = after && state.search ? state.search.data : [];
+    state.search = { q, data: [...earlier, ...found], after: data.has_more ? data.after : null };
+    const n = state.search.data.length;
+    status.textContent = `${n} result${n === 1 ? "" : "s"}` +
+      (state.search.after ? " so far (older conversations not searched yet)" : "");
+    $("conv-search-more").hidden = !state.search.after;
+    renderConversations();
+  } catch (e) {
+    if (e instanceof SessionEnded || seq !== state.searchSeq) return;
+    status.textContent = `Search failed: ${e.message}`;
+  }
+}
+
+function clearSearch() {
+  state.searchSeq++;
+  state.search = null;
+  $("conv-search-status").textContent = "";
+  $("conv-search-more").hidden = true;
+  renderConversations();
+}
+
+function setupConversationSearch() {
+  setupSearch($("conv-search"), (q) => searchConversations(q), clearSearch);
+  $("conv-search-more").addEventListener("click", () => {
+    if (state.search && state.search.after) searchConversations(state.search.q, state.search.after);
+  });
 }
 
 function renameForm(c) {
@@ -476,8 +517,7 @@ function startRename(li, c) {
 
   const restore = () => {
     renderConversations();
-    const again = $("conv-list").querySelector(`li[data-id="${CSS.escape(c.id)}"] .conv-rename`);
-    if (again) again.focus();
+    focusMenuOf(c.id);
   };
   cancel.addEventListener("click", restore);
   input.addEventListener("keydown", (ev) => {
@@ -518,6 +558,7 @@ async function deleteConversation(c) {
     clearChatError();
     if (c.id === state.convId) resetChat();
     state.conversations = state.conversations.filter((x) => x.id !== c.id);
+    if (state.search) state.search.data = state.search.data.filter((x) => x.id !== c.id);
     renderConversations();
     setStatus("Conversation deleted.");
     $("new-chat").focus();
@@ -1243,6 +1284,7 @@ function init() {
     ended: sessionEnded,
   });
   $("change-password").addEventListener("click", () => showPasswordForm(false));
+  setupConversationSearch();
   $("login-form").addEventListener("submit", onLogin);
   $("logout").addEventListener("click", onLogout);
   showSsoButton();
