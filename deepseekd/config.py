@@ -486,6 +486,15 @@ class HistorySettings:
 
 
 @dataclass(frozen=True)
+class WebSettings:
+    auto_title: bool = _f(
+        True,
+        "After the first answer of a new chat started on the chat page, the model writes "
+        "a short title for it in the background (not counted against the user's quota).",
+    )
+
+
+@dataclass(frozen=True)
 class KeySettings:
     rotation_days: int = _f(
         90,
@@ -615,6 +624,7 @@ class Settings:
     quota: QuotaSettings = field(default_factory=QuotaSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     history: HistorySettings = field(default_factory=HistorySettings)
+    web: WebSettings = field(default_factory=WebSettings)
     keys: KeySettings = field(default_factory=KeySettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     obs: ObsSettings = field(default_factory=ObsSettings)

@@ -29,6 +29,9 @@ class Identity:
     """For an admin session: the API key that opened it (its revocation ends the session)."""
     groups: tuple[str, ...] = ()
     """Directory groups (LDAP or OpenID Connect) at the last sign-in; they carry rights."""
+    account_source: str = "local"
+    """Where the account comes from: 'local' (its password is ours), 'ldap' or 'oidc' (the
+    directory's or the provider's). Set for sessions; 'local' otherwise."""
 
 
 def cli_actor() -> str:

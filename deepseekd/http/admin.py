@@ -271,6 +271,16 @@ async def usage_report(request: web.Request) -> web.Response:
     return report_answer(report, as_csv)
 
 
+async def usage_summary(request: web.Request) -> web.Response:
+    """The console's usage charts: requests, tokens, failures and refusals per quota day and
+    the top users, for the days and group ``usage_report`` takes (JSON only)."""
+    q = request.query
+    summary = await request.app[QUOTA].summary(q.get("from"), q.get("to"), q.get("group"))
+    extra = {"from": summary.first, "to": summary.last, "group": summary.group, "summary": True}
+    await request.app[AUDIT].append(Event.by(request[IDENTITY], "usage.report", extra=extra))
+    return web.json_response(summary.as_json())
+
+
 # -- the box -------------------------------------------------------------------------
 
 
@@ -292,6 +302,7 @@ async def status(request: web.Request) -> web.Response:
             "kv_cache_usage": stats.kv_cache_usage if stats else 0.0,
             "tokens_per_second": round(metrics.token_rate(), 2),
             "gpus": metrics.gpu.snapshot(),
+            "master_key": (await app[KEYS].status(app[SETTINGS].keys.rotation_days)).as_json(),
         }
     )
 

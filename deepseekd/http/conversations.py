@@ -54,6 +54,13 @@ async def delete_conversation(request: web.Request) -> web.Response:
     return web.json_response({"id": cid, "deleted": True})
 
 
+async def delete_all_conversations(request: web.Request) -> web.Response:
+    """Delete all of the caller's conversations (``history.delete_all``, with the count);
+    the account, its keys and today's usage stay."""
+    deleted = await request.app[HISTORY].delete_all_conversations(request[IDENTITY])
+    return web.json_response({"deleted": deleted})
+
+
 async def rename_conversation(request: web.Request) -> web.Response:
     """Rename (``title``), pin or unpin (``pinned``) one of the caller's conversations."""
     cid = request.match_info["conversation_id"]

@@ -17,7 +17,7 @@ class LoadBody(StrictBody):
 async def list_adapters(request: web.Request) -> web.Response:
     service = request.app[LORA]
     service.require_enabled()
-    return web.json_response({"adapters": [r.as_json() for r in service.loaded()]})
+    return web.json_response({"adapters": await service.listing()})
 
 
 async def load_adapter(request: web.Request) -> web.Response:

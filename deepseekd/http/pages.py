@@ -72,6 +72,8 @@ async def session(request: web.Request) -> web.Response:
             "idle_timeout_s": request.app[SETTINGS].auth.web_session_idle_minutes * 60,
             "quota": quota,
             "password_change_required": who.password_change_required,
+            # 'local': the password is ours to change; 'ldap'/'oidc': the directory's.
+            "account_source": who.account_source,
             "notice": await request.app[NOTICE].pending(who),
         }
     )

@@ -25,6 +25,7 @@ from deepseekd.http import (
     notice,
     openapi,
     pages,
+    presets,
     review,
     sso,
     users,
@@ -178,6 +179,7 @@ TABLE: tuple[Route, ...] = (
     Route("POST", "/chat", openai.simple_chat, CHAT, body=SimpleChatRequest),
     # -- the caller's own data
     Route("GET", "/v1/models", openai.models, CHAT_READ),
+    Route("GET", "/v1/presets", presets.list_presets, CHAT_READ),
     Route(
         "GET",
         "/v1/conversations",
@@ -192,6 +194,7 @@ TABLE: tuple[Route, ...] = (
         CHAT_READ,
         query=SEARCH_QUERY,
     ),
+    Route("DELETE", "/v1/conversations", conversations.delete_all_conversations, CHAT_READ),
     Route("GET", "/v1/conversations/{conversation_id}", conversations.get_conversation, CHAT_READ),
     Route(
         "DELETE",
@@ -280,8 +283,12 @@ TABLE: tuple[Route, ...] = (
     Route(
         "GET", "/admin/api/usage", admin.usage_report, ADMIN, answers="report", query=USAGE_QUERY
     ),
+    Route("GET", "/admin/api/usage/summary", admin.usage_summary, ADMIN, query=USAGE_QUERY[:3]),
     Route("GET", "/admin/api/notice", notice.get_notice, ADMIN),
     Route("PUT", "/admin/api/notice", notice.put_notice, ADMIN, body=notice.NoticeBody),
+    Route("GET", "/admin/api/presets", presets.admin_presets, ADMIN),
+    Route("PUT", "/admin/api/presets/{name}", presets.put_preset, ADMIN, body=presets.PresetBody),
+    Route("DELETE", "/admin/api/presets/{name}", presets.delete_preset, ADMIN),
     Route(
         "GET",
         "/admin/api/feedback",

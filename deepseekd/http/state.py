@@ -22,6 +22,7 @@ from deepseekd.services.keys import KeyService
 from deepseekd.services.lifecycle import Lifecycle
 from deepseekd.services.lora import LoraService
 from deepseekd.services.notice import NoticeService
+from deepseekd.services.presets import PresetService
 from deepseekd.services.settings import RuntimeSettings
 from deepseekd.services.sso import SsoService
 from deepseekd.services.usage import QuotaService, QuotaState
@@ -46,6 +47,7 @@ CHAT = web.AppKey("chat", ChatService)
 SSO = web.AppKey("sso", SsoService)
 BREAKGLASS = web.AppKey("breakglass", BreakGlassService)
 NOTICE = web.AppKey("notice", NoticeService)
+PRESETS = web.AppKey("presets", PresetService)
 FEEDBACK = web.AppKey("feedback", FeedbackService)
 METRICS = web.AppKey("metrics", Metrics)
 NOTIFIER = web.AppKey("notifier", Notifier)
@@ -74,6 +76,7 @@ def set_services(app: web.Application, svc: Services) -> None:
     app[SSO] = svc.sso
     app[BREAKGLASS] = svc.breakglass
     app[NOTICE] = svc.notice
+    app[PRESETS] = svc.presets
     app[FEEDBACK] = svc.feedback
     app[METRICS] = svc.metrics
 

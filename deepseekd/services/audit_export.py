@@ -204,6 +204,7 @@ KINDS: dict[str, Kind] = {
     "breakglass.review": Kind(REST, coding(RESTFUL, "update", "update"), "U"),
     "history.rename": Kind(REST, coding(RESTFUL, "update", "update"), "U"),
     "history.delete": Kind(REST, coding(RESTFUL, "delete", "delete"), "D"),
+    "history.delete_all": Kind(REST, coding(RESTFUL, "delete", "delete"), "D"),
     "history.retention_purge": Kind(REST, coding(RESTFUL, "delete", "delete"), "D"),
     "history.unreadable": Kind(SECURITY_ALERT, None, "R"),
     "history.incomplete": Kind(SECURITY_ALERT, None, "R"),

@@ -76,6 +76,7 @@ def _session_identity(
         "session" if kind == "admin" else "web_session",
         password_change_required=bool(user.must_change_password),
         session_key_id=key_id,
+        account_source=user.source or "local",
     )
 
 

@@ -35,6 +35,7 @@ from deepseekd.services.keys import KeyService
 from deepseekd.services.lifecycle import Lifecycle
 from deepseekd.services.lora import LoraService
 from deepseekd.services.notice import NoticeService
+from deepseekd.services.presets import PresetService
 from deepseekd.services.rights import GroupRights
 from deepseekd.services.settings import RuntimeSettings
 from deepseekd.services.sso import SsoService
@@ -69,6 +70,7 @@ class Services:
     access_review: AccessReview = field(init=False)
     """Reads only the audit log and the accounts: built from the others."""
     notice: NoticeService = field(init=False)
+    presets: PresetService = field(init=False)
     feedback: FeedbackService = field(init=False)
     users_view: UsersView = field(init=False)
     user_import: UserImport = field(init=False)
@@ -78,6 +80,7 @@ class Services:
             self.db, self.audit, self.settings.audit, self.settings.quota.timezone, self.clock
         )
         self.notice = NoticeService(self.db, self.audit, self.clock)
+        self.presets = PresetService(self.db, self.audit, self.clock)
         self.feedback = FeedbackService(self.db, self.keys, self.audit, self.usage, self.clock)
         self.users_view = UsersView(self.db, self.accounts, self.usage)
         self.user_import = UserImport(self.db, self.audit, self.clock)
@@ -157,6 +160,7 @@ class Services:
         return before, head
 
     async def close(self) -> None:
+        await self.chat.titles.close()  # background titles write to the database
         await self.db.close()
 
 

@@ -49,6 +49,21 @@ def valid_id(value: str) -> bool:
         return False
 
 
+def added(sent: list[dict[str, Any]], msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What one request's ``msgs`` add to the conversation ``sent`` so far (all of them when
+    they do not continue it). A system message at the head of either is left out of the
+    comparison: the chat page's per-conversation system prompt may change between requests
+    without the conversation starting over."""
+    if msgs[: len(sent)] == sent:
+        return msgs[len(sent) :]
+    head = 1 if sent and sent[0].get("role") == "system" else 0
+    own = 1 if msgs and msgs[0].get("role") == "system" else 0
+    rest = sent[head:]
+    if (head or own) and msgs[own : own + len(rest)] == rest:
+        return msgs[own + len(rest) :]
+    return msgs
+
+
 def not_found(conversation_id: str) -> NotFound:
     return NotFound(
         f"conversation_id: no conversation '{conversation_id}'", field="conversation_id"
@@ -91,6 +106,22 @@ class TurnRecord:
         return json.dumps([self.answer, self.tool_calls], ensure_ascii=False, sort_keys=True)
 
 
+@dataclass(frozen=True)
+class Replacement:
+    """A request that replaces one turn of its conversation and every later one (editing a
+    sent message, regenerating an answer): the turn's id and its seq when it was checked."""
+
+    turn_id: str
+    seq: int
+
+
+def replace_not_found(turn_id: str, conversation_id: str) -> NotFound:
+    return NotFound(
+        f"replace_from: no turn '{turn_id[:64]}' in conversation '{conversation_id}'",
+        field="replace_from",
+    )
+
+
 WITHHELD = (
     "the conversations' content is withheld: only its owner (GET /v1/me/export) or someone "
     "holding a read_history break-glass for this user may read it"
@@ -116,6 +147,18 @@ class HistoryService:
         if owner != who.user_id:  # another user's id looks exactly like a missing one
             raise not_found(conversation_id)
 
+    async def check_replace(self, who: Identity, conversation_id: str, turn_id: str) -> Replacement:
+        """Before generating: ``turn_id`` must be a turn of the caller's conversation
+        ``conversation_id`` (else 404 naming replace_from)."""
+        place = (
+            await self._db.read("history.turn_place", lambda s: repo.turn_place(s, turn_id))
+            if valid_id(turn_id)
+            else None
+        )
+        if place is None or place[:2] != (conversation_id, who.user_id):
+            raise replace_not_found(turn_id, conversation_id)
+        return Replacement(turn_id, place[2])
+
     def turn_event(
         self, who: Identity, conversation_id: str, turn: TurnRecord, action: str = "inference"
     ) -> Event:
@@ -138,12 +181,19 @@ class HistoryService:
         )
 
     def seal_in(
-        self, s: Tx, who: Identity, conversation_id: str, new: bool, answers: list[TurnRecord]
+        self,
+        s: Tx,
+        who: Identity,
+        conversation_id: str,
+        new: bool,
+        answers: list[TurnRecord],
+        replace: Replacement | None = None,
     ) -> list[str]:
         """Seal and store one request's answers (one turn per choice, sharing a seq) inside
         the caller's transaction (``new``: the id was allocated for a new conversation);
-        returns the turns' ids. Raises Erased when the user was erased meanwhile: then no
-        data key is made and nothing is stored."""
+        returns the turns' ids. ``replace``: the turns from that one on are deleted first
+        and the answers take its seq. Raises Erased when the user was erased meanwhile:
+        then no data key is made and nothing is stored."""
         user = accounts_repo.user_for_update(s, who.user_id)
         if user is None or user.erased_at is not None:
             raise Erased("the user was erased; nothing is stored", code="user_erased")
@@ -164,11 +214,26 @@ class HistoryService:
             )
         elif not repo.touch(s, conversation_id, who.user_id, now):
             raise not_found(conversation_id)  # deleted meanwhile
-        seq = 1 if new else repo.next_seq(s, conversation_id)
+        if new:
+            seq = 1
+        elif replace is not None:
+            seq = self._replace_in(s, who, conversation_id, replace)
+        else:
+            seq = repo.next_seq(s, conversation_id)
         rows = [self._row(key, who.user_id, conversation_id, seq, turn, now) for turn in answers]
         repo.add_turns(s, rows)
         repo.set_state(s, conversation_id, seal_state(key, who.user_id, conversation_id, seq))
         return [r["id"] for r in rows]
+
+    @staticmethod
+    def _replace_in(s: Tx, who: Identity, conversation_id: str, replace: Replacement) -> int:
+        """Delete the replaced turns (their feedback goes with them); the seq the new answers
+        take. The turn must still be where it was checked: a concurrent replacement that
+        removed it wins, and this answer is not stored."""
+        if repo.turn_place(s, replace.turn_id) != (conversation_id, who.user_id, replace.seq):
+            raise replace_not_found(replace.turn_id, conversation_id)
+        repo.delete_from(s, conversation_id, replace.seq)
+        return replace.seq
 
     def _row(
         self, key: bytes, user_id: int, conversation_id: str, seq: int, turn: TurnRecord, now: float
@@ -361,7 +426,7 @@ class HistoryService:
                 reply["tool_calls"] = resent["tool_calls"] = item["tool_calls"]
             if "reasoning_content" in item:
                 reply["reasoning_content"] = item["reasoning_content"]
-            new = msgs[len(sent) :] if msgs[: len(sent)] == sent else msgs
+            new = added(sent, msgs)
             flat.extend(new)
             flat.append(reply)
             sent.extend(new)
@@ -438,6 +503,35 @@ class HistoryService:
 
         await self._audit.transaction("history.rename", rename, "history.rename")
 
+    async def title_sealed(self, who: Identity, conversation_id: str) -> bytes | None:
+        """The conversation's title as stored (ciphertext), to tell later whether it was
+        renamed; None when it is not the caller's (any more)."""
+
+        def read(s: Tx) -> bytes | None:
+            conv = repo.conversation(s, conversation_id)
+            return conv.title_ct if conv is not None and conv.user_id == who.user_id else None
+
+        return await self._db.read("history.title", read)
+
+    async def set_generated_title(
+        self, who: Identity, conversation_id: str, was: bytes, title: str
+    ) -> bool:
+        """Store an automatic title (services/chat/titles), sealed like a rename, but only if
+        the stored title is still ``was``: a rename meanwhile wins. Not audited (the daemon
+        names the chat; the user's renames are). Returns whether it was stored."""
+
+        def store(s: Tx) -> bool:
+            conv = repo.conversation(s, conversation_id)
+            if conv is None or conv.user_id != who.user_id or conv.title_ct != was:
+                return False
+            key = self._keys.user_key(s, who.user_id, create=False)
+            if key is None:
+                return False
+            conv.title_ct = seal(key, title.encode(), title_aad(who.user_id, conversation_id))
+            return True
+
+        return bool(await self._db.write("history.auto_title", store))
+
     async def search(
         self, who: Identity, q: str, limit: int, after: str | None
     ) -> conversation_search.Page:
@@ -469,6 +563,28 @@ class HistoryService:
             )
 
         await self._audit.transaction("history.delete", remove, "history.delete")
+
+    async def delete_all_conversations(self, who: Identity) -> int:
+        """Delete every conversation of the caller (turns and their feedback with them) in
+        one transaction, audited ``history.delete_all`` with the count; returns it. The
+        account, its keys and its usage stay (unlike erasure). An answer still streaming
+        into a deleted conversation then fails to seal (404); one that started a new
+        conversation stores it whole, as a new conversation."""
+
+        def remove(s: Tx) -> int:
+            n = repo.delete_all_of(s, who.user_id)
+            self._audit.append_in(
+                s,
+                Event.by(
+                    who,
+                    "history.delete_all",
+                    target=f"user:{who.name}",
+                    detail=f"conversations={n}",
+                ),
+            )
+            return n
+
+        return await self._audit.transaction("history.delete_all", remove, "history.delete_all")
 
     async def purge(self, retention_days: int, own: Mapping[int, int] | None = None) -> int:
         """Delete conversations untouched for ``retention_days``, or for the days ``own``

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from deepseekd.domain.audit import Event
@@ -29,6 +30,26 @@ CREDENTIALS = (
     "the master key comes from systemd credentials: rotate with the key files on "
     "the host (see README, Operations)"
 )
+
+
+@dataclass(frozen=True)
+class KeyStatus:
+    """What the admin console shows of the master key at all times (no key material)."""
+
+    version: int
+    created_at: float | None
+    """Epoch seconds this version was made (None: not on record yet)."""
+    age_days: float
+    last_rotated_at: float | None
+    """When the last rotation made the current version; None: never rotated."""
+    rotation_days: int
+    """``[keys] rotation_days``: the daemon rotates at this age; 0 = only by hand."""
+    rotation_due_at: float | None
+    overdue: bool
+    """Older than ``rotation_days`` (an automatic rotation refused or not run yet)."""
+
+    def as_json(self) -> dict[str, object]:
+        return asdict(self)
 
 
 def _user_aad(user_id: int) -> bytes:
@@ -215,6 +236,26 @@ class KeyService:
             "keys.age", lambda s: repo.check_created_at(s, self.keyring.current_version)
         )
         return self._now() - (created if created is not None else self._now())
+
+    async def status(self, rotation_days: int) -> KeyStatus:
+        """The current master key version, when it was made, its age, the last rotation
+        and, with ``rotation_days`` (0: only by hand), when the next one is due."""
+        current = self.keyring.current_version
+        rows = await self._db.read("keys.status", repo.check_times)
+        created = next((c for v, c, _ in rows if v == current), None)
+        now = self._now()
+        age_days = (now - created) / 86400 if created is not None else 0.0
+        due = created + rotation_days * 86400 if created is not None and rotation_days else None
+        return KeyStatus(
+            version=current,
+            created_at=created,
+            age_days=round(age_days, 2),
+            # The current version was made by a rotation unless it is the first on record.
+            last_rotated_at=created if any(v < current for v, _, _ in rows) else None,
+            rotation_days=rotation_days,
+            rotation_due_at=due,
+            overdue=due is not None and now >= due,
+        )
 
     async def rotate(
         self, by: Identity | None, *, automatic: bool = False, why: str = ""

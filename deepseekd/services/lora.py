@@ -101,6 +101,20 @@ class LoraService:
         rows = await self._db.read("lora.list", repo.all_adapters)
         return [AdapterRecord(**r) for r in rows]
 
+    async def listing(self) -> list[dict[str, Any]]:
+        """Every adapter on record, loaded or not (one registered but refused at start: for
+        another model, or the engine rejected it), with the directory groups whose
+        ``models`` reserve it (none: open to everyone)."""
+        on_record = {r.name: r for r in await self.registered()} | self._loaded
+        return [
+            {**rec.as_json(), "loaded": name in self._loaded, "groups": self._groups_for(rec)}
+            for name, rec in sorted(on_record.items())
+        ]
+
+    def _groups_for(self, rec: AdapterRecord) -> list[str]:
+        wanted = {rec.name.lower(), f"{rec.base_model}:{rec.name}".lower()}
+        return [g.name for g in self._settings.auth.group if wanted & {m.lower() for m in g.models}]
+
     async def load(self, name: str, path: str, by: Identity) -> AdapterRecord:
         self.require_enabled()
         try:

@@ -23,6 +23,24 @@ from deepseekd.store.db import Database
 
 RUNTIME_KEYS = ("quota.daily_requests", "history.retention_days", "obs.log_level")
 FIELDS: dict[str, FieldInfo] = {k: field_info(k) for k in RUNTIME_KEYS}
+LABELS: dict[str, tuple[str, str]] = {
+    "quota.daily_requests": (
+        "Daily requests per user",
+        "How many questions a user may ask a day unless their own or their group's limit "
+        "says otherwise; 0 stops everyone without a limit of their own.",
+    ),
+    "history.retention_days": (
+        "Keep chat history for (days)",
+        "Conversations without a new message for this many days are deleted for good "
+        "(a directory group may keep its own); 0 keeps them forever.",
+    ),
+    "obs.log_level": (
+        "Log detail",
+        "How much the daemon writes to its log: DEBUG is the most, ERROR the least. "
+        "Never chat content at any level.",
+    ),
+}
+"""The console's name and one-line help for each setting (``FIELDS`` keeps the config's)."""
 
 
 def describe_field(info: FieldInfo) -> dict[str, Any]:
@@ -66,7 +84,14 @@ class RuntimeSettings:
 
     def describe(self) -> list[dict[str, Any]]:
         return [
-            {"key": key, "value": self.values[key], "description": info.doc, **describe_field(info)}
+            {
+                "key": key,
+                "label": LABELS[key][0],
+                "help": LABELS[key][1],
+                "value": self.values[key],
+                "description": info.doc,
+                **describe_field(info),
+            }
             for key, info in FIELDS.items()
         ]
 

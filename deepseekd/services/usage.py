@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from deepseekd.config import QuotaSettings
 from deepseekd.domain.identity import Identity
 from deepseekd.services.usage_report import UsageReport, build_report, check_group, report_range
+from deepseekd.services.usage_summary import UsageSummary, build_summary, day_starts
 from deepseekd.store import usage as repo
+from deepseekd.store import usage_summary as summary_repo
 from deepseekd.store.db import Database
 
 
@@ -146,3 +148,19 @@ class QuotaService:
         wanted = check_group(group)
         rows = await self._db.read("quota.report", lambda s: repo.usage_with_groups(s, start, end))
         return build_report(start, end, rows, wanted)
+
+    async def summary(self, first: str | None, last: str | None, group: str | None) -> UsageSummary:
+        """Requests, tokens, failures and refusals per quota day and the top users for the
+        days ``first``..``last`` (as ``department_usage``), only ``group`` when given."""
+        today = dt.date.fromisoformat(self.window(self._now())[0])
+        start, end = report_range(first, last, today)
+        wanted = check_group(group)
+        starts = day_starts(start, end, self._cfg.timezone, self._cfg.reset_hour)
+        usage, failed = await self._db.read(
+            "quota.summary",
+            lambda s: (
+                summary_repo.usage_by_user(s, start, end),
+                summary_repo.failures(s, starts[0], starts[-1]),
+            ),
+        )
+        return build_summary(start, end, wanted, usage, failed, starts)

@@ -64,6 +64,22 @@ def next_seq(s: Session, conversation_id: str) -> int:
     return int(last or 0) + 1
 
 
+def turn_place(s: Session, turn_id: str) -> tuple[str, int, int] | None:
+    """(conversation id, user id, seq) of a stored turn; None when there is none."""
+    row = s.execute(
+        select(Turn.conversation_id, Turn.user_id, Turn.seq).where(Turn.id == turn_id)
+    ).one_or_none()
+    return None if row is None else (str(row[0]), int(row[1]), int(row[2]))
+
+
+def delete_from(s: Session, conversation_id: str, seq: int) -> int:
+    """Delete the conversation's turns from ``seq`` on (their feedback with them); returns
+    how many rows went."""
+    return rowcount(
+        s.execute(delete(Turn).where(Turn.conversation_id == conversation_id, Turn.seq >= seq))
+    )
+
+
 def add_turns(s: Session, rows: list[dict[str, Any]]) -> None:
     """Store sealed turns (their seq and choice set by the caller)."""
     s.connection().execute(_INSERT_TURN, rows)

@@ -36,6 +36,17 @@ def check_created_at(s: Session, version: int) -> float | None:
     ).scalar_one_or_none()
 
 
+def check_times(s: Session) -> list[tuple[int, float, float | None]]:
+    """(version, created at, retired at or None) of every master key version on record,
+    oldest first: metadata only, never a check value."""
+    rows = s.execute(
+        select(KeyCheck.version, KeyCheck.created_at, KeyCheck.retired_at).order_by(
+            KeyCheck.version
+        )
+    ).all()
+    return [(int(r[0]), float(r[1]), None if r[2] is None else float(r[2])) for r in rows]
+
+
 def user_key(s: Session, user_id: int) -> UserKey | None:
     return s.get(UserKey, user_id)
 

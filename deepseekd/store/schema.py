@@ -359,3 +359,16 @@ class NoticeAcceptance(Base):
     )
     version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     accepted_at: Mapped[float] = mapped_column(Float)
+
+
+class Preset(Base):
+    """A shared system prompt an admin manages ("Discharge summary"); the chat page offers
+    them by name. Plain text, not patient data, so it is not sealed."""
+
+    __tablename__ = "presets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(80), unique=True)
+    text: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[float] = mapped_column(Float)
+    updated_by: Mapped[str | None] = mapped_column(String(64))

@@ -121,11 +121,14 @@ EXPECT_2XX = {
     ("POST", "/admin/api/users/{name}/keys"), ("DELETE", "/admin/api/keys/{key_id}"),
     ("POST", "/admin/api/users/{name}/erase"), ("GET", "/admin/api/users/{name}/export"),
     ("POST", "/admin/api/keys/rotate"), ("GET", "/v1/conversations"), ("GET", "/v1/me/export"),
+    ("DELETE", "/v1/conversations"),  # deletes the caller's own (none here): {"deleted": 0}
     ("GET", "/audit/api/events"), ("GET", "/audit/api/verify"), ("GET", "/audit/api/export"),
     ("GET", "/audit/api/access-review"), ("GET", "/admin/api/breakglass"),
     ("GET", "/audit/api/breakglass"),
     ("GET", "/admin/api/notice"), ("PUT", "/admin/api/notice"), ("GET", "/admin/api/feedback"),
+    ("GET", "/admin/api/usage/summary"),
     ("POST", "/admin/api/users/import"),  # a dry run (the default) of a one-row file
+    ("GET", "/v1/presets"), ("GET", "/admin/api/presets"), ("PUT", "/admin/api/presets/{name}"),
 }
 _PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
 PLACEHOLDER = "00000000-0000-4000-8000-000000000000"
@@ -143,6 +146,7 @@ def _body(method: str, path: str) -> Any:
         ("PATCH", "/admin/api/users/{name}"): {"daily_request_limit": 10},
         ("POST", "/admin/api/users/{name}/keys"): {"label": "matrix"},
         ("PUT", "/admin/api/notice"): {"text": "For work use only."},
+        ("PUT", "/admin/api/presets/{name}"): {"text": "Be brief."},
         ("POST", "/auth/notice"): {"version": 1},  # 409: no notice is in force
         ("PUT", "/v1/conversations/{conversation_id}/turns/{turn_id}/feedback"): {"rating": "up"},
     }.get((method, path))

@@ -42,6 +42,7 @@ BODIES = {
     ("PATCH", "/admin/api/settings"): {"quota.daily_requests": 0},
     ("POST", "/admin/api/users/{name}/keys"): {"label": "csrf"},
     ("PUT", "/admin/api/notice"): {"text": ""},
+    ("PUT", "/admin/api/presets/{name}"): {"text": "Be brief."},
     ("POST", "/auth/notice"): {"version": 1},
     ("PUT", "/v1/conversations/{conversation_id}/turns/{turn_id}/feedback"): {"rating": "up"},
 }

@@ -84,6 +84,9 @@ def start_fake_web(tmp: Path, port: int | None = None, **env_extra: str) -> Fake
     """The real app over the FakeEngine in echo mode, as a process (tests/support/fake_daemon)."""
     data = tmp / "data"
     db_url = _run(init_store(data))
+    # Automatic titles would rename the echo chats a moment after their first answer: off
+    # unless a test asks for them (tests/e2e/test_web_chat_edit.py).
+    env_extra = {"DEEPSEEKD_WEB__AUTO_TITLE": "false", **env_extra}
     d = start_fake_daemon(data, tmp / "fake-daemon.log", port, DEEPSEEKD_TEST_FAKE_ECHO="1",
                           **env_extra)
     return FakeWeb(d.url, d.proc, d.log_path, data, db_url)

@@ -232,6 +232,9 @@ class ChatCompletionRequest(Sampling):
     messages: list[ChatMessage]
     conversation_id: str | None = Field(None, max_length=64)
     """deepseekd extension: append this turn to one of the caller's conversations."""
+    replace_from: str | None = Field(None, max_length=64)
+    """deepseekd extension (with conversation_id): the id of one of that conversation's
+    turns; once the answer is stored, it replaces that turn and every later one."""
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)

@@ -29,13 +29,14 @@ from typing import Any
 
 from deepseekd.domain.audit import Event
 from deepseekd.domain.errors import AuditUnavailable, DomainError
+from deepseekd.domain.identity import Identity
 from deepseekd.engine.types import ChoiceDelta, Engine, GenerationStep, TokenLogprob
 from deepseekd.obs.metrics import Metrics
 from deepseekd.services.audit import AuditLog
 from deepseekd.services.chat.reasoning import ReasoningPolicy, ReasoningSplits
 from deepseekd.services.chat.request import Caller, Prepared
 from deepseekd.services.chat.tools import ToolSplits
-from deepseekd.services.history import Erased, HistoryService, TurnRecord
+from deepseekd.services.history import Erased, HistoryService, Replacement, TurnRecord
 from deepseekd.services.lifecycle import Lifecycle
 from deepseekd.services.usage import QuotaService
 
@@ -84,6 +85,8 @@ class Conversation:
     messages: list[dict[str, Any]]
     id: str
     new: bool
+    replace: Replacement | None = None
+    """Editing or regenerating: the answer replaces this turn and every later one."""
 
 
 @dataclass
@@ -96,6 +99,8 @@ class RunDeps:
     metrics: Metrics
     policy: ReasoningPolicy
     life: Lifecycle
+    first_answer: Callable[[Identity, str, list[dict[str, Any]], str], None] | None = None
+    """Told when a new conversation's first answer is stored (services/chat/titles)."""
 
 
 class ChatRun:
@@ -374,6 +379,7 @@ class ChatRun:
                     if self.reasoning_tokens is not None
                     else "",
                     f"choices={len(answers)}" if len(answers) > 1 else "",
+                    f"replaced_from_seq={conv.replace.seq}" if conv.replace else "",
                     fields.pop("detail", ""),
                 )
                 if x
@@ -402,8 +408,10 @@ class ChatRun:
         await d.audit.write_with(
             "turn.seal",
             self._record_event(self.action, answers),
-            lambda s: d.history.seal_in(s, who, conv.id, conv.new, answers),
+            lambda s: d.history.seal_in(s, who, conv.id, conv.new, answers, conv.replace),
         )
+        if conv.new and d.first_answer is not None:
+            d.first_answer(who, conv.id, conv.messages, answers[0].answer)
 
     async def _stopped(self) -> None:
         """Record a run that ended early: the abort event, and for a chat the partial
@@ -418,7 +426,7 @@ class ChatRun:
             await d.audit.write_with(
                 "turn.stop",
                 self._record_event(action, answers, detail=reason),
-                lambda s: d.history.seal_in(s, who, conv.id, conv.new, answers),
+                lambda s: d.history.seal_in(s, who, conv.id, conv.new, answers, conv.replace),
             )
         except Erased:
             with contextlib.suppress(DomainError):

@@ -18,7 +18,7 @@ from typing import Any
 
 from deepseekd.config import Settings
 from deepseekd.domain.audit import Event
-from deepseekd.domain.errors import RateLimited, Unavailable
+from deepseekd.domain.errors import Invalid, RateLimited, Unavailable
 from deepseekd.domain.identity import Identity
 from deepseekd.engine.types import Engine
 from deepseekd.obs.metrics import Metrics
@@ -27,6 +27,7 @@ from deepseekd.services.chat.prepare import Preparer
 from deepseekd.services.chat.reasoning import ReasoningPolicy
 from deepseekd.services.chat.request import Caller, ChatRequest, CompletionRequest, Prepared
 from deepseekd.services.chat.run import ChatRun, Conversation, RunDeps
+from deepseekd.services.chat.titles import TitleWriter
 from deepseekd.services.history import HistoryService
 from deepseekd.services.lifecycle import Lifecycle
 from deepseekd.services.lora import LoraService
@@ -67,8 +68,15 @@ class ChatService:
         self._metrics = metrics
         self._now = clock
         self._prepare = Preparer(settings.api, lora)
+        self.titles = TitleWriter(settings.web, life, history)
         self._deps = RunDeps(
-            audit, history, usage, metrics, ReasoningPolicy(settings.reasoning), life
+            audit,
+            history,
+            usage,
+            metrics,
+            ReasoningPolicy(settings.reasoning),
+            life,
+            self.titles.after_first_answer,
         )
         self.limit = settings.server.max_queued_requests
         """Inference requests admitted at once (generating or waiting); 0 = no limit."""
@@ -97,7 +105,7 @@ class ChatService:
         try:
             self._rights.check_model(caller.identity, req.model or engine.model_name)
             prepared, messages = await self._prepare.chat(engine, req, cache_salt(caller))
-            conv = await self._conversation(caller, req.conversation_id, messages)
+            conv = await self._conversation(caller, req.conversation_id, messages, req.replace_from)
             await self._count(caller)
         except BaseException:
             release()
@@ -181,11 +189,28 @@ class ChatService:
         return release
 
     async def _conversation(
-        self, caller: Caller, conversation_id: str | None, messages: list[dict[str, Any]]
+        self,
+        caller: Caller,
+        conversation_id: str | None,
+        messages: list[dict[str, Any]],
+        replace_from: str | None = None,
     ) -> Conversation:
+        """Where the turn goes, checked before any quota is spent: one of the caller's
+        conversations (and, replacing, one of its turns) or a new one."""
         if conversation_id is not None:
-            await self._history.check_conversation(caller.identity, conversation_id)
-            return Conversation(messages, conversation_id, new=False)
+            who = caller.identity
+            await self._history.check_conversation(who, conversation_id)
+            replace = (
+                await self._history.check_replace(who, conversation_id, replace_from)
+                if replace_from is not None
+                else None
+            )
+            return Conversation(messages, conversation_id, new=False, replace=replace)
+        if replace_from is not None:
+            raise Invalid(
+                "replace_from: requires conversation_id (the conversation the turn is in)",
+                field="replace_from",
+            )
         return Conversation(messages, str(uuid.uuid4()), new=True)
 
     async def _count(self, caller: Caller) -> None:

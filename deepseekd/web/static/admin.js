@@ -9,7 +9,12 @@ import {
 import * as auditor from "./auditor.js";
 import * as breakglass from "./breakglass.js";
 import * as feedbackReport from "./feedback-report.js";
+import * as keysAdmin from "./keys-admin.js";
+import * as loraAdmin from "./lora-admin.js";
 import * as noticeAdmin from "./notice-admin.js";
+import * as presetsAdmin from "./presets-admin.js";
+import { focusableScrollBoxes } from "./scroll-boxes.js";
+import * as usageCharts from "./usage-charts.js";
 import * as usersView from "./users.js";
 
 const state = {
@@ -53,7 +58,11 @@ function clearSensitive() {
   auditor.clear();
   breakglass.clear();
   feedbackReport.clear();
+  keysAdmin.clear();
+  loraAdmin.clear();
+  usageCharts.clear();
   noticeAdmin.clear();
+  presetsAdmin.clear();
   usersView.clear();
   setMsg($("rotate-result"), "");
   state.selectedUser = null;
@@ -258,18 +267,20 @@ async function logout(idle = false) {
 
 // ---------------------------------------------------------------- tabs
 
-const TABS = ["tab-users", "tab-engine", "tab-usage", "tab-keys", "tab-breakglass", "tab-settings"];
+const TABS = ["tab-users", "tab-engine", "tab-lora", "tab-usage", "tab-keys", "tab-breakglass", "tab-settings"];
 let selectTab = () => {};
 
 function onTab(id) {
   if (state.mode !== "admin") return;
   if (id === "tab-users") loadUsers();
   if (id === "tab-engine") pollStatus();
+  if (id === "tab-lora") loraAdmin.load();
   if (id === "tab-usage") loadUsage();
   if (id === "tab-breakglass") breakglass.load();
   if (id === "tab-settings") {
     loadSettings();
     noticeAdmin.load();
+    presetsAdmin.load();
   }
 }
 
@@ -683,6 +694,7 @@ function renderStatus(s) {
   }
   $("eng-version").textContent = s.version || "—";
   $("eng-updated").textContent = `Last update ${new Date().toLocaleTimeString()}.`;
+  keysAdmin.render(s.master_key); // the header's key line and the Keys tab
 }
 
 // ---------------------------------------------------------------- usage per department
@@ -737,6 +749,7 @@ async function loadUsage() {
   const err = $("usage-error");
   if (from && to && from > to) { setMsg(err, "'From' is after 'To'."); return; }
   feedbackReport.load(from, to); // the answer feedback of the same days, below the usage
+  usageCharts.load(from, to, group); // per day, top users, failures (above the groups)
   const gen = ++state.usageGen;
   const table = $("usage-table");
   table.setAttribute("aria-busy", "true");
@@ -850,6 +863,7 @@ async function rotate() {
     const r = await apiJson("POST", "/admin/api/keys/rotate");
     const retired = (r.retired || []).map((v) => `v${v}`).join(", ") || "none";
     setMsg($("rotate-result"), `Rotated. Current version: v${r.current}. Retired: ${retired}.`);
+    pollStatus(); // the key's version and age, now
   } catch (e) {
     if (e.status !== 401) setMsg($("rotate-error"), e.message);
   }
@@ -901,8 +915,10 @@ function settingForm(s) {
   const id = settingId(s.key);
   const form = el("form", { className: "setting card", "data-key": s.key });
   form.noValidate = true;  // the server's 400 message is shown next to the field
-  const label = el("label", { for: id }, el("code", { text: s.key }));
-  const desc = el("p", { id: `${id}-desc`, className: "muted", text: s.description || "" });
+  // The human label and help; the config name small, for whoever edits the config file.
+  const label = el("label", { for: id, className: "setting-label", text: s.label || s.key });
+  const key = el("code", { className: "setting-key", text: s.key, title: s.description || "" });
+  const desc = el("p", { id: `${id}-desc`, className: "muted", text: s.help || s.description || "" });
   const input = settingInput(s, id);
   const range = s.type === "int" && (s.min !== undefined || s.max !== undefined)
     ? ` Allowed: ${s.min ?? "…"} to ${s.max ?? "…"}.` : "";
@@ -912,8 +928,9 @@ function settingForm(s) {
   const ok = el("span", { id: `${id}-ok`, className: "ok", role: "status" });
   input.setAttribute("aria-describedby", `${id}-desc ${id}-error`);
   const btn = el("button", { type: "submit", text: "Save" });
-  btn.setAttribute("aria-label", `Save ${s.key}`);
-  form.append(label, desc, el("div", { className: "inline" }, input, btn, ok), err);
+  btn.setAttribute("aria-label", `Save ${s.label || s.key}`);
+  form.append(el("div", { className: "setting-head" }, label, key), desc,
+    el("div", { className: "inline" }, input, btn, ok), err);
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
     saveSetting(s, { input, btn, ok, err });
@@ -955,6 +972,8 @@ function wire() {
   selectTab = tabList("tabs", TABS, onTab);
   breakglass.wire();
   noticeAdmin.wire();
+  loraAdmin.wire();
+  presetsAdmin.wire();
   usersView.wire(loadUsers);
   $("secrets-dismiss").addEventListener("click", hideSecrets);
   $("create-form").addEventListener("submit", createUser);
@@ -975,5 +994,6 @@ function wire() {
 }
 
 wire();
+focusableScrollBoxes();
 resume();
 showSsoButton();

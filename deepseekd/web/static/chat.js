@@ -21,8 +21,12 @@ import { renderMarkdown } from "./markdown.js";
 import { closeNotice, requireNotice } from "./notice.js";
 import { addFeedback } from "./feedback.js";
 import { convTitle, renderGrouped, renderResults, setupSearch } from "./conversations.js";
+import { closeMyData, setupMyData } from "./mydata.js";
 import { addCodeCopyButtons, copyAnswerButton, copySource, setCopySource, wireCopyButtons }
   from "./copy.js";
+import { applyOptions, lengthNote, loadOptions, resetOptions, restoreOptions, setupOptions }
+  from "./options.js";
+import { setupEdit, watchTitle } from "./edit.js";
 
 const state = {
   user: null,
@@ -63,6 +67,8 @@ function showOnly(view) {
   $("change-password").hidden = !working;
   $("quota").hidden = view !== "chat-view" || !state.quota;
   $("sidebar-toggle").hidden = view !== "chat-view";
+  $("mydata-open").hidden = view !== "chat-view";
+  if (view !== "chat-view") closeMyData(false);
 }
 
 function showLogin(notice) {
@@ -137,6 +143,7 @@ function applySession(data) {
   renderQuota();
   refreshUsage();
   resetChat();
+  loadOptions(data.user);
   $("conv-search").value = ""; // another user may sign in on the same page
   clearSearch();
   loadConversations();
@@ -412,7 +419,18 @@ const listActions = {
   },
   onDelete: (c) => deleteConversation(c),
   onPin: (c) => pinConversation(c),
+  onRefused: (text) => showChatError(text),
 };
+
+/** "My data" deleted every conversation: a new chat and an empty list. */
+function allDeleted() {
+  resetChat();
+  state.conversations = [];
+  $("conv-search").value = "";
+  clearSearch();
+  setStatus("All your conversations were deleted.");
+  loadConversations();
+}
 
 function renderConversations() {
   $("conv-empty").hidden = state.conversations.length > 0 || state.search !== null;
@@ -593,6 +611,7 @@ function storedMessages(data) {
   const out = [];
   for (const m of Array.isArray(data.messages) ? data.messages : []) {
     if (!m || !["user", "assistant", "system", "tool"].includes(m.role)) continue;
+    if (m.role === "system" && !out.length) continue; // the system prompt: see options.js
     const calls = m.role === "assistant" ? toolCallsOf(m) : [];
     if (typeof m.content !== "string" && !calls.length && m.role !== "tool") continue;
     const msg = { role: m.role, content: textOf(m.content) };
@@ -657,10 +676,12 @@ function renderStored(data) {
       return;
     }
     if (m.role !== "assistant") {
-      addPlainBubble(m.role, m.content, times[i]);
+      addPlainBubble(m.role, m.content, times[i]).dataset.msgIndex = String(i); // see edit.js
       return;
     }
     const bubble = addAssistantBubble();
+    bubble.dataset.msgIndex = String(i);
+    if (turns.has(i)) bubble.dataset.turnId = turns.get(i).id;
     // A reasoning model's stored reasoning (history keeps it when [reasoning] history = "store").
     renderAnswer(bubble, m.content, m.reasoning_content || "");
     if (m.tool_calls) addToolCalls(bubble, m.tool_calls);
@@ -689,6 +710,7 @@ async function openConversation(id) {
     state.convId = data.id || id;
     $("chat-title").textContent = convTitle(data);
     renderStored(data);
+    restoreOptions(data);
     setStatus("");
     renderConversations();
     setSidebarOpen(false);
@@ -711,6 +733,7 @@ function resetChat() {
   const hint = $("empty-hint");
   box.replaceChildren(hint);
   hint.hidden = false;
+  resetOptions();
   $("chat-title").textContent = "New chat";
   setStatus("");
   clearChatError();
@@ -1012,15 +1035,18 @@ function preStreamMessage(info, resp) {
 }
 
 // One send ("turn"): the request and the two bubbles it adds, and what the answer brought.
-function startTurn(text) {
+function startTurn(text, replaceFrom = null) {
   clearChatError();
   const outgoing = state.messages.concat([{ role: "user", content: text }]);
-  const body = { messages: outgoing, stream: true };
+  const body = applyOptions({ messages: outgoing, stream: true });
   if (state.convId) body.conversation_id = state.convId;
+  if (replaceFrom) body.replace_from = replaceFrom; // an edit or a regeneration (edit.js)
 
   const userBubble = addPlainBubble("user", text);
-  $("composer-input").value = "";
+  userBubble.dataset.msgIndex = String(outgoing.length - 1);
+  if (!replaceFrom) $("composer-input").value = "";
   const bubble = addAssistantBubble();
+  bubble.dataset.msgIndex = String(outgoing.length);
   bubble.classList.add("msg-pending");
   scrollToBottom(true);
 
@@ -1029,7 +1055,7 @@ function startTurn(text) {
   setBusy(true);
   setStatus("Waiting for the model…");
   const turn = {
-    text, outgoing, body, userBubble, bubble, controller,
+    text, outgoing, body, userBubble, bubble, controller, replaceFrom, fresh: !state.convId,
     gen: state.chatGen, convId: state.convId,
     content: "", reasoning: "", started: false, stopped: false, streamError: null,
     renderQueued: false, thinkStart: null, thinkEnd: null,
@@ -1042,7 +1068,7 @@ function startTurn(text) {
 function takeBack(turn) {
   turn.userBubble.remove();
   turn.bubble.remove();
-  $("composer-input").value = turn.text;
+  if (!turn.replaceFrom) $("composer-input").value = turn.text; // edit.js restores its own
 }
 
 async function refuseTurn(turn, resp) {
@@ -1081,6 +1107,7 @@ function scheduleRender(turn) {
 function applyChunk(turn, evt) {
   const choice = evt && Array.isArray(evt.choices) ? evt.choices[0] : null;
   if (!choice) return;
+  if (choice.finish_reason) turn.finish = choice.finish_reason;
   const delta = choice.delta || {};
   if (typeof delta.content === "string" && delta.content) {
     turn.content += delta.content;
@@ -1126,6 +1153,7 @@ function finishAnswer(turn) {
   showAnswerActions(bubble);
   if (stopped) markStopped(bubble, true);
   if (streamError) addBubbleNote(bubble, streamError, true);
+  if (turn.finish === "length" && !stopped) addBubbleNote(bubble, lengthNote(turn.body));
   if (!content && !reasoning && !stopped && !streamError) addBubbleNote(bubble, "(empty answer)");
   if (turn.gen === state.chatGen) {
     state.messages = turn.outgoing.concat(content ? [{ role: "assistant", content }] : []);
@@ -1139,6 +1167,7 @@ function finishAnswer(turn) {
   } else {
     loadConversations();
     if (turn.convId && content && !streamError) linkFeedback(turn);
+    if (turn.fresh && content && !streamError) watchTitle(turn.convId);
   }
 }
 
@@ -1149,6 +1178,7 @@ async function linkFeedback(turn) {
     const data = await apiJson("GET", `/v1/conversations/${encodeURIComponent(turn.convId)}`);
     const stored = storedTurn(data, turn);
     if (stored) addFeedback(turn.bubble, turn.convId, stored);
+    if (stored) turn.bubble.dataset.turnId = stored.id;
   } catch {
     /* no buttons on this answer; they show when the conversation is opened again */
   }
@@ -1167,7 +1197,7 @@ function storedTurn(data, turn) {
   const last = turns[turns.length - 1];
   const msgs = last && Array.isArray(last.messages) ? last.messages : [];
   const asked = msgs[msgs.length - 1];
-  const same = msgs.length === turn.outgoing.length && asked && asked.content === turn.text;
+  const same = msgs.length === turn.body.messages.length && asked && asked.content === turn.text;
   return same && typeof last.answer === "string" ? last : null;
 }
 
@@ -1182,6 +1212,7 @@ function adoptStored(turn, data, stored) {
   setMessageTime(turn.bubble, fromUnix(stored.created_at));
   showAnswerActions(turn.bubble);
   addFeedback(turn.bubble, turn.convId, stored);
+  turn.bubble.dataset.turnId = stored.id;
   if (turn.gen !== state.chatGen || state.convId !== turn.convId || state.busy) return;
   state.messages = storedMessages(data).map(resendable);
 }
@@ -1220,7 +1251,11 @@ function endTurn(turn) {
     setStatus("Stopped.");
     if (!state.messages.length) $("empty-hint").hidden = false;
   }
-  if (!$("chat-view").hidden) $("composer-input").focus();
+  // Back to the message box when the focus was in the composer (Send and Stop hide) or got
+  // lost; left where the user moved it while the answer streamed.
+  const at = document.activeElement;
+  const lost = !at || at === document.body || !at.isConnected || at.closest("#composer");
+  if (!$("chat-view").hidden && lost) $("composer-input").focus();
 }
 
 /** How many sends finished, the usage shown included (a hook for tests and assistive
@@ -1245,16 +1280,18 @@ async function afterSync() {
   return !state.busy;
 }
 
-async function sendMessage() {
-  if (state.busy) return;
-  if (!(await afterSync())) return;
+/** Send the composer's text, or (edit.js) `text` replacing the stored turn `replaceFrom` and
+ * those after it; returns the turn (null when nothing was sent). */
+async function sendMessage({ text: given, replaceFrom } = {}) {
+  if (state.busy) return null;
+  if (!(await afterSync())) return null;
   const input = $("composer-input");
-  const text = input.value;
+  const text = given === undefined ? input.value : given;
   if (!text.trim()) {
     input.focus();
-    return;
+    return null;
   }
-  const turn = startTurn(text);
+  const turn = startTurn(text, replaceFrom);
   try {
     const resp = await api("POST", "/v1/chat/completions", turn.body,
       { signal: turn.controller.signal });
@@ -1272,6 +1309,7 @@ async function sendMessage() {
     await refreshUsage(); // what this send used (tokens too), before it counts as done
     countSend();
   }
+  return turn;
 }
 
 // ------------------------------------------------------------------------- wiring
@@ -1284,7 +1322,19 @@ function init() {
     ended: sessionEnded,
   });
   $("change-password").addEventListener("click", () => showPasswordForm(false));
+  setupMyData({ busy: () => state.busy, changePassword: () => showPasswordForm(false),
+    deleted: allDeleted });
   setupConversationSearch();
+  setupOptions();
+  setupEdit({
+    state,
+    send: sendMessage,
+    loadConversations,
+    titleOf: (id) => {
+      const c = state.conversations.find((x) => x.id === id);
+      return c ? convTitle(c) : null;
+    },
+  });
   $("login-form").addEventListener("submit", onLogin);
   $("logout").addEventListener("click", onLogout);
   showSsoButton();

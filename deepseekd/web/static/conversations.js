@@ -3,6 +3,8 @@
 // menu button, and a search over the user's own history (GET /v1/conversations/search).
 // Titles and snippets are user and model text: textContent only, never markup.
 
+import { printConversation } from "./printview.js";
+
 const DAY_MS = 86400000;
 export const GROUPS = ["Pinned", "Today", "Yesterday", "Previous 7 days", "Older"];
 
@@ -66,6 +68,8 @@ function actionsMenu(c, actions) {
   menu.append(
     menuItem(c.pinned ? "Unpin" : "Pin", "conv-pin", pick(() => actions.onPin(c))),
     menuItem("Rename", "conv-rename", pick(() => actions.onRename(c))),
+    menuItem("Print / save as PDF", "conv-print", pick(() => printConversation(c.id,
+      { from: button, refused: actions.onRefused || (() => {}) }))),
     menuItem("Delete", "conv-delete", pick(() => actions.onDelete(c))),
   );
   const items = () => [...menu.querySelectorAll("[role=menuitem]")];
