@@ -157,7 +157,8 @@ def test_chat_sign_in_and_password_forms(
     expect(page.locator("#login-error")).to_be_visible()
     assert_accessible(page, "chat-sign-in-error")
     chat_login(page, "ax.desk", people["ax.desk"])
-    page.click("#change-password")
+    page.click("#mydata-open")  # the password form is in My data
+    page.click("#mydata-password")
     expect(page.locator("#password-view")).to_be_visible()
     both_widths(page, "chat-password")
     page.click("#password-submit")  # empty: the field errors show

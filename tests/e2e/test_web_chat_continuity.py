@@ -266,7 +266,8 @@ def test_change_password_from_the_chat_page(browser: Any, slow_web: FakeWeb) -> 
         send(page, "keep this open")
         page.fill("#composer-input", "half-typed")
 
-        page.click("#change-password")
+        page.click("#mydata-open")  # the password form is in My data
+        page.click("#mydata-password")
         page.wait_for_selector("#password-view:not([hidden])")
         assert page.is_hidden("#chat-view")
         assert page.text_content("#password-title") == "Choose a new password"
@@ -303,7 +304,8 @@ def test_change_password_from_the_chat_page(browser: Any, slow_web: FakeWeb) -> 
         assert answers(page) == ["keep this open"]
         assert page.locator("#composer-input").input_value() == "half-typed"
 
-        page.click("#change-password")
+        page.click("#mydata-open")  # the password form is in My data
+        page.click("#mydata-password")
         assert page.locator("#password-current").input_value() == ""  # fields start empty
         page.fill("#password-current", password)
         page.fill("#password-new", new_password)

@@ -144,6 +144,17 @@ def test_groups_pin_menu_and_search(browser: Any, fake_web: FakeWeb) -> None:
         if not page.is_visible(".conv-group-heading"):
             page.click("#sidebar-toggle")
         shot(page, "list-groups-phone")
+
+        # A result deleted from the search results: the count follows.
+        page.set_viewport_size(DESKTOP)
+        page.fill("#conv-search", "onerror")
+        page.wait_for_selector("#conv-search-status:text-is('1 result')")
+        page.once("dialog", lambda d: d.accept())
+        item = page.locator(".conv-results .conv-item").first
+        item.locator(".conv-menu-button").click()
+        item.locator(".conv-delete").click()
+        page.wait_for_selector("#conv-search-status:text-is('0 results')")
+        assert page.locator(".conv-results .conv-item").count() == 0
         assert not console.csp_violations(), console.messages
         assert not console.page_errors(), console.messages
     finally:

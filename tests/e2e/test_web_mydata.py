@@ -320,7 +320,11 @@ def test_the_desktop_header_keeps_its_words(ctx: Any, fake_web: FakeWeb) -> None
     password = fake_web.add_user("desk.nurse")
     page = ctx.new_page()
     login(page, fake_web.url, "desk.nurse", password)
-    for sel, words in (("#mydata-open", "My data"), ("#logout", "Log out"),
-                       ("#change-password", "Change password")):
+    for sel, words in (("#mydata-open", "My data"), ("#logout", "Log out")):
         assert page.is_visible(sel) and (page.inner_text(sel) or "").strip() == words, sel
+    assert page.is_hidden("#change-password")  # in My data: the top bar stays one row
+    row = box(page, ".brand")
+    for sel in ("#quota", "#whoami", "#theme-select", "#mydata-open", "#logout"):
+        b = box(page, sel)
+        assert b["y"] < row["y"] + row["height"] and row["y"] < b["y"] + b["height"], sel
     assert page.is_visible("#whoami") and page.is_visible("#quota")

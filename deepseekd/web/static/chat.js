@@ -64,7 +64,8 @@ function showOnly(view) {
   const signedIn = working || view === "password-view";
   $("logout").hidden = !signedIn;
   $("whoami").hidden = !signedIn;
-  $("change-password").hidden = !working;
+  // The chat view has it in My data (one header row on a desktop); the auditor view here.
+  $("change-password").hidden = view !== "auditor-view";
   $("quota").hidden = view !== "chat-view" || !state.quota;
   $("sidebar-toggle").hidden = view !== "chat-view";
   $("mydata-open").hidden = view !== "chat-view";
@@ -129,7 +130,12 @@ function applySession(data) {
   state.role = data.role;
   if (data.quota) state.quota = { ...data.quota };
   endedShown = false;
-  $("whoami").textContent = `Signed in as ${data.user}`;
+  // "Signed in as" is for screen readers (and the tooltip): the top bar stays one row.
+  const hidden = document.createElement("span");
+  hidden.className = "sr-only";
+  hidden.textContent = "Signed in as ";
+  $("whoami").replaceChildren(hidden, document.createTextNode(data.user));
+  $("whoami").title = `Signed in as ${data.user}`;
   if (data.password_change_required) {
     showPasswordForm(true); // nothing else works until then; what was kept waits too
     return;
@@ -473,15 +479,19 @@ async function searchConversations(q, after = null) {
     const found = Array.isArray(data && data.data) ? data.data : [];
     const earlier = after && state.search ? state.search.data : [];
     state.search = { q, data: [...earlier, ...found], after: data.has_more ? data.after : null };
-    const n = state.search.data.length;
-    status.textContent = `${n} result${n === 1 ? "" : "s"}` +
-      (state.search.after ? " so far (older conversations not searched yet)" : "");
+    showSearchCount();
     $("conv-search-more").hidden = !state.search.after;
     renderConversations();
   } catch (e) {
     if (e instanceof SessionEnded || seq !== state.searchSeq) return;
     status.textContent = `Search failed: ${e.message}`;
   }
+}
+
+function showSearchCount() {
+  const n = state.search.data.length;
+  $("conv-search-status").textContent = `${n} result${n === 1 ? "" : "s"}` +
+    (state.search.after ? " so far (older conversations not searched yet)" : "");
 }
 
 function clearSearch() {
@@ -576,7 +586,10 @@ async function deleteConversation(c) {
     clearChatError();
     if (c.id === state.convId) resetChat();
     state.conversations = state.conversations.filter((x) => x.id !== c.id);
-    if (state.search) state.search.data = state.search.data.filter((x) => x.id !== c.id);
+    if (state.search) {
+      state.search.data = state.search.data.filter((x) => x.id !== c.id);
+      showSearchCount();
+    }
     renderConversations();
     setStatus("Conversation deleted.");
     $("new-chat").focus();
