@@ -176,6 +176,8 @@ async def test_the_setting_turns_it_off(make_daemon: MakeDaemon) -> None:
         ("x" * 200, "x" * MAX_CHARS),
         ("word " * 40, ("word " * 16).strip()),
         ('""', ""),
+        ('The answer is "Spola', "The answer is Spola"),  # cut off by the token budget
+        ('The "Ward 3" handover', 'The "Ward 3" handover'),
         ("", ""),
     ],
 )

@@ -83,7 +83,8 @@ def _seed_usage(web: FakeWeb) -> None:
                         "INSERT INTO quota_usage (user_id, day, requests, tokens, "
                         "reasoning_tokens) SELECT id, ?, ?, ?, ? FROM users WHERE name = ? "
                         "ON CONFLICT DO NOTHING",
-                        (day.isoformat(), requests, requests * 410, requests * 60, name))
+                        (day.isoformat(), requests, requests * 410, requests * 60, name),
+                    )
     finally:
         conn.close()
 
@@ -142,7 +143,8 @@ def test_chat_page_light_and_dark(chromium: Browser, web: FakeWeb, people: dict[
 def test_console_users_and_usage(chromium: Browser, web: FakeWeb, people: dict[str, Any]) -> None:
     _seed_usage(web)
     admin = people["admin"]
-    page = chromium.new_context(base_url=web.url, viewport={"width": 1280, "height": 900}).new_page()
+    viewport = {"width": 1280, "height": 900}
+    page = chromium.new_context(base_url=web.url, viewport=viewport).new_page()
     page.goto("/admin")
     page.fill("#login-username", admin.name)
     page.fill("#login-password", admin.password)

@@ -55,6 +55,8 @@ def clean_title(raw: str) -> str:
     line = " ".join(line.split()).strip(_QUOTES + " ")
     line = line.rstrip(".:;,!-–— ").strip(_QUOTES + " ")
     line = "".join(ch for ch in line if ch.isprintable())
+    if line.count('"') % 2:  # cut off inside a quotation (the token budget): no stray mark
+        line = " ".join(line.replace('"', " ").split())
     if len(line) > MAX_CHARS:
         line = line[:MAX_CHARS].rsplit(" ", 1)[0] if " " in line[:MAX_CHARS] else line[:MAX_CHARS]
     return line.strip()

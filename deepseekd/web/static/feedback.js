@@ -17,14 +17,33 @@ function node(tag, className, text) {
 
 /** A toggle button: the thumb (hidden from screen readers, and missing on a box without an
  * emoji font) and a word, which is its name. */
-function rateButton(className, symbol, word, title) {
+// A thumb drawn in SVG (Material Icons' "thumb_up" path, Apache-2.0), not an emoji: a
+// browser without an emoji font (a thin client, a locked-down desktop) would show a box.
+const THUMB = "M1 21h4V9H1v12zm22-11c0-1.1-.9-2-2-2h-6.31l.95-4.57.03-.32c0-.41-.17-.79-.44-1.06"
+  + "L14.17 1 7.59 7.59C7.22 7.95 7 8.45 7 9v10c0 1.1.9 2 2 2h9c.83 0 1.54-.5 1.84-1.22l3.02-7.05"
+  + "c.09-.23.14-.47.14-.73v-2z";
+const SVG = "http://www.w3.org/2000/svg";
+
+function thumb(down) {
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("viewBox", "0 0 24 24");
+  svg.setAttribute("class", "fb-icon");
+  svg.setAttribute("aria-hidden", "true");
+  svg.setAttribute("focusable", "false");
+  const path = document.createElementNS(SVG, "path");
+  path.setAttribute("d", THUMB);
+  path.setAttribute("fill", "currentColor");
+  if (down) path.setAttribute("transform", "rotate(180 12 12)");
+  svg.appendChild(path);
+  return svg;
+}
+
+function rateButton(className, down, word, title) {
   const b = node("button", `btn btn-secondary btn-small fb-rate ${className}`);
   b.type = "button";
   b.setAttribute("aria-pressed", "false");
   b.title = title;
-  const icon = node("span", "fb-icon", symbol);
-  icon.setAttribute("aria-hidden", "true");
-  b.append(icon, word);
+  b.append(thumb(down), word);
   return b;
 }
 
@@ -170,8 +189,8 @@ export function addFeedback(bubble, convId, turn) {
   const fb = {
     convId, turnId: turn.id, rating: null, comment: "", busy: false, box, toggle, saved,
     savedText, form, input, status,
-    up: rateButton("fb-up", "👍", "Yes", "A good answer"),
-    down: rateButton("fb-down", "👎", "No", "A poor answer"),
+    up: rateButton("fb-up", false, "Yes", "A good answer"),
+    down: rateButton("fb-down", true, "No", "A poor answer"),
   };
   const row = node("div", "fb-row");
   row.append(node("span", "muted fb-question", "Was this helpful?"), fb.up, fb.down, toggle);
