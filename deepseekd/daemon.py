@@ -218,7 +218,7 @@ async def _siem_ctx(forwarder: SiemForwarder) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await _cancelled(task)
+        await forwarder.stop(task)  # a batch already acknowledged keeps its cursor
         await forwarder.close()
 
 

@@ -18,10 +18,11 @@ cannot verify the hashes, but the SIEM, holding every hash, is the outside ancho
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from deepseekd.config import ConfigError, SiemSettings
@@ -45,6 +46,7 @@ log = logging.getLogger("deepseekd.siem")
 
 FIRST_RETRY_S = 0.5
 STANDBY_S = 5.0
+STOP_GRACE_S = 10.0
 """How often a daemon whose sink another daemon forwards asks for it again (at most)."""
 
 
@@ -58,10 +60,13 @@ class Sink:
     name: str
     transport: Transport
     lock: ForwarderLock
+    in_flight: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Held from a batch's send until its cursor is written: a stop waits for it."""
 
 
 class SiemForwarder:
-    """``await forwarder.run()`` until cancelled; ``await forwarder.close()`` after."""
+    """``await forwarder.run()`` in a task; ``await forwarder.stop(task)`` then
+    ``await forwarder.close()`` after."""
 
     def __init__(
         self,
@@ -107,6 +112,26 @@ class SiemForwarder:
 
     async def run(self) -> None:
         await asyncio.gather(*(self.serve(sink) for sink in self.sinks))
+
+    async def stop(self, task: asyncio.Task[None], grace_s: float = STOP_GRACE_S) -> None:
+        """Stop forwarding: a batch the SIEM has acknowledged gets its cursor written first
+        (cancelled between the two, the restarted daemon would send it again), waiting at
+        most ``grace_s`` for one stuck on the network; then ``task`` is cancelled."""
+        held: list[asyncio.Lock] = []
+        try:
+            async with asyncio.timeout(grace_s):
+                for sink in self.sinks:
+                    await sink.in_flight.acquire()
+                    held.append(sink.in_flight)
+        except TimeoutError:
+            log.warning("stopping with an audit batch in flight; it is sent again on restart")
+        try:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        finally:
+            for lock in held:
+                lock.release()
 
     async def close(self) -> None:
         for sink in self.sinks:
@@ -185,9 +210,10 @@ class SiemForwarder:
         if not events:
             return 0, cursor
         _check_links(sink, cursor, events)
-        await sink.transport.send(events)
         new = Cursor(events[-1]["id"], events[-1]["hash"])
-        await self._move(sink, cursor, new)
+        async with sink.in_flight:
+            await sink.transport.send(events)
+            await self._move(sink, cursor, new)
         self._metrics.siem_sent.labels(sink.name).inc(len(events))
         self._lag(sink, head_id - new.last_id)
         return len(events), new

@@ -148,7 +148,7 @@ async def test_round_trip(stack: Stack) -> None:
 
     listed = await stack.history.list_conversations(stack.alice)
     assert listed == [{"id": cid, "title": PROMPT, "created_at": t0, "updated_at": t0 + 5,
-                       "turns": 2}]
+                       "turns": 2, "pinned": False}]
     assert await stack.history.list_conversations(stack.bob) == []
     assert (await actions(stack)).count("inference") == 2
     assert (await stack.audit.verify()).ok

@@ -144,10 +144,10 @@ class Running:
         self.metrics = metrics
         self.task = asyncio.create_task(forwarder.run())
 
-    async def stop(self) -> None:
-        self.task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await self.task
+    async def stop(self, grace_s: float = 1.0) -> None:
+        """As the daemon stops it: a batch acknowledged meanwhile keeps its cursor."""
+        await self.forwarder.stop(self.task, grace_s)
+        assert self.task.cancelled()
         await self.forwarder.close()
 
 
@@ -259,6 +259,74 @@ async def test_a_restart_resends_only_the_unacknowledged_batch(
     await until(lambda: sample(second.metrics, "deepseekd_siem_sent_total", "syslog") == 10,
                 "the second forwarder to count the 10 it sent")
     assert receiver.errors == []
+    await receiver.stop()
+
+
+class SlowToRecord:
+    """A transport whose batches the SIEM acknowledges, then the forwarder is slow to note
+    it (a busy database): the window between the acknowledgement and the cursor write."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.acknowledged = asyncio.Event()
+
+    async def send(self, events: list[dict[str, Any]]) -> None:
+        await self.inner.send(events)
+        self.acknowledged.set()
+        await asyncio.sleep(0.5)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+@SQLITE_ONLY
+async def test_a_stop_right_after_the_acknowledgement_keeps_the_cursor(
+        db: Database, audit: AuditLog, clock: Any, pki: Pki,
+        start: Callable[..., Running]) -> None:
+    """The daemon stops (SIGTERM) after the SIEM acknowledged a batch but before its cursor
+    is written: the stop waits for the write, so the restarted daemon does not send the
+    batch again (it did: CI saw events 4 and 5 twice)."""
+    receiver = SyslogReceiver(pki.server_context())
+    await receiver.start()
+    await append(audit, clock, 5)
+    fwd = start(syslog_url=f"tls://127.0.0.1:{receiver.port}", ca_file=str(pki.ca.cert),
+                batch=10)
+    [sink] = fwd.forwarder.sinks
+    slow = SlowToRecord(sink.transport)
+    sink.transport = slow
+    await asyncio.wait_for(slow.acknowledged.wait(), DEADLINE_S)
+    await fwd.stop(grace_s=10.0)
+    stored = await db_events(db)
+    assert tuple(await cursor_of(db, "syslog")) == (5, stored[5]["hash"])
+
+    second = start(syslog_url=f"tls://127.0.0.1:{receiver.port}", ca_file=str(pki.ca.cert),
+                   batch=10)
+    await append(audit, clock, 1, start=6)
+    await until(lambda: len(receiver.records) == 6, "the new event")
+    assert ids(receiver.records) == [1, 2, 3, 4, 5, 6], "each event once"
+    await second.stop()
+    await receiver.stop()
+
+
+@SQLITE_ONLY
+async def test_a_stop_gives_up_on_a_batch_stuck_on_the_network(
+        db: Database, audit: AuditLog, clock: Any, pki: Pki,
+        start: Callable[..., Running]) -> None:
+    """A receiver that holds a batch without acknowledging it does not hold the daemon's
+    stop past the grace period; the batch is not counted as sent."""
+    receiver = SyslogReceiver(pki.server_context())
+    receiver.pause_from = 0
+    await receiver.start()
+    await append(audit, clock, 3)
+    fwd = start(syslog_url=f"tls://127.0.0.1:{receiver.port}", ca_file=str(pki.ca.cert),
+                batch=10, timeout_s=120.0)
+    await until(lambda: receiver.paused == 1, "the batch held")
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await fwd.stop(grace_s=0.5)
+    assert loop.time() - began < 30, "the stop waited for the network"
+    assert (await cursor_of(db, "syslog")).last_id == 0
+    receiver.pause_from = None
     await receiver.stop()
 
 
