@@ -159,7 +159,7 @@ class QuotaService:
         usage, failed = await self._db.read(
             "quota.summary",
             lambda s: (
-                summary_repo.usage_by_user(s, start, end),
+                repo.usage_with_groups(s, start, end),
                 summary_repo.failures(s, starts[0], starts[-1]),
             ),
         )

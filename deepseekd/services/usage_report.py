@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 
 from deepseekd.domain.errors import Invalid
 from deepseekd.services.rights import split_groups
+from deepseekd.store.usage import UsageRow
 
 NO_GROUP = "(no group)"
 DEFAULT_DAYS = 30
@@ -26,9 +27,6 @@ DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 CSV_HEADER = ("group", "day", "requests", "tokens", "reasoning_tokens", "users")
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 """A spreadsheet runs a cell starting with one of these as a formula (CSV injection)."""
-
-UsageRow = tuple[int, str, int, int, int, str | None]
-"""(user id, day, requests, tokens, reasoning tokens, groups one per line or None)."""
 
 
 @dataclass(frozen=True)
@@ -155,7 +153,7 @@ def build_report(first: str, last: str, rows: Iterable[UsageRow], group: str | N
     per_day: dict[tuple[str, str], _Sum] = {}
     per_group: dict[str, _Sum] = {}
     spelled: dict[str, str] = {}  # casefolded name -> its smallest spelling, whatever the order
-    for user_id, day, requests, tokens, reasoning, groups in rows:
+    for user_id, day, requests, tokens, reasoning, groups, _name in rows:
         for name in groups_of(groups):
             key = name.casefold()
             if wanted is not None and key != wanted:

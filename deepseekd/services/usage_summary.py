@@ -18,7 +18,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 from deepseekd.services.usage_report import groups_of
-from deepseekd.store.usage_summary import FailureRow, UserDayRow
+from deepseekd.store.usage import UsageRow
+from deepseekd.store.usage_summary import FailureRow
 
 TOP_USERS = 10
 
@@ -96,7 +97,7 @@ def build_summary(
     first: str,
     last: str,
     group: str | None,
-    usage: Iterable[UserDayRow],
+    usage: Iterable[UsageRow],
     failures: Iterable[FailureRow],
     starts: list[float],
 ) -> UsageSummary:
@@ -108,7 +109,7 @@ def build_summary(
     days = {d: DayCounts(day=d) for d in names}
     users: dict[str, UserCounts] = {}
     totals = DayCounts()
-    for name, day, requests, tokens, reasoning, groups in usage:
+    for _user_id, day, requests, tokens, reasoning, groups, name in usage:
         if day not in days or not _member(groups, wanted):
             continue
         sums: tuple[Counts, ...] = (

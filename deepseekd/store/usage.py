@@ -77,12 +77,14 @@ def refund_request(s: Session, user_id: int, day: str) -> None:
     )
 
 
-def usage_with_groups(
-    s: Session, first: str, last: str
-) -> list[tuple[int, str, int, int, int, str | None]]:
+UsageRow = tuple[int, str, int, int, int, str | None, str]
+"""(user id, day, requests, tokens, reasoning tokens, groups one per line or None, name)."""
+
+
+def usage_with_groups(s: Session, first: str, last: str) -> list[UsageRow]:
     """Every user's counts for the days ``first``..``last`` (inclusive, 'YYYY-MM-DD'), with the
-    user's current groups (one per line, or None): (user id, day, requests, tokens, reasoning
-    tokens, groups). Days a user counted nothing on are left out."""
+    user's current groups and name (see UsageRow). Days a user counted nothing on are left
+    out."""
     rows = s.execute(
         select(
             QuotaUsage.user_id,
@@ -91,6 +93,7 @@ def usage_with_groups(
             QuotaUsage.tokens,
             QuotaUsage.reasoning_tokens,
             User.groups,
+            User.name,
         )
         .join(User, User.id == QuotaUsage.user_id)
         .where(
@@ -101,5 +104,6 @@ def usage_with_groups(
         .order_by(QuotaUsage.day, QuotaUsage.user_id)
     ).all()
     return [
-        (int(r[0]), str(r[1]), int(r[2] or 0), int(r[3] or 0), int(r[4] or 0), r[5]) for r in rows
+        (int(r[0]), str(r[1]), int(r[2] or 0), int(r[3] or 0), int(r[4] or 0), r[5], str(r[6]))
+        for r in rows
     ]

@@ -1,5 +1,5 @@
-"""What the admin console's usage charts read: each user's daily counts with the user's name
-and current groups, and the inference requests that failed or were refused (from the audit
+"""What the admin console's usage charts read besides the daily counts (store/usage.py
+``usage_with_groups``): the inference requests that failed or were refused (from the audit
 log's plain columns: time, action, outcome, actor; never a HMAC or a detail).
 
 Only reads; the summary's own audit event is written by the handler's service call.
@@ -10,10 +10,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from deepseekd.store.schema import AuditEvent, QuotaUsage, User
-
-UserDayRow = tuple[str, str, int, int, int, str | None]
-"""(user name, day, requests, tokens, reasoning tokens, groups one per line or None)."""
+from deepseekd.store.schema import AuditEvent, User
 
 FailureRow = tuple[float, str, str | None, str | None]
 """(epoch seconds, outcome 'error' or 'denied', actor name or None, actor's groups)."""
@@ -22,31 +19,6 @@ FAILED_OUTCOMES = ("error", "denied")
 INFERENCE_ACTIONS = ("inference", "inference.completion", "inference.refused")
 """The closing events of an inference request that can fail ('error': the engine or the
 store failed) or be refused ('denied': the daily quota)."""
-
-
-def usage_by_user(s: Session, first: str, last: str) -> list[UserDayRow]:
-    """Every user's counts for the days ``first``..``last`` (inclusive, 'YYYY-MM-DD'), with
-    the user's name and current groups. Days a user counted nothing on are left out."""
-    rows = s.execute(
-        select(
-            User.name,
-            QuotaUsage.day,
-            QuotaUsage.requests,
-            QuotaUsage.tokens,
-            QuotaUsage.reasoning_tokens,
-            User.groups,
-        )
-        .join(User, User.id == QuotaUsage.user_id)
-        .where(
-            QuotaUsage.day >= first,
-            QuotaUsage.day <= last,
-            (QuotaUsage.requests > 0) | (QuotaUsage.tokens > 0),
-        )
-        .order_by(QuotaUsage.day, User.name)
-    ).all()
-    return [
-        (str(r[0]), str(r[1]), int(r[2] or 0), int(r[3] or 0), int(r[4] or 0), r[5]) for r in rows
-    ]
 
 
 def failures(s: Session, since: float, until: float) -> list[FailureRow]:

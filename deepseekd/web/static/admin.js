@@ -727,14 +727,6 @@ function daysBetween(from, to) {
   return out;
 }
 
-/** The top of the y axis: four equal, whole, round steps reaching n. */
-function axisTop(n) {
-  const need = Math.max(n / 4, 1);
-  const p = 10 ** Math.floor(Math.log10(need));
-  const steps = [1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10].map((m) => m * p).filter(Number.isInteger);
-  return steps.find((v) => v >= need) * 4;
-}
-
 function usageQuery(from, to, group, csv = false) {
   const q = new URLSearchParams();
   if (from) q.set("from", from);
@@ -819,7 +811,7 @@ function renderUsageChart(from, to, data, groups) {
   }
   const W = 720, H = 260, L = 48, R = 8, T = 10, B = 36, plotH = H - T - B;
   const counts = new Map(data.map((d) => [`${d.group}\n${d.day}`, Number(d.requests) || 0]));
-  const top = axisTop(Math.max(...counts.values()));
+  const top = usageCharts.axisTop(Math.max(...counts.values()));
   const svg = svgEl("svg", { id: "usage-svg", class: "chart-svg", viewBox: `0 0 ${W} ${H}`,
     role: "img", "aria-labelledby": "usage-chart-title" });
   for (let i = 0; i <= 4; i++) {

@@ -26,8 +26,9 @@ function svgEl(tag, attrs = {}, ...children) {
   return node;
 }
 
-/** The top of the y axis: four equal, whole, round steps reaching n. */
-function axisTop(n) {
+/** The top of the y axis: four equal, whole, round steps reaching n (also the console's
+ * per-department chart, admin.js). */
+export function axisTop(n) {
   const need = Math.max(n / 4, 1);
   const p = 10 ** Math.floor(Math.log10(need));
   const steps = [1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10].map((m) => m * p).filter(Number.isInteger);
