@@ -3,6 +3,7 @@ and the master key. Idempotent: a second run changes nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,8 @@ from deepseekd.domain.errors import Conflict, Invalid
 from deepseekd.engine import models
 from deepseekd.engine.environment import DEFAULT_MODEL_NAME, embedded_model_source
 from deepseekd.security.keyring import Keyring, KeyringError, create_master_key
+from deepseekd.store import keys as keys_repo
+from deepseekd.store.db import Database
 
 Say = Callable[[str], None]
 
@@ -49,25 +52,34 @@ def ensure_model(settings: Settings, say: Say) -> None:
 
 
 def ensure_master_key(settings: Settings, say: Say) -> None:
-    """Create master key v1 on a new box; refuse when the database exists but its key is
-    missing (a new key would make the history unreadable for good)."""
+    """Create master key v1 on a new box, or on the first host of a shared PostgreSQL whose
+    database holds no key yet; refuse when the database holds keys this box lacks (a new key
+    would make the history unreadable for good)."""
     try:
         Keyring.for_data_dir(settings.data_dir)
         return
     except KeyringError:
         pass
-    if settings.store.url:
+    if settings.store.url and asyncio.run(_database_holds_keys(settings)):
         raise Conflict(
-            "no master key found; with a shared PostgreSQL, copy the master key "
-            "file(s) from the first host into data_dir/keys/ (mode 0600)"
+            "no master key found, and the shared PostgreSQL already holds data made under "
+            "one: copy the master key file(s) from the first host into "
+            f"{settings.keys_dir}/ (mode 0600), then run init again"
         )
-    if (settings.data_dir / "deepseekd.db").exists():
+    if not settings.store.url and (settings.data_dir / "deepseekd.db").exists():
         raise Conflict(
             f"{settings.data_dir}/deepseekd.db exists but its master key is "
             f"missing: restore master-v<N>.key into {settings.keys_dir}"
         )
     path: Path = create_master_key(settings.keys_dir, 1)
     say(f"created master key {path}; back it up offline: without it the history cannot be read")
+
+
+async def _database_holds_keys(settings: Settings) -> bool:
+    async with Database(
+        settings.database_url, busy_timeout_ms=settings.store.busy_timeout_ms
+    ) as db:
+        return await db.read("setup.holds_keys", keys_repo.holds_keys)
 
 
 def require_initialised(settings: Settings) -> None:

@@ -3,7 +3,7 @@ service's own keys, all stored wrapped (the wrapping happens in services/keys.py
 
 from __future__ import annotations
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, inspect, select, update
 from sqlalchemy.orm import Session
 
 from deepseekd.store.dialect import insert, rowcount
@@ -16,6 +16,20 @@ def key_checks(s: Session) -> dict[int, KeyCheck]:
 
 def any_user_key(s: Session) -> bool:
     return s.execute(select(UserKey.user_id).limit(1)).first() is not None
+
+
+def holds_keys(s: Session) -> bool:
+    """Whether the database holds anything made under a master key: a key check, a user's
+    or the service's key. False for a database without deepseekd's tables yet (a new,
+    empty PostgreSQL database)."""
+    if not inspect(s.connection()).has_table(KeyCheck.__tablename__):
+        return False
+    made = (
+        select(KeyCheck.version).limit(1),
+        select(UserKey.user_id).limit(1),
+        select(ServiceKey.name).limit(1),
+    )
+    return any(s.execute(q).first() is not None for q in made)
 
 
 def add_key_check(s: Session, version: int, check_value: bytes, now: float) -> None:
