@@ -11,35 +11,25 @@ pages).
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable
 from typing import Any
 
 from deepseekd.domain.audit import Event
-from deepseekd.domain.errors import Conflict, Forbidden, Invalid
+from deepseekd.domain.errors import Conflict, Forbidden
 from deepseekd.domain.identity import Identity
+from deepseekd.domain.text import plain_text
 from deepseekd.services.audit import AuditLog
 from deepseekd.store import Tx
 from deepseekd.store import notice as repo
 from deepseekd.store.db import Database
 
 NOTICE_CHARS = 4000
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 """Control characters but tab and line feed (carriage returns are folded into line feeds)."""
 
 
 def clean_text(text: str) -> str:
     """The notice as stored: line breaks as ``\\n``, no leading or trailing blank space."""
-    clean = text.replace("\r\n", "\n").replace("\r", "\n").strip()
-    if len(clean) > NOTICE_CHARS:
-        raise Invalid(
-            f"text: at most {NOTICE_CHARS} characters (this one has {len(clean)})", field="text"
-        )
-    if _CONTROL.search(clean):
-        raise Invalid(
-            "text: plain text only: no control characters but tabs and line breaks", field="text"
-        )
-    return clean
+    return plain_text(text, NOTICE_CHARS)
 
 
 def changed(version: int) -> Conflict:

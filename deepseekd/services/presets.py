@@ -16,6 +16,7 @@ from typing import Any
 from deepseekd.domain.audit import Event
 from deepseekd.domain.errors import Invalid, NotFound
 from deepseekd.domain.identity import Identity
+from deepseekd.domain.text import plain_text
 from deepseekd.services.audit import AuditLog
 from deepseekd.store import Tx
 from deepseekd.store import presets as repo
@@ -24,7 +25,6 @@ from deepseekd.store.schema import Preset
 
 NAME_CHARS = 80
 TEXT_CHARS = 4000
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 """Control characters but tab and line feed (carriage returns are folded into line feeds)."""
 _NAME_BAD = re.compile(r"[\x00-\x1f\x7f-\x9f/\\]")
 
@@ -46,17 +46,9 @@ def clean_name(name: str) -> str:
 
 def clean_text(text: str) -> str:
     """A preset's text as stored: line breaks as ``\\n``, trimmed, 1 to 4000 characters."""
-    clean = text.replace("\r\n", "\n").replace("\r", "\n").strip()
+    clean = plain_text(text, TEXT_CHARS)
     if not clean:
         raise Invalid("text: a preset needs a text (delete it instead)", field="text")
-    if len(clean) > TEXT_CHARS:
-        raise Invalid(
-            f"text: at most {TEXT_CHARS} characters (this one has {len(clean)})", field="text"
-        )
-    if _CONTROL.search(clean):
-        raise Invalid(
-            "text: plain text only: no control characters but tabs and line breaks", field="text"
-        )
     return clean
 
 
