@@ -225,6 +225,28 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_new(args: argparse.Namespace) -> int:
+    out = Path(args.out).resolve() if args.out else None
+    made = _with_services(args, lambda svc: svc.keys.prepare(None, out))
+    print(json.dumps(made))
+    _say(
+        f"master key v{made['version']} prepared in {made['path']}: copy it to every host "
+        "sharing this database (or add it to the Secret), then run `deepseekd keys rotate`"
+    )
+    return 0
+
+
+def cmd_keys_status(args: argparse.Namespace) -> int:
+    async def status(svc: Services) -> dict[str, Any]:
+        return {
+            **(await svc.keys.status(svc.settings.keys.rotation_days)).as_json(),
+            "replicas": [dataclasses.asdict(r) for r in await svc.keys.replicas()],
+        }
+
+    print(json.dumps(_with_services(args, status), indent=2))
+    return 0
+
+
 def _anchor(value: str) -> tuple[int, str]:
     seq, sep, digest = value.partition(":")
     if not sep or not seq.isdigit() or len(digest) != 64:
@@ -565,7 +587,30 @@ def _store_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         common,
         "rotate",
         cmd_keys_rotate,
-        "new master key version; re-wraps every data key; no downtime",
+        "new master key version (or the prepared one, once every replica holds it); "
+        "re-wraps every data key; no downtime",
+    )
+    _command(
+        keys,
+        common,
+        "new",
+        cmd_keys_new,
+        "prepare the next master key version for replicas sharing one database: copy it "
+        "to every host, then `keys rotate`",
+        arg(
+            "--out",
+            metavar="FILE",
+            help="write the key to FILE (mode 0600), not to this "
+            "host's keys folder (a read-only mount, such as a Kubernetes Secret)",
+        ),
+    )
+    _command(
+        keys,
+        common,
+        "status",
+        cmd_keys_status,
+        "the master key version in use, a prepared one, and which versions every replica "
+        "holds (JSON)",
     )
     audit = _group(sub, common, "audit", "the audit log")
     _audit_export_command(audit, common)

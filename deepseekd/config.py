@@ -511,6 +511,18 @@ class KeySettings:
 
 
 @dataclass(frozen=True)
+class ClusterSettings:
+    sync_interval_s: float = _f(
+        5.0,
+        "How often each daemon reports itself in the shared database and takes up what "
+        "another changed (runtime settings, LoRA adapters, a rotated master key); one not "
+        "heard from for three intervals counts as gone.",
+        min=1,
+        max=300,
+    )
+
+
+@dataclass(frozen=True)
 class AuditSettings:
     head_log_interval_s: int = _f(
         300,
@@ -626,6 +638,7 @@ class Settings:
     history: HistorySettings = field(default_factory=HistorySettings)
     web: WebSettings = field(default_factory=WebSettings)
     keys: KeySettings = field(default_factory=KeySettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     obs: ObsSettings = field(default_factory=ObsSettings)
     lora: LoraSettings = field(default_factory=LoraSettings)

@@ -31,6 +31,7 @@ from deepseekd.obs.systemd import Notifier
 from deepseekd.obs.tracing import Tracing
 from deepseekd.security.tls import TlsError, TlsReloader
 from deepseekd.services import doctor
+from deepseekd.services.cluster import ClusterSync
 from deepseekd.services.container import Services
 from deepseekd.services.lifecycle import Lifecycle, Phase
 from deepseekd.services.maintenance import TICK_S, Maintenance, log_anchor
@@ -144,6 +145,8 @@ def build_app(
     app.on_cleanup.append(lambda _app: asyncio.to_thread(tracing.shutdown))
     app.cleanup_ctx.append(_database_ctx)
     app.cleanup_ctx.append(_maintenance_ctx)
+    cluster = ClusterSync(svc.keys, svc.runtime, svc.lora, settings.cluster.sync_interval_s, clock)
+    app.cleanup_ctx.append(lambda _app: _cluster_ctx(cluster))
     if siem is not None:  # after the database: the boot events are its first to send
         app.cleanup_ctx.append(lambda _app: _siem_ctx(siem))
     app.cleanup_ctx.append(lambda app: _engine_ctx(app, factory))
@@ -210,6 +213,17 @@ async def _maintenance_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await _cancelled(task)
+
+
+async def _cluster_ctx(cluster: ClusterSync) -> AsyncIterator[None]:
+    """Reports this daemon in the shared database and takes up what other replicas changed
+    (services/cluster.py); a clean stop takes it off the list."""
+    task = asyncio.create_task(cluster.run(), name="cluster-sync")
+    try:
+        yield
+    finally:
+        await _cancelled(task)
+        await cluster.leave()
 
 
 async def _siem_ctx(forwarder: SiemForwarder) -> AsyncIterator[None]:

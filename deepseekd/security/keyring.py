@@ -80,6 +80,7 @@ class Keyring:
         self._dirs = dirs
         self._versions: dict[int, _Version] = {}
         self._signature: tuple[tuple[str, float], ...] = ()
+        self._wrap_limit: int | None = None
         self.reload()
         if not self._versions:
             where = " or ".join(str(d) for d in dirs)
@@ -125,7 +126,27 @@ class Keyring:
 
     @property
     def current_version(self) -> int:
+        """The version that wraps: the highest held, but never above the one the database
+        says is in use (a prepared version only unwraps until a rotation starts using it)."""
+        limit = self._wrap_limit
+        usable = [v for v in self._versions if limit is None or v <= limit]
+        return max(usable) if usable else max(self._versions)
+
+    def wrap_up_to(self, version: int) -> None:
+        """Wrap with ``version`` (or the highest held below it) from now on."""
+        self._wrap_limit = version
+
+    @property
+    def highest_held(self) -> int:
         return max(self._versions)
+
+    def holds(self, version: int) -> bool:
+        return version in self._versions
+
+    def as_staged(self, version: int) -> Staged:
+        """A held version in the shape a rotation re-wraps with (a prepared version)."""
+        v = self._versions[version]
+        return Staged(v.version, v.key, v.path)
 
     @property
     def versions(self) -> list[int]:
@@ -172,11 +193,11 @@ class Keyring:
 
     # -- rotation, in steps a crash can stop between ------------------------------------
 
-    def stage(self, directory: Path) -> Staged:
+    def stage(self, directory: Path, version: int | None = None) -> Staged:
         """A new version's key, written as ``master-v<N+1>.key.pending``: not yet a key
         file, so nothing wraps with it until ``commit``. Refuses when a pending file exists
         (a rotation running, or one interrupted: the daemon settles those at start)."""
-        version = self.current_version + 1
+        version = version or self.highest_held + 1
         path = directory / f"master-v{version}.key{PENDING}"
         raw = secrets.token_bytes(KEY_BYTES)
         try:
@@ -279,6 +300,16 @@ def _sync_dir(directory: Path) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def new_staged(version: int, path: Path) -> Staged:
+    """A new key held in memory for ``path`` (written by ``write_staged``)."""
+    return Staged(version, secrets.token_bytes(KEY_BYTES), path)
+
+
+def write_staged(staged: Staged) -> None:
+    """Write a key made by ``new_staged`` (0600); FileExistsError rather than overwrite."""
+    _write_key(staged.path, staged.key)
 
 
 def create_master_key(directory: Path, version: int) -> Path:

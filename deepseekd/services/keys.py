@@ -1,22 +1,29 @@
 """Data keys on record: per-user keys and the service's own keys (audit HMAC, TOTP seeds),
 wrapped by the master key; the start-up check that the master key is the right one; and
-master key rotation, which re-wraps everything and is audited — the one place it happens,
-for the CLI, the admin API and the automatic rotation alike."""
+master key rotation (services/key_rotation.py, mixed in), which re-wraps everything and is
+audited — the one place it happens, for the CLI, the admin API and the automatic rotation
+alike."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
+import socket
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from deepseekd.domain.audit import Event
-from deepseekd.domain.errors import Conflict
-from deepseekd.domain.identity import Identity
-from deepseekd.security.keyring import Keyring, KeyringError, Staged, new_data_key
+from deepseekd.security.keyring import (
+    Keyring,
+    KeyringError,
+    new_data_key,
+)
 from deepseekd.services.audit import AuditLog
+from deepseekd.services.key_rotation import (
+    Rotation,
+    service_key_aad,
+    user_key_aad,
+)
 from deepseekd.store import Tx
 from deepseekd.store import keys as repo
 from deepseekd.store.db import Database
@@ -26,10 +33,6 @@ log = logging.getLogger("deepseekd.keys")
 
 AUDIT_KEY = "audit"
 TOTP_KEY = "totp"
-CREDENTIALS = (
-    "the master key comes from systemd credentials: rotate with the key files on "
-    "the host (see README, Operations)"
-)
 
 
 @dataclass(frozen=True)
@@ -47,27 +50,31 @@ class KeyStatus:
     rotation_due_at: float | None
     overdue: bool
     """Older than ``rotation_days`` (an automatic rotation refused or not run yet)."""
+    prepared_version: int | None = None
+    """Made by ``deepseekd keys new``, waiting for every replica to hold it."""
 
     def as_json(self) -> dict[str, object]:
         return asdict(self)
 
 
-def _user_aad(user_id: int) -> bytes:
-    return b"user-key:%d" % user_id
-
-
-def _service_aad(name: str) -> bytes:
-    return b"service-key:" + name.encode()
-
-
-class KeyService:
+class KeyService(Rotation):
     def __init__(
-        self, db: Database, keyring: Keyring, keys_dir: Path, clock: Callable[[], float]
+        self,
+        db: Database,
+        keyring: Keyring,
+        keys_dir: Path,
+        clock: Callable[[], float],
+        live_window_s: float = 15.0,
     ) -> None:
         self._db = db
         self.keyring = keyring
         self._keys_dir = keys_dir
         self._now = clock
+        self.host = socket.gethostname()
+        self.keys_where = str(keys_dir.resolve())
+        self._live_window_s = live_window_s
+        """A replica not heard from for this long counts as gone."""
+        self._retire_failed: set[int] = set()
         self._user_keys: dict[int, bytes] = {}
         self._service_keys: dict[str, bytes] = {}
         self._rotating = asyncio.Lock()
@@ -82,9 +89,9 @@ class KeyService:
         the service's own keys."""
         await self._settle_pending()
 
-        def check(s: Tx) -> None:
+        def check(s: Tx) -> int:
             checks = repo.key_checks(s)
-            live = [v for v, c in checks.items() if c.retired_at is None]
+            live = [v for v, c in checks.items() if c.retired_at is None and not c.prepared]
             if not checks:
                 if repo.any_user_key(s):
                     raise KeyringError(
@@ -93,21 +100,24 @@ class KeyService:
                     )
                 v = self.keyring.current_version
                 repo.add_key_check(s, v, self.keyring.check_value(v), self._now())
-                return
+                return v
             for v in live:
                 if v not in self.keyring.versions:
                     raise KeyringError(
-                        f"master key version {v} is missing: restore "
-                        f"master-v{v}.key from your key backup"
+                        f"master key version {v} is missing: restore master-v{v}.key "
+                        "from your key backup, or copy it from another host sharing this "
+                        "database (README, Scaling out)"
                     )
                 self.keyring.verify_check(v, checks[v].check_value)
-            if max(self.keyring.versions) not in checks:
+            if self.keyring.highest_held not in checks:
                 raise KeyringError(
-                    f"master key version {max(self.keyring.versions)} is not known to the "
+                    f"master key version {self.keyring.highest_held} is not known to the "
                     "database (a key file from another installation?)"
                 )
+            return max(live)
 
-        await self._db.write("keys.check", check)
+        in_use = await self._db.write("keys.check", check)
+        self.keyring.wrap_up_to(in_use)  # a prepared version only unwraps until rotated to
         for name in (AUDIT_KEY, TOTP_KEY):
             await self.service_key(name)
         await self._finish_rotation()
@@ -122,7 +132,8 @@ class KeyService:
             if row is not None and self.keyring.staged_matches(staged, row.check_value):
                 self.keyring.commit(staged)
                 log.warning(
-                    "completed a master key rotation that was interrupted after its commit",
+                    "completed a master key rotation (or `keys new`) that was interrupted "
+                    "after its commit",
                     extra={"version": staged.version},
                 )
             else:
@@ -131,32 +142,6 @@ class KeyService:
                     "removed the pending key of a master key rotation that was "
                     "interrupted before its commit; nothing was wrapped with it",
                     extra={"version": staged.version},
-                )
-
-    async def _finish_rotation(self) -> None:
-        """Re-wrap what an older version still wraps (a daemon that wrapped a new user's key
-        during a rotation, or a rotation stopped before this step), then delete the files of
-        retired versions nothing uses any more."""
-        current = self.keyring.current_version
-        if len(self.keyring.versions) == 1:
-            return
-        await self._rewrap_stragglers(current)
-        if os.environ.get("CREDENTIALS_DIRECTORY"):
-            return  # read-only key files: the host retires them
-
-        def retired(s: Tx) -> list[int]:
-            checks = repo.key_checks(s)
-            used = repo.versions_in_use(s)
-            return [v for v, c in checks.items() if c.retired_at is not None and v not in used]
-
-        for v in await self._db.read("keys.retired", retired):
-            try:
-                if v != current and self.keyring.retire(v):
-                    log.info("retired master key file deleted", extra={"version": v})
-            except OSError as exc:
-                log.warning(
-                    "cannot delete a retired master key file",
-                    extra={"version": v, "error": str(exc)},
                 )
 
     # -- data keys ---------------------------------------------------------------------
@@ -175,11 +160,11 @@ class KeyService:
             if not create:
                 return None
             key = new_data_key()
-            version, wrapped = self.keyring.wrap(key, _user_aad(user_id))
+            version, wrapped = self.keyring.wrap(key, user_key_aad(user_id))
             if not repo.insert_user_key(s, user_id, version, wrapped, self._now()):
                 row = repo.reread_user_key(s, user_id)
         if row is not None:
-            key = self.keyring.unwrap(row.kek_version, row.wrapped, _user_aad(user_id))
+            key = self.keyring.unwrap(row.kek_version, row.wrapped, user_key_aad(user_id))
         assert key is not None
         if create:
             after_commit(s, lambda: self._user_keys.__setitem__(user_id, key))
@@ -208,10 +193,10 @@ class KeyService:
             row = repo.service_key(s, name)
             if row is None:
                 new = new_data_key()
-                version, wrapped = self.keyring.wrap(new, _service_aad(name))
+                version, wrapped = self.keyring.wrap(new, service_key_aad(name))
                 repo.add_service_key(s, name, version, wrapped, self._now())
                 return new
-            return self.keyring.unwrap(row.kek_version, row.wrapped, _service_aad(name))
+            return self.keyring.unwrap(row.kek_version, row.wrapped, service_key_aad(name))
 
         key = await self._db.write("keys.service_key", load)
         self._service_keys[name] = key
@@ -242,6 +227,12 @@ class KeyService:
         and, with ``rotation_days`` (0: only by hand), when the next one is due."""
         current = self.keyring.current_version
         rows = await self._db.read("keys.status", repo.check_times)
+        prepared = [
+            v
+            for v, c in (await self._db.read("keys.checks", repo.key_checks)).items()
+            if c.prepared
+        ]
+        rows = [r for r in rows if r[0] not in prepared]
         created = next((c for v, c, _ in rows if v == current), None)
         now = self._now()
         age_days = (now - created) / 86400 if created is not None else 0.0
@@ -255,101 +246,5 @@ class KeyService:
             rotation_days=rotation_days,
             rotation_due_at=due,
             overdue=due is not None and now >= due,
+            prepared_version=max(prepared, default=None),
         )
-
-    async def rotate(
-        self, by: Identity | None, *, automatic: bool = False, why: str = ""
-    ) -> tuple[list[int], int]:
-        """New master key version; every data key re-wrapped; the old version retired; one
-        ``keys.rotate`` audit event. ``by`` None: the command line (or, with ``automatic``,
-        the daemon itself, ``why`` says what for).
-
-        Crash-safe at every step: the new key is staged as a pending file that nothing wraps
-        with; the re-wrap, the new check value and the audit event commit in one
-        transaction; only then is the pending file renamed into place and the keyring moves
-        to it. A crash before the commit leaves a pending file the next start removes; after
-        it, one the next start renames (see ``check``). Serving goes on throughout: readers
-        unwrap with whichever version a row names.
-        """
-        if os.environ.get("CREDENTIALS_DIRECTORY"):
-            await self._refused(by, automatic)
-        async with self._rotating:
-            old = self.keyring.versions
-            try:
-                staged = self.keyring.stage(self._keys_dir)
-            except KeyringError as exc:
-                raise Conflict(str(exc), code="rotation_in_progress") from None
-            detail = f"v{','.join(map(str, old))} -> v{staged.version}"
-            if why:
-                detail += f" ({why})"
-            event = (
-                Event.by_service("keys.rotate", detail=f"automatic: {detail}")
-                if automatic
-                else Event.by(by, "keys.rotate", detail=detail)
-            )
-            try:
-                await self._rewrap_to(staged, event)
-            except BaseException:
-                self.keyring.discard(staged)  # never used: nothing was committed
-                raise
-            self.keyring.commit(staged)
-            # A process that wrapped a new user's key with the old version just before it
-            # saw the new file: give it a moment, then catch it.
-            await asyncio.sleep(0.5)
-            await self._finish_rotation()
-        log.info("master key rotated", extra={"retired": old, "current": staged.version})
-        return old, staged.version
-
-    async def _refused(self, by: Identity | None, automatic: bool) -> None:
-        """With systemd credentials the key files are read-only: refuse, audited."""
-        event = (
-            Event.by_service("keys.rotate", outcome="denied", detail=CREDENTIALS)
-            if automatic
-            else Event.by(by, "keys.rotate", outcome="denied", detail=CREDENTIALS)
-        )
-        if self.audit is not None:
-            await self.audit.append(event)
-        raise Conflict(CREDENTIALS, code="credentials_keys")
-
-    async def _rewrap_to(self, staged: Staged, event: Event) -> None:
-        now = self._now()
-
-        def rewrap(s: Tx) -> None:
-            for row in repo.user_keys_not_at(s, staged.version):
-                aad = _user_aad(row.user_id)
-                key = self.keyring.unwrap(row.kek_version, row.wrapped, aad)
-                row.wrapped, row.kek_version = (
-                    self.keyring.wrap_staged(staged, key, aad),
-                    staged.version,
-                )
-            for srow in repo.service_keys_not_at(s, staged.version):
-                aad = _service_aad(srow.name)
-                key = self.keyring.unwrap(srow.kek_version, srow.wrapped, aad)
-                srow.wrapped, srow.kek_version = (
-                    self.keyring.wrap_staged(staged, key, aad),
-                    staged.version,
-                )
-            repo.add_key_check(s, staged.version, self.keyring.staged_check_value(staged), now)
-            repo.retire_other_checks(s, staged.version, now)
-            if self.audit is not None:
-                self.audit.append_in(s, event)
-
-        await self._db.write("keys.rotate", rewrap)
-
-    async def _rewrap_stragglers(self, current: int) -> None:
-        def rewrap(s: Tx) -> int:
-            n = 0
-            for row in repo.user_keys_not_at(s, current):
-                aad = _user_aad(row.user_id)
-                key = self.keyring.unwrap(row.kek_version, row.wrapped, aad)
-                row.kek_version, row.wrapped = self.keyring.wrap(key, aad)
-                n += 1
-            for srow in repo.service_keys_not_at(s, current):
-                aad = _service_aad(srow.name)
-                key = self.keyring.unwrap(srow.kek_version, srow.wrapped, aad)
-                srow.kek_version, srow.wrapped = self.keyring.wrap(key, aad)
-                n += 1
-            return n
-
-        if n := await self._db.write("keys.rewrap", rewrap):
-            log.info("keys re-wrapped with the current master key", extra={"keys": n})

@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from deepseekd.config import Settings
@@ -66,6 +67,10 @@ class LoraService:
         self._now = clock
         self._loaded: dict[str, AdapterRecord] = {}
         self._lock = asyncio.Lock()  # one load or unload at a time
+        self._restored = False
+        self._refused: dict[str, str] = {}
+        """Adapter name -> sha256 another replica loaded that this one could not take up
+        (not retried until the record changes)."""
 
     @property
     def enabled(self) -> bool:
@@ -236,8 +241,10 @@ class LoraService:
         return bool(await self._audit.transaction("lora.unload", forget, "lora.unload"))
 
     async def restore(self, engine: Engine) -> None:
-        """At boot, once the engine is up: load the registered adapters again."""
+        """At boot, once the engine is up: load the registered adapters again (copied from
+        their source folder when this host has no copy: a replica that never loaded it)."""
         records = await self.registered()
+        self._restored = True
         if not records:
             return
         if not self._cfg.enabled:
@@ -254,7 +261,13 @@ class LoraService:
                 )
                 continue
             path = self._settings.adapters_dir / rec.name
-            problem = await asyncio.to_thread(files.verify, path, rec.files)
+            problem = None
+            if path.exists():
+                problem = await asyncio.to_thread(files.verify, path, rec.files)
+            else:
+                problem = await self._copy_from_source(rec)
+                if problem:
+                    continue  # another replica serves it; this one says why not
             if problem:
                 # Changed on disk since it was loaded and audited: never serve it.
                 log.error(
@@ -263,16 +276,69 @@ class LoraService:
                 )
                 await self.unregister(rec.name, None, reason=f"refused at start: {problem}")
                 continue
-            try:
-                await engine.add_adapter(rec.name, str(path))
-            except EngineRejected as exc:
-                log.error(
-                    "LoRA adapter cannot be loaded: kept registered",
-                    extra={"adapter": rec.name, "reason": str(exc)},
-                )
-                continue
-            self._loaded[rec.name] = rec
-            log.info("lora adapter reloaded", extra={"adapter": rec.name})
+            await self._hand_to(engine, rec, path)
+
+    async def _hand_to(self, engine: Engine, rec: AdapterRecord, path: Path) -> None:
+        try:
+            await engine.add_adapter(rec.name, str(path))
+        except EngineRejected as exc:
+            log.error(
+                "LoRA adapter cannot be loaded: kept registered",
+                extra={"adapter": rec.name, "reason": str(exc)},
+            )
+            return
+        self._loaded[rec.name] = rec
+        log.info("lora adapter reloaded", extra={"adapter": rec.name})
+
+    async def _copy_from_source(self, rec: AdapterRecord) -> str | None:
+        """Copy an adapter another replica loaded from the source folder it named, and
+        check it is the same one (sha256); None when it is, else why not."""
+        try:
+            copy = await asyncio.to_thread(
+                files.import_adapter,
+                Path(rec.source),
+                self._settings.adapters_dir,
+                rec.name,
+                self._cfg.max_adapter_bytes,
+            )
+        except files.AdapterError as exc:
+            problem = f"cannot copy it from {rec.source}: {exc}"
+        else:
+            if copy.sha256 == rec.sha256:
+                return None
+            await asyncio.to_thread(files.remove, self._settings.adapters_dir, rec.name)
+            problem = f"{rec.source} now differs from the adapter loaded (sha256)"
+        self._refused[rec.name] = rec.sha256
+        log.error(
+            "LoRA adapter loaded by another replica cannot be loaded here",
+            extra={"adapter": rec.name, "reason": problem},
+        )
+        return problem
+
+    async def sync(self) -> None:
+        """Take up what another replica sharing the database loaded or unloaded (every
+        ``[cluster] sync_interval_s``); not audited again: the replica that did it was."""
+        engine = self._life.engine
+        if not self._cfg.enabled or not self._restored or engine is None or engine.dead:
+            return
+        async with self._lock:
+            records = {r.name: r for r in await self.registered()}
+            for name, had in list(self._loaded.items()):
+                now = records.get(name)
+                if now is None or now.sha256 != had.sha256:
+                    del self._loaded[name]
+                    await engine.remove_adapter(name)
+                    await asyncio.to_thread(files.remove, self._settings.adapters_dir, name)
+                    log.info("lora adapter unloaded by another replica", extra={"adapter": name})
+            for rec in records.values():
+                if (
+                    rec.name in self._loaded
+                    or rec.base_model != engine.model_name
+                    or self._refused.get(rec.name) == rec.sha256
+                ):
+                    continue
+                if await self._copy_from_source(rec) is None:
+                    await self._hand_to(engine, rec, self._settings.adapters_dir / rec.name)
 
     def model_cards(self, base: str, owned_by: str = "deepseekd") -> list[dict[str, Any]]:
         """``/v1/models`` entries, as vLLM's server lists adapters (with ``parent``)."""

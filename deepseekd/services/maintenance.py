@@ -10,6 +10,7 @@ import os
 import time
 from typing import TYPE_CHECKING
 
+from deepseekd.domain.errors import Conflict
 from deepseekd.obs.logs import anchor_logger
 
 if TYPE_CHECKING:
@@ -73,4 +74,7 @@ class Maintenance:
             and self._due("rotation", 3600, now)
             and await svc.keys.current_key_age() >= settings.keys.rotation_days * 86400
         ):
-            await svc.keys.rotate(None, automatic=True)
+            try:
+                await svc.keys.rotate(None, automatic=True)
+            except Conflict as exc:  # replicas without the new key: the console shows it due
+                log.warning("automatic master key rotation waits", extra={"reason": exc.message})

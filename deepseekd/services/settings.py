@@ -65,11 +65,16 @@ class RuntimeSettings:
         self._now = clock
         self.values: dict[str, Any] = {k: _get(settings, k) for k in RUNTIME_KEYS}
 
-    async def load(self) -> None:
-        """Apply what admins changed before the last restart over the config file."""
+    async def load(self) -> list[str]:
+        """Apply what admins changed over the config file: at start (changes made before
+        the last restart) and at every cluster sync (changes made on another replica).
+        Returns the settings whose value changed."""
+        changed = []
         for key, value in (await self._db.read("settings.load", repo.load)).items():
-            if key in FIELDS:
+            if key in FIELDS and self.values.get(key) != value:
                 self._apply(key, value)
+                changed.append(key)
+        return changed
 
     def _apply(self, key: str, value: Any) -> None:
         self.values[key] = value

@@ -7,7 +7,7 @@ from sqlalchemy import delete, inspect, select, update
 from sqlalchemy.orm import Session
 
 from deepseekd.store.dialect import insert, rowcount
-from deepseekd.store.schema import KeyCheck, ServiceKey, UserKey
+from deepseekd.store.schema import KeyCheck, Replica, ServiceKey, UserKey
 
 
 def key_checks(s: Session) -> dict[int, KeyCheck]:
@@ -32,8 +32,24 @@ def holds_keys(s: Session) -> bool:
     return any(s.execute(q).first() is not None for q in made)
 
 
-def add_key_check(s: Session, version: int, check_value: bytes, now: float) -> None:
-    s.add(KeyCheck(version=version, check_value=check_value, created_at=now))
+def add_key_check(
+    s: Session, version: int, check_value: bytes, now: float, *, prepared: bool = False
+) -> None:
+    s.add(KeyCheck(version=version, check_value=check_value, created_at=now, prepared=prepared))
+
+
+def activate_check(s: Session, version: int, now: float) -> bool:
+    """A prepared version becomes the one in use (its age counts from now); False when it
+    is not prepared any more (another replica's rotation got there first)."""
+    return bool(
+        rowcount(
+            s.execute(
+                update(KeyCheck)
+                .where(KeyCheck.version == version, KeyCheck.prepared.is_(True))
+                .values(prepared=False, created_at=now)
+            )
+        )
+    )
 
 
 def retire_other_checks(s: Session, current: int, now: float) -> None:
@@ -110,3 +126,48 @@ def versions_in_use(s: Session) -> set[int]:
     return {int(v) for v in s.execute(select(UserKey.kek_version).distinct()).scalars()} | {
         int(v) for v in s.execute(select(ServiceKey.kek_version).distinct()).scalars()
     }
+
+
+# -- replicas sharing the database ------------------------------------------------------
+
+
+def report_replica(
+    s: Session,
+    host: str,
+    keys_dir: str,
+    *,
+    pid: int,
+    started_at: float,
+    now: float,
+    versions: list[int],
+    wraps_with: int,
+) -> None:
+    values = {
+        "pid": pid,
+        "started_at": started_at,
+        "seen_at": now,
+        "key_versions": ",".join(map(str, sorted(versions))),
+        "wraps_with": wraps_with,
+    }
+    stmt = insert(s, Replica).values(host=host, keys_dir=keys_dir, **values)
+    s.execute(
+        stmt.on_conflict_do_update(index_elements=[Replica.host, Replica.keys_dir], set_=values)
+    )
+
+
+def replicas(s: Session) -> list[Replica]:
+    return list(s.execute(select(Replica).order_by(Replica.host, Replica.keys_dir)).scalars())
+
+
+def forget_replica(s: Session, host: str, keys_dir: str, pid: int) -> None:
+    """A replica that stops cleanly leaves (only its own row: a newer process on the same
+    host and folder may have reported since)."""
+    s.execute(
+        delete(Replica).where(
+            Replica.host == host, Replica.keys_dir == keys_dir, Replica.pid == pid
+        )
+    )
+
+
+def prune_replicas(s: Session, seen_before: float) -> int:
+    return rowcount(s.execute(delete(Replica).where(Replica.seen_at < seen_before)))

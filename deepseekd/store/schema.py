@@ -147,7 +147,29 @@ class KeyCheck(Base):
     version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     check_value: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[float] = mapped_column(Float)
+    """When the version was made; for a prepared one, reset when a rotation starts using it."""
     retired_at: Mapped[float | None] = mapped_column(Float)
+    prepared: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
+    """Made by `deepseekd keys new` and not used yet: every replica must hold it before a
+    rotation makes it the version that wraps."""
+
+
+class Replica(Base):
+    """A daemon sharing this database, as it last reported itself (every
+    ``[cluster] sync_interval_s``): which master key versions it holds (checked against
+    ``key_checks``) and which one it wraps with. A rotation refuses while a live replica
+    lacks the new version."""
+
+    __tablename__ = "replicas"
+
+    host: Mapped[str] = mapped_column(String(255), primary_key=True)
+    keys_dir: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[float] = mapped_column(Float)
+    seen_at: Mapped[float] = mapped_column(Float)
+    key_versions: Mapped[str] = mapped_column(String(255))
+    """Comma-separated versions whose file this replica holds and that match the database."""
+    wraps_with: Mapped[int] = mapped_column(Integer)
 
 
 class UserKey(Base):

@@ -48,7 +48,9 @@ async def test_key_version_age_and_last_rotation(make_daemon: MakeDaemon,
     assert key["rotation_days"] == 90 and not key["overdue"]
     assert key["rotation_due_at"] == key["created_at"] + 90 * DAY
     assert set(key) == {"version", "created_at", "age_days", "last_rotated_at",
-                        "rotation_days", "rotation_due_at", "overdue"}  # metadata only
+                        "rotation_days", "rotation_due_at", "overdue",
+                        "prepared_version"}  # metadata only
+    assert key["prepared_version"] is None  # no `keys new` waiting for the replicas
 
     clock.advance(30 * DAY)
     h = await root.headers()
