@@ -77,8 +77,16 @@ run: install
 	esac
 	exec $(BIN)/deepseekd serve
 
+# checkov and kubernetes-validate, which tests/deploy/test_kubernetes.py runs on the rendered
+# Kubernetes manifests, in a venv of their own: their pinned dependencies clash with vLLM's.
+K8S_TOOLS := .venv-k8s/.installed
+$(K8S_TOOLS):
+	$(PYTHON) -m venv .venv-k8s
+	.venv-k8s/bin/pip install -q checkov==3.3.30 kubernetes-validate==1.37.0 jsonschema==4.26.0 PyYAML==6.0.4
+	touch $@
+
 # The whole suite but the soak tests (minutes of load): those run in test-reliability.
-test: $(TEST_INSTALLED) lint
+test: $(TEST_INSTALLED) $(K8S_TOOLS) lint
 	bash .ci/system-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m 'not soak' tests
 
@@ -89,7 +97,7 @@ lint: $(TEST_INSTALLED)
 	$(BIN)/ruff format --check deepseekd
 	$(BIN)/mypy deepseekd
 
-test-unit: $(TEST_INSTALLED)
+test-unit: $(TEST_INSTALLED) $(K8S_TOOLS)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m 'not e2e and not soak' tests
 
 test-e2e: $(TEST_INSTALLED)

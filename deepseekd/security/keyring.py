@@ -113,8 +113,7 @@ class Keyring:
         for version, path, mtime in found:
             if version in versions:
                 continue  # the credentials directory wins over data_dir/keys
-            mode = path.stat().st_mode & 0o077
-            if mode and not os.environ.get("CREDENTIALS_DIRECTORY"):
+            if not _private(path) and not os.environ.get("CREDENTIALS_DIRECTORY"):
                 raise KeyringError(
                     f"{path} is readable by others (mode {oct(path.stat().st_mode & 0o777)}); "
                     "chmod 600 it"
@@ -264,6 +263,17 @@ class Staged:
     version: int
     key: bytes
     path: Path
+
+
+def _private(path: Path) -> bool:
+    """Only this user may read the key file: mode 0600 or 0400, or group-readable (0440) by
+    a group of this process only, as Kubernetes mounts a Secret for a non-root pod (owned by
+    root, group ``fsGroup``); never writable by the group, never open to others."""
+    st = path.stat()
+    extra = st.st_mode & 0o077
+    if not extra:
+        return True
+    return extra == 0o040 and st.st_gid in {os.getegid(), *os.getgroups()}
 
 
 def _read_key(path: Path) -> bytes:

@@ -104,9 +104,7 @@ class Services:
             observe=metrics.observe_transaction,
         )
         life = Lifecycle(model_name)
-        keys = KeyService(
-            db, keyring, settings.keys_dir, clock, 3 * settings.cluster.sync_interval_s
-        )
+        keys = KeyService(db, keyring, settings.keys_dir, clock, settings.cluster.sync_interval_s)
         audit = AuditLog(db, keys.cached_audit_key, clock, metrics.audit_write_failures.inc)
         keys.audit = audit
         accounts = AccountService(db, settings.auth, clock, audit, SecretBox(keys.cached_totp_key))

@@ -299,6 +299,13 @@ class Rotation:
             staged = self.keyring.stage(self._keys_dir)
         except KeyringError as exc:
             raise Conflict(str(exc), code="rotation_in_progress") from None
+        except OSError as exc:  # a read-only mount (a Kubernetes Secret)
+            raise Conflict(
+                f"cannot write a new key into {self._keys_dir} ({exc.strerror}): run "
+                "`deepseekd keys new --out FILE`, add the file where the keys come from, "
+                "then rotate (README, Scaling out)",
+                code="keys_read_only",
+            ) from None
         try:
             await self._rewrap_to(staged, event)
         except BaseException:

@@ -64,7 +64,7 @@ class KeyService(Rotation):
         keyring: Keyring,
         keys_dir: Path,
         clock: Callable[[], float],
-        live_window_s: float = 15.0,
+        sync_interval_s: float = 5.0,
     ) -> None:
         self._db = db
         self.keyring = keyring
@@ -72,8 +72,8 @@ class KeyService(Rotation):
         self._now = clock
         self.host = socket.gethostname()
         self.keys_where = str(keys_dir.resolve())
-        self._live_window_s = live_window_s
-        """A replica not heard from for this long counts as gone."""
+        self._live_window_s = 3 * sync_interval_s
+        """A replica not heard from for this long (three sync rounds) counts as gone."""
         self._retire_failed: set[int] = set()
         self._user_keys: dict[int, bytes] = {}
         self._service_keys: dict[str, bytes] = {}

@@ -58,6 +58,9 @@ class Box:
             (root / ".venv" / "bin").mkdir(parents=True)
             for marker in markers:
                 (root / ".venv" / f".installed-{marker}").touch()
+            # The scanners' own venv (`make test` builds it once; it never follows the box).
+            (root / ".venv-k8s").mkdir()
+            (root / ".venv-k8s" / ".installed").touch()
 
     def make(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
         # A clean environment: no MAKEFLAGS/EXTRA leaking in from a `make test` around us.
