@@ -113,7 +113,7 @@ class Services:
         directory = DirectorySignIn(db, settings.auth, audit, rights, clock, ldap)
         auth = AuthService(db, settings.auth, clock, audit, accounts, settings.quota, directory)
         oidc = OidcClient(settings.auth.oidc, clock) if settings.auth.oidc.issuer else None
-        sso = SsoService(oidc, auth, audit, settings.auth, clock)
+        sso = SsoService(oidc, auth, audit, settings.auth, clock, keys.cached_sso_key)
         directory.on_unavailable = metrics.identity_source_errors.labels("ldap").inc
         sso.on_unavailable = metrics.identity_source_errors.labels("oidc").inc
         auth.on_lockout = metrics.lockouts.inc

@@ -33,6 +33,9 @@ log = logging.getLogger("deepseekd.keys")
 
 AUDIT_KEY = "audit"
 TOTP_KEY = "totp"
+SSO_KEY = "sso"
+"""Seals a single sign-on in progress (the browser's cookie, an admin's ticket), so any
+replica sharing the database can finish what another started."""
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,7 @@ class KeyService(Rotation):
 
         in_use = await self._db.write("keys.check", check)
         self.keyring.wrap_up_to(in_use)  # a prepared version only unwraps until rotated to
-        for name in (AUDIT_KEY, TOTP_KEY):
+        for name in (AUDIT_KEY, TOTP_KEY, SSO_KEY):
             await self.service_key(name)
         await self._finish_rotation()
 
@@ -213,6 +216,9 @@ class KeyService(Rotation):
 
     def cached_totp_key(self) -> bytes:
         return self.cached_key(TOTP_KEY)
+
+    def cached_sso_key(self) -> bytes:
+        return self.cached_key(SSO_KEY)
 
     # -- rotation ----------------------------------------------------------------------
 

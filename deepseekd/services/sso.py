@@ -3,22 +3,27 @@ comes back with a code, which becomes a session here.
 
 A sign-in is pending from ``start`` to ``finish`` (at most ``PENDING_TTL_S``), known by its
 ``state`` and bound to the browser that started it by a cookie, so a callback link sent to
-someone else's browser does nothing. Admins need a second factor: the provider's (``amr`` /
-``acr``, ``auth.admin_mfa = "idp"``), or this daemon's TOTP code, asked for on the console
-with a one-time ticket (``TICKET_TTL_S``). Every refusal is audited with its class
-(``oidc.login`` denied: ``state_mismatch``, ``nonce_mismatch``, ``unknown_key`` ...), never a
-token or a code. The provider's ID token is kept in memory for the session's RP-initiated
-logout; after a restart, logout still ends the session here but signs out at the provider
-without the hint.
+someone else's browser does nothing. What it must remember (state, nonce, PKCE verifier)
+is sealed into that cookie with the service's ``sso`` key (AES-GCM), and an admin's
+ticket likewise: no replica holds it in memory, so a callback that a load balancer sends
+to another replica sharing the database finishes there. Admins need a second factor: the
+provider's (``amr`` / ``acr``, ``auth.admin_mfa = "idp"``), or this daemon's TOTP code,
+asked for on the console with a one-time ticket (``TICKET_TTL_S``). Every refusal is
+audited with its class (``oidc.login`` denied: ``state_mismatch``, ``nonce_mismatch``,
+``unknown_key`` ...), never a token or a code. The provider's ID token is kept in memory
+for the session's RP-initiated logout; after a restart, or on another replica, logout
+still ends the session here but signs out at the provider without the hint.
 """
 
 from __future__ import annotations
 
+import base64
 import collections
+import json
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import NoReturn
+from dataclasses import asdict, dataclass
+from typing import Any, NoReturn
 
 from deepseekd.config import AuthSettings
 from deepseekd.directory.ldap import DirectoryRefused, DirectoryUnavailable
@@ -26,7 +31,8 @@ from deepseekd.directory.oidc import OidcClient, OidcUser, PendingLogin
 from deepseekd.domain.audit import Event
 from deepseekd.domain.errors import AuthFailed, Unavailable
 from deepseekd.domain.identity import Identity
-from deepseekd.security.apikeys import hash_api_key, new_session_token
+from deepseekd.security.apikeys import hash_api_key
+from deepseekd.security.keyring import Unreadable, open_sealed, seal
 from deepseekd.services.audit import AuditLog
 from deepseekd.services.auth import AuthService
 from deepseekd.services.directory_login import External, local_name
@@ -35,7 +41,6 @@ log = logging.getLogger("deepseekd.sso")
 
 PENDING_TTL_S = 600.0
 TICKET_TTL_S = 120.0
-MAX_PENDING = 10_000
 MAX_REMEMBERED = 10_000
 TARGETS = ("chat", "admin")
 
@@ -69,12 +74,8 @@ class SsoRefused(AuthFailed):
         self.explanation = EXPLAINED.get(reason, TOKEN_PROBLEM)
 
 
-@dataclass(frozen=True)
-class Pending:
-    login: PendingLogin
-    target: str
-    binding: str
-    """The hash of the browser cookie that started it."""
+PENDING_AAD = b"sso-pending"
+TICKET_AAD = b"sso-ticket"
 
 
 @dataclass(frozen=True)
@@ -96,14 +97,16 @@ class SsoService:
         audit: AuditLog,
         cfg: AuthSettings,
         clock: Callable[[], float],
+        key: Callable[[], bytes],
     ) -> None:
         self._client = client
         self._auth = auth
         self._audit = audit
         self._cfg = cfg
         self._now = clock
-        self._pending: collections.OrderedDict[str, Pending] = collections.OrderedDict()
-        self._tickets: dict[str, tuple[int, float, str]] = {}
+        self._key = key
+        self._redeemed: dict[str, float] = {}
+        """Tickets this replica redeemed (hash -> expiry): each opens one session."""
         self._id_tokens: collections.OrderedDict[str, str] = collections.OrderedDict()
         self.on_unavailable: Callable[[], None] = lambda: None
 
@@ -121,29 +124,29 @@ class SsoService:
         return self._client
 
     async def start(self, target: str) -> tuple[str, str]:
-        """(the provider's URL to send the browser to, the cookie binding it)."""
+        """(the provider's URL to send the browser to, the cookie binding it: the pending
+        sign-in, sealed)."""
         client = self._oidc()
         try:
             url, login = await client.begin()
         except DirectoryUnavailable as exc:
             raise self._down(exc) from None
-        binding = new_session_token()
-        self._forget_old()
-        self._pending[login.state] = Pending(
-            login, target if target in TARGETS else "chat", hash_api_key(binding)
-        )
-        while len(self._pending) > MAX_PENDING:
-            self._pending.popitem(last=False)
-        return url, binding
+        pending = {**asdict(login), "target": target if target in TARGETS else "chat"}
+        return url, self._seal(pending, PENDING_AAD)
 
-    def _forget_old(self) -> None:
-        now = self._now()
-        for state in [
-            k for k, p in self._pending.items() if now - p.login.created_at > PENDING_TTL_S
-        ]:
-            del self._pending[state]
-        for ticket in [k for k, t in self._tickets.items() if t[1] < now]:
-            del self._tickets[ticket]
+    def _seal(self, value: dict[str, Any], aad: bytes) -> str:
+        raw = seal(self._key(), json.dumps(value, separators=(",", ":")).encode(), aad)
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    def _open(self, token: object, aad: bytes) -> dict[str, Any] | None:
+        if not isinstance(token, str) or not token or len(token) > 4096:
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            value = json.loads(open_sealed(self._key(), raw, aad))
+        except (ValueError, Unreadable):
+            return None
+        return value if isinstance(value, dict) else None
 
     def _down(self, exc: DirectoryUnavailable) -> Unavailable:
         self.on_unavailable()
@@ -158,19 +161,23 @@ class SsoService:
     async def finish(self, params: Mapping[str, str], binding: str | None, source: str) -> Signed:
         """The provider's callback: a session, or an admin's ticket. Raises SsoRefused
         (audited) or Unavailable."""
-        pending = self._pending.pop(params.get("state", ""), None)
-        if pending is None or binding is None or hash_api_key(binding) != pending.binding:
+        pending = self._open(binding, PENDING_AAD)
+        login = _login(pending)
+        if (
+            pending is None
+            or login is None
+            or login.state != params.get("state")
+            or self._now() - login.created_at > PENDING_TTL_S
+        ):
             await self._refused("state_mismatch", source)
         client = self._oidc()
         try:
-            user = await client.finish(
-                pending.login, client.code_from_callback(pending.login, params)
-            )
+            user = await client.finish(login, client.code_from_callback(login, params))
         except DirectoryUnavailable as exc:
             await self._refused(exc.reason, source, down=exc)
         except DirectoryRefused as exc:
             await self._refused(exc.reason, source)
-        return await self._sign_in(client, user, pending.target, source)
+        return await self._sign_in(client, user, str(pending.get("target", "chat")), source)
 
     async def _sign_in(
         self, client: OidcClient, user: OidcUser, target: str, source: str
@@ -192,23 +199,32 @@ class SsoService:
                 "not_allowed" if exc.reason != "no second factor enrolled" else "no_totp"
             ) from None
         if token is None:  # an admin who owes this daemon's TOTP code
-            ticket = new_session_token()
-            expires = self._now() + TICKET_TTL_S
-            self._tickets[hash_api_key(ticket)] = (who.user_id, expires, user.id_token)
+            held = {"user_id": who.user_id, "expires": round(self._now() + TICKET_TTL_S, 3)}
+            ticket = self._seal(held, TICKET_AAD)
+            self._remember(ticket, user.id_token)  # the logout hint, if redeemed here
             return Signed(target, who, ticket=ticket)
         self._remember(token, user.id_token)
         return Signed(target, who, token=token)
 
     async def redeem(self, ticket: object, code: object, source: str) -> tuple[str, Identity]:
         """An admin's ticket and TOTP code: an admin session. Raises AuthFailed."""
-        self._forget_old()
-        held = self._tickets.get(hash_api_key(ticket)) if isinstance(ticket, str) else None
-        if held is None:
+        now = self._now()
+        for done in [k for k, expires in self._redeemed.items() if expires < now]:
+            del self._redeemed[done]
+        held = self._open(ticket, TICKET_AAD)
+        if (
+            held is None
+            or not isinstance(held.get("user_id"), int)
+            or not isinstance(held.get("expires"), (int, float))
+            or held["expires"] < now
+            or hash_api_key(str(ticket)) in self._redeemed
+        ):
             raise AuthFailed("unknown or expired sign-in ticket")
-        user_id, _, id_token = held
-        token, who = await self._auth.totp_login(user_id, code, source)
-        self._tickets.pop(hash_api_key(str(ticket)), None)  # once it opened a session
-        self._remember(token, id_token)
+        token, who = await self._auth.totp_login(held["user_id"], code, source)
+        self._redeemed[hash_api_key(str(ticket))] = held["expires"]  # it opened a session
+        id_token = self._id_tokens.pop(hash_api_key(str(ticket)), None)
+        if id_token is not None:
+            self._remember(token, id_token)
         return token, who
 
     def _remember(self, token: str, id_token: str) -> None:
@@ -239,3 +255,18 @@ class SsoService:
         if down is not None:
             raise self._down(down)
         raise SsoRefused(reason)
+
+
+def _login(pending: dict[str, Any] | None) -> PendingLogin | None:
+    """The pending sign-in a sealed cookie carried (None: not one)."""
+    if pending is None:
+        return None
+    try:
+        return PendingLogin(
+            state=str(pending["state"]),
+            nonce=str(pending["nonce"]),
+            code_verifier=str(pending["code_verifier"]),
+            created_at=float(pending["created_at"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
