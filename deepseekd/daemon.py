@@ -145,7 +145,9 @@ def build_app(
     app.on_cleanup.append(lambda _app: asyncio.to_thread(tracing.shutdown))
     app.cleanup_ctx.append(_database_ctx)
     app.cleanup_ctx.append(_maintenance_ctx)
-    cluster = ClusterSync(svc.keys, svc.runtime, svc.lora, settings.cluster.sync_interval_s, clock)
+    cluster = ClusterSync(
+        svc.keys, svc.runtime, svc.lora, svc.erasure, settings.cluster.sync_interval_s, clock
+    )
     app.cleanup_ctx.append(lambda _app: _cluster_ctx(cluster))
     if siem is not None:  # after the database: the boot events are its first to send
         app.cleanup_ctx.append(lambda _app: _siem_ctx(siem))

@@ -81,7 +81,7 @@ async def callback(request: web.Request) -> web.Response:
 
 
 class TicketLogin(StrictBody):
-    ticket: str = Field(min_length=1, max_length=512)
+    ticket: str = Field(min_length=1, max_length=16384)
     totp: str = Field(min_length=1, max_length=16)
 
 

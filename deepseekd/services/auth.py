@@ -494,6 +494,18 @@ class AuthService:
 
     # -- sessions and passwords ----------------------------------------------------------
 
+    async def keep_provider_hint(self, token: str, hint: str) -> None:
+        """Keep a provider session's sealed ID token with the session (for its logout)."""
+        await self._db.write(
+            "auth.provider_hint",
+            lambda s: repo.set_provider_hint(s, hash_api_key(token), hint),
+        )
+
+    async def provider_hint(self, token: str) -> str | None:
+        return await self._db.read(
+            "auth.provider_hint", lambda s: repo.provider_hint(s, hash_api_key(token))
+        )
+
     async def logout(self, token: str, who: Identity | None = None) -> None:
         """End the session; audited when it was open."""
         now = self._now()

@@ -12,11 +12,14 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 
+from deepseekd.services.erasure import ErasureService
 from deepseekd.services.keys import KeyService
 from deepseekd.services.lora import LoraService
 from deepseekd.services.settings import RuntimeSettings
 
 log = logging.getLogger("deepseekd.cluster")
+
+ERASURE_LOOKBACK_S = 60.0
 
 
 class ClusterSync:
@@ -25,13 +28,16 @@ class ClusterSync:
         keys: KeyService,
         runtime: RuntimeSettings,
         lora: LoraService,
+        erasure: ErasureService,
         interval_s: float,
         clock: Callable[[], float],
     ) -> None:
         self._keys = keys
         self._runtime = runtime
         self._lora = lora
+        self._erasure = erasure
         self.interval_s = interval_s
+        self._now = clock
         self._pid = os.getpid()
         self._started_at = clock()
 
@@ -41,6 +47,7 @@ class ClusterSync:
             ("master key", lambda: self._keys.sync(self._pid, self._started_at)),
             ("runtime settings", self._settings),
             ("LoRA adapters", self._lora.sync),
+            ("erasures", self._erasures),
         ]
         for name, part in parts:
             try:
@@ -56,6 +63,10 @@ class ClusterSync:
         changed = await self._runtime.load()
         if changed:
             log.info("runtime settings changed by another replica", extra={"keys": changed})
+
+    async def _erasures(self) -> None:
+        # Clocks of two hosts differ a little: look back a minute; each is taken up once.
+        await self._erasure.take_up(min(self._started_at, self._now()) - ERASURE_LOOKBACK_S)
 
     async def run(self) -> None:
         while True:

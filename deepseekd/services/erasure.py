@@ -58,6 +58,7 @@ class ErasureService:
         self._audit = audit
         self._chat = chat
         self._now = clock
+        self._taken_up: set[tuple[int, float]] = set()
 
     async def erase(self, name: str, *, by: Identity | None = None) -> dict[str, Any]:
         user_id = await self._fence(name)
@@ -82,6 +83,26 @@ class ErasureService:
             "master_key_version": rotated,
             "storage": forgotten,
         }
+
+    async def take_up(self, since: float) -> list[int]:
+        """A replica's part of an erasure another replica made (``[cluster]`` sync): the
+        user's answers streaming here are stopped (none would be stored: the fence holds
+        everywhere) and their data key leaves this daemon's memory. Returns the user ids
+        newly taken up."""
+        erased = await self._db.read(
+            "erasure.since", lambda s: accounts_repo.erased_since(s, since)
+        )
+        fresh = [(uid, at) for uid, at in erased if (uid, at) not in self._taken_up]
+        for uid, at in fresh:
+            self._taken_up.add((uid, at))
+            self._keys.forget_user_key(uid)
+            stopped = await self._chat.stop_user(uid, "erased")
+            if stopped:
+                log.info(
+                    "requests of a user erased on another replica stopped",
+                    extra={"requests_stopped": stopped},
+                )
+        return [uid for uid, _ in fresh]
 
     async def _fence(self, name: str) -> int:
         now = self._now()

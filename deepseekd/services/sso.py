@@ -10,15 +10,13 @@ to another replica sharing the database finishes there. Admins need a second fac
 provider's (``amr`` / ``acr``, ``auth.admin_mfa = "idp"``), or this daemon's TOTP code,
 asked for on the console with a one-time ticket (``TICKET_TTL_S``). Every refusal is
 audited with its class (``oidc.login`` denied: ``state_mismatch``, ``nonce_mismatch``,
-``unknown_key`` ...), never a token or a code. The provider's ID token is kept in memory
-for the session's RP-initiated logout; after a restart, or on another replica, logout
-still ends the session here but signs out at the provider without the hint.
+``unknown_key`` ...), never a token or a code. The provider's ID token is kept, sealed,
+with the session for its RP-initiated logout, which any replica can then send.
 """
 
 from __future__ import annotations
 
 import base64
-import collections
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -41,7 +39,6 @@ log = logging.getLogger("deepseekd.sso")
 
 PENDING_TTL_S = 600.0
 TICKET_TTL_S = 120.0
-MAX_REMEMBERED = 10_000
 TARGETS = ("chat", "admin")
 
 EXPLAINED = {
@@ -76,6 +73,7 @@ class SsoRefused(AuthFailed):
 
 PENDING_AAD = b"sso-pending"
 TICKET_AAD = b"sso-ticket"
+HINT_AAD = b"sso-id-token"
 
 
 @dataclass(frozen=True)
@@ -107,7 +105,6 @@ class SsoService:
         self._key = key
         self._redeemed: dict[str, float] = {}
         """Tickets this replica redeemed (hash -> expiry): each opens one session."""
-        self._id_tokens: collections.OrderedDict[str, str] = collections.OrderedDict()
         self.on_unavailable: Callable[[], None] = lambda: None
 
     @property
@@ -139,7 +136,7 @@ class SsoService:
         return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
     def _open(self, token: object, aad: bytes) -> dict[str, Any] | None:
-        if not isinstance(token, str) or not token or len(token) > 4096:
+        if not isinstance(token, str) or not token or len(token) > 16384:
             return None
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
@@ -199,11 +196,13 @@ class SsoService:
                 "not_allowed" if exc.reason != "no second factor enrolled" else "no_totp"
             ) from None
         if token is None:  # an admin who owes this daemon's TOTP code
-            held = {"user_id": who.user_id, "expires": round(self._now() + TICKET_TTL_S, 3)}
-            ticket = self._seal(held, TICKET_AAD)
-            self._remember(ticket, user.id_token)  # the logout hint, if redeemed here
-            return Signed(target, who, ticket=ticket)
-        self._remember(token, user.id_token)
+            held = {
+                "user_id": who.user_id,
+                "expires": round(self._now() + TICKET_TTL_S, 3),
+                "id_token": user.id_token,  # for the logout hint of the session it opens
+            }
+            return Signed(target, who, ticket=self._seal(held, TICKET_AAD))
+        await self._remember(token, user.id_token)
         return Signed(target, who, token=token)
 
     async def redeem(self, ticket: object, code: object, source: str) -> tuple[str, Identity]:
@@ -222,23 +221,23 @@ class SsoService:
             raise AuthFailed("unknown or expired sign-in ticket")
         token, who = await self._auth.totp_login(held["user_id"], code, source)
         self._redeemed[hash_api_key(str(ticket))] = held["expires"]  # it opened a session
-        id_token = self._id_tokens.pop(hash_api_key(str(ticket)), None)
-        if id_token is not None:
-            self._remember(token, id_token)
+        if isinstance(held.get("id_token"), str) and held["id_token"]:
+            await self._remember(token, held["id_token"])
         return token, who
 
-    def _remember(self, token: str, id_token: str) -> None:
-        self._id_tokens[hash_api_key(token)] = id_token
-        while len(self._id_tokens) > MAX_REMEMBERED:
-            self._id_tokens.popitem(last=False)
+    async def _remember(self, token: str, id_token: str) -> None:
+        """The provider's ID token, sealed, kept with the session: any replica can then
+        send the browser to the provider's logout with it as the hint."""
+        await self._auth.keep_provider_hint(token, self._seal({"id_token": id_token}, HINT_AAD))
 
     async def logout_url(self, token: str | None, back_to: str) -> str | None:
         """The provider's end-session URL for a session opened through it (None for other
         sessions, or a provider without one)."""
         if self._client is None or token is None:
             return None
-        id_token = self._id_tokens.pop(hash_api_key(token), None)
-        if id_token is None:
+        kept = self._open(await self._auth.provider_hint(token), HINT_AAD)
+        id_token = kept.get("id_token") if kept is not None else None
+        if not isinstance(id_token, str) or not id_token:
             return None
         try:
             return await self._client.logout_url(id_token, back_to)

@@ -195,6 +195,24 @@ def add_session(
     )
 
 
+def erased_since(s: Session, since: float) -> list[tuple[int, float]]:
+    """(user id, erased at) of the users erased at or after ``since``."""
+    rows = s.execute(select(User.id, User.erased_at).where(User.erased_at >= since)).all()
+    return [(int(r[0]), float(r[1] or 0.0)) for r in rows]
+
+
+def set_provider_hint(s: Session, token_hash: str, hint: str) -> None:
+    s.execute(
+        update(AdminSession).where(AdminSession.token_hash == token_hash).values(provider_hint=hint)
+    )
+
+
+def provider_hint(s: Session, token_hash: str) -> str | None:
+    return s.execute(
+        select(AdminSession.provider_hint).where(AdminSession.token_hash == token_hash)
+    ).scalar_one_or_none()
+
+
 def key_active(s: Session, key_id: int) -> bool:
     return (
         s.execute(select(ApiKey.id).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))).first()

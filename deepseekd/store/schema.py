@@ -95,6 +95,9 @@ class AdminSession(Base):
     kind: Mapped[str] = mapped_column(String(8), server_default="admin")
     key_id: Mapped[int | None] = mapped_column(Integer)
     """The API key that opened it (admin login with a key): revoking the key ends it."""
+    provider_hint: Mapped[str | None] = mapped_column(Text)
+    """For a session opened through the OpenID provider: its ID token, sealed with the
+    service's sso key, for the provider's logout on whichever replica the user signs out."""
 
 
 class LoginAttempt(Base):

@@ -1,5 +1,6 @@
 """replicas sharing one database report themselves; a master key version can be prepared
-(known, copied to every host) before a rotation makes it the one that wraps
+(known, copied to every host) before a rotation makes it the one that wraps; a session
+opened through the OpenID provider keeps its sealed ID token for logout on any replica
 
 Revision ID: 0014
 Revises: 0013
@@ -20,6 +21,7 @@ def upgrade() -> None:
         "key_checks",
         sa.Column("prepared", sa.Boolean(), nullable=False, server_default=sa.false()),
     )
+    op.add_column("admin_sessions", sa.Column("provider_hint", sa.Text(), nullable=True))
     op.create_table(
         "replicas",
         sa.Column("host", sa.String(255), nullable=False),
