@@ -24,7 +24,6 @@ import time
 from collections.abc import Iterator
 
 import httpx
-import pyotp
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
@@ -35,7 +34,10 @@ from tests.e2e.web_fixtures import (  # noqa: F401  (fixtures)
     _run,
     browser,
     shoot_admin,
+    sign_in_admin,
     start_fake_web,
+    totp_now,
+    watch_problems,
 )
 from tests.support.store_setup import add_users
 
@@ -103,25 +105,12 @@ def problems() -> list[str]:
     return []
 
 
-def _sign_in(page: Page, boss: dict[str, str]) -> None:
-    page.goto("/admin")
-    page.fill("#login-username", boss["name"])
-    page.fill("#login-password", boss["password"])
-    totp = pyotp.TOTP(pyotp.parse_uri(boss["totp_uri"]).secret)
-    page.fill("#login-totp", totp.now())
-    page.click("#login-submit")
-    expect(page.locator("#admin-view")).to_be_visible(timeout=10_000)
-
-
 @pytest.fixture(scope="module")
 def console(browser: Browser, web: FakeWeb, boss: dict[str, str],
             problems: list[str]) -> Iterator[Page]:
     ctx = browser.new_context(base_url=web.url, viewport=DESKTOP)
-    page = ctx.new_page()
-    page.on("console", lambda m: problems.append(m.text) if m.type == "error" and (
-        "Content Security Policy" in m.text or "Refused to" in m.text) else None)
-    page.on("pageerror", lambda e: problems.append(f"pageerror {e}"))
-    _sign_in(page, boss)
+    page = watch_problems(ctx.new_page(), problems)
+    sign_in_admin(page, boss["name"], boss["password"], totp_now(boss["totp_uri"]))
     yield page
     ctx.close()
 

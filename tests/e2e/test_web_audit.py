@@ -26,6 +26,8 @@ from tests.e2e.web_fixtures import (  # noqa: F401  (fixtures)
     _run,
     browser,
     fake_web,
+    sign_in_admin,
+    watch_problems,
 )
 from tests.support.store_setup import add_users
 
@@ -55,16 +57,9 @@ def world(fake_web: FakeWeb) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def page(browser: Browser, fake_web: FakeWeb, world: dict[str, Any]) -> Iterator[Page]:
     ctx = browser.new_context(base_url=fake_web.url, viewport=DESKTOP, accept_downloads=True)
-    pg = ctx.new_page()
     problems: list[str] = []
-    pg.on("console", lambda m: problems.append(m.text) if m.type == "error" and (
-        "Content Security Policy" in m.text or "Refused to" in m.text) else None)
-    pg.on("pageerror", lambda e: problems.append(f"pageerror {e}"))
-    pg.goto("/admin")
-    pg.fill("#login-username", "ui.audit")
-    pg.fill("#login-password", world["auditor"].password)
-    pg.click("#login-submit")  # auditors give no code
-    expect(pg.locator("#audit-view")).to_be_visible(timeout=10_000)
+    pg = watch_problems(ctx.new_page(), problems)
+    sign_in_admin(pg, "ui.audit", world["auditor"].password)  # auditors give no code
     settled(pg)
     yield pg
     assert problems == [], problems  # no CSP refusal, no script error

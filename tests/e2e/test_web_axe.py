@@ -20,13 +20,24 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-import pyotp
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests.e2e import web_fixtures
 from tests.e2e.axe_check import assert_accessible, axe_version, axe_violations
-from tests.e2e.web_fixtures import DESKTOP, PHONE, FakeWeb, _run, start_fake_web
+from tests.e2e.web_fixtures import (
+    DESKTOP,
+    PHONE,
+    FakeWeb,
+    _run,
+    one_more_send,
+    send,
+    sign_in_admin,
+    sign_in_chat,
+    start_fake_web,
+    submit_sign_in,
+    totp_now,
+)
 from tests.support.store_setup import add_users
 
 ADMIN, AUDITOR = "ax.boss", "ax.audit"
@@ -95,23 +106,6 @@ def both_widths(page: Page, name: str, before_phone: Any = None) -> None:
         page.wait_for_timeout(150)
 
 
-def chat_login(page: Page, user: str, password: str) -> None:
-    page.goto("/")
-    page.fill("#login-username", user)
-    page.fill("#login-password", password)
-    page.click("#login-submit")
-    expect(page.locator("#chat-view")).to_be_visible()
-
-
-def send(page: Page, text: str) -> None:
-    before = int(page.evaluate("document.body.dataset.sends || '0'"))
-    page.fill("#composer-input", text)
-    page.press("#composer-input", "Enter")
-    page.wait_for_function(
-        f"() => Number(document.body.dataset.sends || 0) > {before}", timeout=60_000
-    )
-
-
 def focused(page: Page) -> str:
     """The focused element as `tag#id.class` (a test message that reads well)."""
     return page.evaluate("""() => { const e = document.activeElement;
@@ -151,12 +145,10 @@ def test_chat_sign_in_and_password_forms(
     page.goto("/")
     expect(page.locator("#login-view")).to_be_visible()
     both_widths(page, "chat-sign-in")
-    page.fill("#login-username", "ax.desk")
-    page.fill("#login-password", "not the password")
-    page.click("#login-submit")
+    submit_sign_in(page, "ax.desk", "not the password")
     expect(page.locator("#login-error")).to_be_visible()
     assert_accessible(page, "chat-sign-in-error")
-    chat_login(page, "ax.desk", people["ax.desk"])
+    sign_in_chat(page, "ax.desk", people["ax.desk"])
     page.click("#mydata-open")  # the password form is in My data
     page.click("#mydata-password")
     expect(page.locator("#password-view")).to_be_visible()
@@ -181,7 +173,7 @@ def open_first_menu(page: Page) -> None:
 
 def test_chat_states(chromium: Browser, web: FakeWeb, people: dict[str, Any]) -> None:
     page = new_page(chromium, web)
-    chat_login(page, "ax.desk", people["ax.desk"])
+    sign_in_chat(page, "ax.desk", people["ax.desk"])
     expect(page.locator("#empty-hint")).to_be_visible()
     both_widths(page, "chat-empty")
     send(page, ANSWER)
@@ -214,7 +206,7 @@ def test_chat_panels(chromium: Browser, web: FakeWeb, people: dict[str, Any]) ->
     the "My data" dialog, in both themes."""
     for scheme in ("light", "dark"):
         page = new_page(chromium, web, color_scheme=scheme)
-        chat_login(page, "ax.panels", people["ax.panels"])
+        sign_in_chat(page, "ax.panels", people["ax.panels"])
         send(page, ANSWER)
         expect(page.locator(".msg-assistant table")).to_have_count(1)
         if page.locator("#chat-options").count():
@@ -238,7 +230,7 @@ def test_chat_dark_by_system_preference(
     chromium: Browser, web: FakeWeb, people: dict[str, Any]
 ) -> None:
     page = new_page(chromium, web, color_scheme="dark")
-    chat_login(page, "ax.desk", people["ax.desk"])
+    sign_in_chat(page, "ax.desk", people["ax.desk"])
     page.locator(".conv-open").first.click()
     expect(page.locator(".msg-assistant table")).to_have_count(1)
     both_widths(page, "chat-dark-system")
@@ -251,25 +243,21 @@ def test_chat_dark_by_system_preference(
 def test_focus_after_streaming(chromium: Browser, web: FakeWeb, people: dict[str, Any]) -> None:
     """Back in the message box when it was there; where the user moved it otherwise."""
     page = new_page(chromium, web)
-    chat_login(page, "ax.focus", people["ax.focus"])
+    sign_in_chat(page, "ax.focus", people["ax.focus"])
     send(page, "A short one.")
     expect(page.locator("#composer-input")).to_be_focused()
     # Sent with the Send button: the focus goes back to the box too.
     page.fill("#composer-input", "Another one.")
-    before = int(page.evaluate("document.body.dataset.sends || '0'"))
-    page.focus("#send")
-    page.keyboard.press("Enter")
-    page.wait_for_function(f"() => Number(document.body.dataset.sends || 0) > {before}")
+    with one_more_send(page):
+        page.focus("#send")
+        page.keyboard.press("Enter")
     expect(page.locator("#composer-input")).to_be_focused()
     # Moved to the search box while the answer streams: the focus stays there.
-    before = int(page.evaluate("document.body.dataset.sends || '0'"))
-    page.fill("#composer-input", LONG[:600])
-    page.press("#composer-input", "Enter")
-    expect(page.locator("#stop")).to_be_visible()
-    page.focus("#conv-search")
-    page.wait_for_function(
-        f"() => Number(document.body.dataset.sends || 0) > {before}", timeout=60_000
-    )
+    with one_more_send(page):
+        page.fill("#composer-input", LONG[:600])
+        page.press("#composer-input", "Enter")
+        expect(page.locator("#stop")).to_be_visible()
+        page.focus("#conv-search")
     page.wait_for_timeout(300)
     expect(page.locator("#conv-search")).to_be_focused()
     page.context.close()
@@ -318,7 +306,7 @@ def test_focus_ring_contrast(chromium: Browser, web: FakeWeb, people: dict[str, 
         expect(page.locator("#login-view")).to_be_visible()
         for sel in ("#login-username", "#login-password"):
             assert ring_contrast(page, sel) >= 3, (scheme, sel, ring_contrast(page, sel))
-        chat_login(page, "ax.desk", people["ax.desk"])
+        sign_in_chat(page, "ax.desk", people["ax.desk"])
         assert ring_contrast(page, "#composer-input") >= 3, scheme
         page.context.close()
     page = new_page(chromium, web)
@@ -415,10 +403,7 @@ def console(chromium: Browser, web: FakeWeb, people: dict[str, Any]) -> Iterator
     page.goto("/admin")
     expect(page.locator("#login-view")).to_be_visible()
     both_widths(page, "admin-sign-in")
-    page.fill("#login-username", admin.name)
-    page.fill("#login-password", admin.password)
-    page.fill("#login-totp", pyotp.TOTP(pyotp.parse_uri(admin.totp_uri).secret).now())
-    page.click("#login-submit")
+    submit_sign_in(page, admin.name, admin.password, totp_now(admin.totp_uri))
     expect(page.locator("#admin-view")).to_be_visible(timeout=10_000)
     yield page
     page.context.close()
@@ -454,11 +439,7 @@ def test_console_tabs(console: Page) -> None:
 def test_auditor_tabs(chromium: Browser, web: FakeWeb, people: dict[str, Any]) -> None:
     auditor = people["auditor"]
     page = new_page(chromium, web)
-    page.goto("/admin")
-    page.fill("#login-username", auditor.name)
-    page.fill("#login-password", auditor.password)
-    page.click("#login-submit")
-    expect(page.locator("#audit-view")).to_be_visible(timeout=10_000)
+    sign_in_admin(page, auditor.name, auditor.password)
     expect(page.locator("#audit-table")).to_have_attribute("aria-busy", "false")
     names = each_tab(page, "#audit-tabs", "audit")
     assert len(names) >= 3, names
@@ -487,9 +468,7 @@ def test_notice_dialog(
     for scheme in ("light", "dark"):
         page = new_page(chromium, web, color_scheme=scheme)
         page.goto("/")
-        page.fill("#login-username", "ax.notice")
-        page.fill("#login-password", people["ax.notice"])
-        page.click("#login-submit")
+        submit_sign_in(page, "ax.notice", people["ax.notice"])
         expect(page.locator("#notice-dialog")).to_be_visible()
         both_widths(page, f"chat-notice-{scheme}")
         page.context.close()

@@ -35,6 +35,7 @@ from tests.e2e.web_fixtures import (  # noqa: F401  (fixtures)
     FakeWeb,
     _run,
     browser,
+    sign_in_admin,
     start_fake_web,
 )
 from tests.support.store_setup import add_users
@@ -95,12 +96,7 @@ def _totp(user: Any) -> pyotp.TOTP:
 def _sign_in(browser: Browser, web: FakeWeb, user: Any, code: str = "") -> Page:
     ctx = browser.new_context(base_url=web.url, viewport=DESKTOP)
     page = _watch(ctx.new_page())
-    page.goto("/admin")
-    page.fill("#login-username", user.name)
-    page.fill("#login-password", user.password)
-    page.fill("#login-totp", code)
-    page.click("#login-submit")
-    expect(page.locator("#admin-view" if code else "#audit-view")).to_be_visible(timeout=15_000)
+    sign_in_admin(page, user.name, user.password, code, timeout_ms=15_000)
     return page
 
 

@@ -22,8 +22,12 @@ from tests.e2e.web_fixtures import (  # noqa: F401  (fixtures)
     PHONE,
     FakeWeb,
     browser,
+    one_more_send,
+    send,
     shot,
+    sign_in_chat,
     start_fake_web,
+    submit_sign_in,
 )
 
 # Echoed one word per token, 0.25 s apart: about 4 s to press Stop in the middle of it.
@@ -53,24 +57,7 @@ class Console:
 
 def fill_login(page: Any, user: str, password: str) -> None:
     page.wait_for_selector("#login-view:not([hidden])")
-    page.fill("#login-username", user)
-    page.fill("#login-password", password)
-    page.click("#login-submit")
-
-
-def login(page: Any, base: str, user: str, password: str) -> None:
-    page.goto(base + "/")
-    fill_login(page, user, password)
-    page.wait_for_selector("#chat-view:not([hidden])")
-
-
-def send(page: Any, text: str, timeout_ms: float = 60_000) -> None:
-    """Type `text`, press Enter, wait until this send finished (answer, error or stop)."""
-    before = int(page.evaluate("document.body.dataset.sends || '0'"))
-    page.fill("#composer-input", text)
-    page.press("#composer-input", "Enter")
-    page.wait_for_function(f"() => Number(document.body.dataset.sends || 0) > {before}",
-                           timeout=timeout_ms)
+    submit_sign_in(page, user, password)
 
 
 def answers(page: Any) -> list[str]:
@@ -107,7 +94,7 @@ def test_stop_during_the_first_answer_keeps_the_conversation(browser: Any,
     try:
         page = ctx.new_page()
         console = Console(page)
-        login(page, base, "stop.nurse", password)
+        sign_in_chat(page, "stop.nurse", password, base)
         page.fill("#composer-input", LONG_QUESTION)
         page.press("#composer-input", "Enter")
         page.wait_for_function(
@@ -170,7 +157,7 @@ def test_leaving_during_an_answer_keeps_it_marked(browser: Any, slow_web: FakeWe
     ctx = browser.new_context(viewport=DESKTOP)
     try:
         page = ctx.new_page()
-        login(page, base, "leave.nurse", password)
+        sign_in_chat(page, "leave.nurse", password, base)
         page.fill("#composer-input", LONG_QUESTION)
         page.press("#composer-input", "Enter")
         page.wait_for_function(
@@ -200,7 +187,7 @@ def test_signing_in_again_keeps_the_draft_and_the_conversation(browser: Any,
     try:
         page = ctx.new_page()
         console = Console(page)
-        login(page, base, "draft.nurse", password)
+        sign_in_chat(page, "draft.nurse", password, base)
         send(page, "first question")
         conv_id = the_conversation_id(page, base)
 
@@ -224,10 +211,8 @@ def test_signing_in_again_keeps_the_draft_and_the_conversation(browser: Any,
         page.wait_for_selector(".conv-item.active")
         assert page.get_attribute(".conv-item.active", "data-id") == conv_id
         shot(page, "session-resumed-desktop")
-        before = int(page.evaluate("document.body.dataset.sends || '0'"))
-        page.press("#composer-input", "Enter")  # it goes on in the same conversation
-        page.wait_for_function(f"() => Number(document.body.dataset.sends || 0) > {before}",
-                               timeout=60_000)
+        with one_more_send(page):
+            page.press("#composer-input", "Enter")  # it goes on in the same conversation
         assert answers(page)[-1] == " ".join(draft.split())  # the echo, one line
         assert len(stored(page, base, conv_id)["turns"]) == 2
         assert page.locator(".conv-item").count() == 1
@@ -262,7 +247,7 @@ def test_change_password_from_the_chat_page(browser: Any, slow_web: FakeWeb) -> 
         console = Console(page)
         posts: list[str] = []
         page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
-        login(page, base, "pw.nurse", password)
+        sign_in_chat(page, "pw.nurse", password, base)
         send(page, "keep this open")
         page.fill("#composer-input", "half-typed")
 

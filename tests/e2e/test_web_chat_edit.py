@@ -18,6 +18,7 @@ from tests.e2e.web_fixtures import (  # noqa: F401  (fixtures)
     PHONE,
     FakeWeb,
     browser,
+    one_more_send,
     shot,
     start_fake_web,
 )
@@ -92,9 +93,8 @@ def test_edit_a_middle_message_and_regenerate(browser: Any, edit_web: FakeWeb, s
         shot(page, f"edit-form{'' if size == 'desktop' else '-390'}")
         if size == "390":
             no_overflow(page)
-        before = int(page.evaluate("document.body.dataset.sends || '0'"))
-        second.locator(".edit-save").click()
-        page.wait_for_function(f"() => Number(document.body.dataset.sends || 0) > {before}")
+        with one_more_send(page):
+            second.locator(".edit-save").click()
         assert texts(page, "user") == ["alpha one", "bravo edited"]
         assert texts(page, "assistant") == ["alpha one", "bravo edited"]
         conv = stored(page, edit_web)
@@ -116,9 +116,8 @@ def test_edit_a_middle_message_and_regenerate(browser: Any, edit_web: FakeWeb, s
 
         # Regenerate the last answer: a new stored turn in its place.
         last_id = stored(page, edit_web)["turns"][-1]["id"]
-        before = int(page.evaluate("document.body.dataset.sends || '0'"))
-        page.locator(".msg-assistant").last.locator(".regenerate").click()
-        page.wait_for_function(f"() => Number(document.body.dataset.sends || 0) > {before}")
+        with one_more_send(page):
+            page.locator(".msg-assistant").last.locator(".regenerate").click()
         wait_idle(page)
         assert texts(page, "user") == ["alpha one", "bravo edited"]
         assert texts(page, "assistant") == ["alpha one", "bravo edited"]
@@ -165,9 +164,8 @@ def test_edit_buttons_wait_for_the_answer_and_work_from_the_keyboard(
         page.keyboard.press("Enter")
         page.keyboard.press("Control+a")
         page.keyboard.type(XSS)
-        before = int(page.evaluate("document.body.dataset.sends || '0'"))
-        page.keyboard.press("Control+Enter")
-        page.wait_for_function(f"() => Number(document.body.dataset.sends || 0) > {before}")
+        with one_more_send(page):
+            page.keyboard.press("Control+Enter")
         # The edited text is text: shown whole, never run; the later turn is gone.
         assert texts(page, "user") == [XSS]
         assert texts(page, "assistant") == [XSS]

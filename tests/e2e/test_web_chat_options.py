@@ -22,12 +22,24 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import pyotp
 import pytest
 from playwright.sync_api import Browser, Page, Route, expect
 
 from tests.e2e import web_fixtures
-from tests.e2e.web_fixtures import DESKTOP, PHONE, FakeWeb, _run, shoot_admin, shot, start_fake_web
+from tests.e2e.web_fixtures import (
+    DESKTOP,
+    PHONE,
+    FakeWeb,
+    Problems,
+    _run,
+    one_more_send,
+    shoot_admin,
+    shot,
+    sign_in_admin,
+    sign_in_chat,
+    start_fake_web,
+    totp_now,
+)
 from tests.support.store_setup import add_users
 
 DISCHARGE = "Discharge summary"
@@ -38,19 +50,6 @@ LONG_WORDS = 300  # an echoed message longer than "Short" allows
 
 
 browser = web_fixtures.browser  # the module's Chromium (a fixture)
-
-
-class Problems:
-    """CSP refusals and script errors of the pages watched."""
-
-    def __init__(self) -> None:
-        self.seen: list[str] = []
-
-    def watch(self, page: Page) -> Page:
-        page.on("console", lambda m: self.seen.append(m.text) if m.type == "error" and (
-            "Content Security Policy" in m.text or "Refused to" in m.text) else None)
-        page.on("pageerror", lambda e: self.seen.append(f"pageerror {e}"))
-        return page
 
 
 @pytest.fixture(scope="module")
@@ -93,12 +92,7 @@ def test_the_admin_manages_presets_in_the_console(browser: Browser, options_web:
     ctx = browser.new_context(base_url=options_web.url, viewport=DESKTOP)
     page = problems.watch(ctx.new_page())
     try:
-        page.goto("/admin")
-        page.fill("#login-username", "op.boss")
-        page.fill("#login-password", people["admin_password"])
-        page.fill("#login-totp", pyotp.TOTP(pyotp.parse_uri(people["totp_uri"]).secret).now())
-        page.click("#login-submit")
-        expect(page.locator("#admin-view")).to_be_visible(timeout=10_000)
+        sign_in_admin(page, "op.boss", people["admin_password"], totp_now(people["totp_uri"]))
         page.click("#tab-settings")
         expect(page.locator("#presets-state")).to_have_text(
             "No presets yet: the chat page offers none.")
@@ -146,21 +140,12 @@ def test_the_admin_manages_presets_in_the_console(browser: Browser, options_web:
         ctx.close()
 
 
-def chat_login(page: Page, user: str, password: str) -> None:
-    page.goto("/")
-    page.fill("#login-username", user)
-    page.fill("#login-password", password)
-    page.click("#login-submit")
-    expect(page.locator("#chat-view")).to_be_visible()
-
-
 def send(page: Page, text: str) -> dict[str, object]:
     """Send ``text``; the request body the page sent."""
-    before = int(page.evaluate("document.body.dataset.sends || '0'"))
-    page.fill("#composer-input", text)
-    with page.expect_request(lambda r: r.url.endswith("/v1/chat/completions")) as req:
-        page.press("#composer-input", "Enter")
-    page.wait_for_function(f"() => Number(document.body.dataset.sends || 0) > {before}")
+    with one_more_send(page):
+        page.fill("#composer-input", text)
+        with page.expect_request(lambda r: r.url.endswith("/v1/chat/completions")) as req:
+            page.press("#composer-input", "Enter")
     return json.loads(req.value.post_data or "{}")  # type: ignore[no-any-return]
 
 
@@ -188,7 +173,7 @@ def test_a_preset_fills_the_system_prompt_that_reaches_the_model_and_comes_back(
                               viewport=DESKTOP if size == "desktop" else PHONE)
     page = problems.watch(ctx.new_page())
     try:
-        chat_login(page, user, people[user])
+        sign_in_chat(page, user, people[user])
         expect(page.locator("#chat-options")).not_to_have_attribute("open", "")
         expect(page.locator("#options-summary")).to_have_text("(Long answers)")
         open_options(page)
@@ -268,7 +253,7 @@ def test_short_answers_stop_at_256_tokens_and_the_choice_is_kept(
     page = problems.watch(ctx.new_page())
     long_text = " ".join(f"w{i}" for i in range(LONG_WORDS))
     try:
-        chat_login(page, "op.desk", people["op.desk"])
+        sign_in_chat(page, "op.desk", people["op.desk"])
         open_options(page)
         page.select_option("#length-select", "short")
         expect(page.locator("#options-summary")).to_have_text("(Short answers)")
@@ -311,7 +296,7 @@ def test_the_model_picker_shows_with_two_models_and_follows_the_conversation(
     ctx.route("**/v1/models", two_models)
     page = problems.watch(ctx.new_page())
     try:
-        chat_login(page, "op.phone", people["op.phone"])
+        sign_in_chat(page, "op.phone", people["op.phone"])
         open_options(page)
         expect(page.locator("#model-field")).to_be_visible()
         expect(page.locator("#model-select option")).to_have_text(

@@ -28,11 +28,13 @@ from typing import Any
 import pytest
 
 from tests.e2e.web_fixtures import (  # noqa: F401  (fixtures)
-    ARTIFACTS,
     DESKTOP,
     PHONE,
     FakeWeb,
     browser,
+    send,
+    shot,
+    sign_in_chat,
     start_fake_web,
 )
 
@@ -62,35 +64,12 @@ class Console:
         page.on("pageerror", lambda e: self.problems.append(f"pageerror: {e}"))
 
 
-def login(page: Any, base: str, user: str, password: str) -> None:
-    page.goto(base + "/")
-    page.wait_for_selector("#login-view:not([hidden])")
-    page.fill("#login-username", user)
-    page.fill("#login-password", password)
-    page.click("#login-submit")
-    page.wait_for_selector("#chat-view:not([hidden])")
-
-
-def send(page: Any, text: str, timeout_ms: float = 60_000) -> None:
-    """Type `text`, press Enter, wait until this send finished (answer, error or stop)."""
-    before = int(page.evaluate("document.body.dataset.sends || '0'"))
-    page.fill("#composer-input", text)
-    page.press("#composer-input", "Enter")
-    page.wait_for_function(f"() => Number(document.body.dataset.sends || 0) > {before}",
-                           timeout=timeout_ms)
-
-
 def reopen(page: Any) -> None:
     """Reload and open the (only) conversation from the stored history."""
     page.reload()
     page.wait_for_selector(".conv-item .conv-open")
     page.click(".conv-item .conv-open")
     page.wait_for_selector(".msg-assistant .answer")
-
-
-def shot(page: Any, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"chat-{name}.png"), full_page=True)
 
 
 def no_sideways_scroll(page: Any) -> None:
@@ -252,7 +231,7 @@ def test_tables_and_code_in_an_answer(browser: Any, echo_web: FakeWeb) -> None:
     try:
         page = ctx.new_page()
         console = Console(page)
-        login(page, echo_web.url, "table.nurse", password)
+        sign_in_chat(page, "table.nurse", password, echo_web.url)
         page.evaluate(RECORD_TABLES)
         send(page, ANSWER)
         answer = page.locator(".msg-assistant .answer").last
@@ -320,7 +299,7 @@ def test_copy_code_and_copy_answer(browser: Any, echo_web: FakeWeb) -> None:
         ctx.grant_permissions(["clipboard-read", "clipboard-write"], origin=echo_web.url)
         page = ctx.new_page()
         console = Console(page)
-        login(page, echo_web.url, "copy.nurse", password)
+        sign_in_chat(page, "copy.nurse", password, echo_web.url)
         page.evaluate(RECORD_LABELS)
         page.evaluate("navigator.clipboard.writeText('before')")
         # While the answer streams in, it has no "Copy answer" button yet.
@@ -368,7 +347,7 @@ def test_a_refused_copy_is_explained(browser: Any, echo_web: FakeWeb) -> None:
     try:
         page = ctx.new_page()
         console = Console(page)
-        login(page, echo_web.url, "refused.nurse", password)
+        sign_in_chat(page, "refused.nurse", password, echo_web.url)
         send(page, "```\nx = 1\n```")
         # Deny the clipboard to this page's browser context, as a site policy or the user
         # would (Chromium's own permission setting, through the DevTools protocol).
@@ -548,7 +527,7 @@ def test_times_reasoning_stopped_mark_contrast_and_screenshots(
     try:
         page = ctx.new_page()
         console = Console(page)
-        login(page, echo_web.url, "times.nurse", password)
+        sign_in_chat(page, "times.nurse", password, echo_web.url)
         before = dt.datetime.now(dt.UTC).replace(microsecond=0)
         send(page, ANSWER)
         after = dt.datetime.now(dt.UTC)

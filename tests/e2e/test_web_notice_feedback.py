@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 
-import pyotp
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
@@ -26,10 +25,15 @@ from tests.e2e.web_fixtures import (  # noqa: F401  (fixtures)
     DESKTOP,
     PHONE,
     FakeWeb,
+    Problems,
     _run,
     browser,
     fake_web,
+    send,
     shoot_admin,
+    sign_in_admin,
+    sign_in_chat,
+    totp_now,
 )
 from tests.support.store_setup import add_users
 
@@ -41,19 +45,6 @@ NOTICE_V2 = "Version two.\nAnswers are drafts: a clinician signs off every decis
 COMMENT = ('Wrong dose <img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
            "\nsecond line & \"quotes\"")
 VIEWPORTS = {"desktop": DESKTOP, "phone": PHONE}
-
-
-class Problems:
-    """CSP refusals and script errors of the pages watched."""
-
-    def __init__(self) -> None:
-        self.seen: list[str] = []
-
-    def watch(self, page: Page) -> Page:
-        page.on("console", lambda m: self.seen.append(m.text) if m.type == "error" and (
-            "Content Security Policy" in m.text or "Refused to" in m.text) else None)
-        page.on("pageerror", lambda e: self.seen.append(f"pageerror {e}"))
-        return page
 
 
 @pytest.fixture(scope="module")
@@ -76,12 +67,7 @@ def console(browser: Browser, fake_web: FakeWeb, people: dict[str, str],
             problems: Problems) -> Iterator[Page]:
     ctx = browser.new_context(base_url=fake_web.url, viewport=DESKTOP)
     page = problems.watch(ctx.new_page())
-    page.goto("/admin")
-    page.fill("#login-username", "nf.boss")
-    page.fill("#login-password", people["admin_password"])
-    page.fill("#login-totp", pyotp.TOTP(pyotp.parse_uri(people["totp_uri"]).secret).now())
-    page.click("#login-submit")
-    expect(page.locator("#admin-view")).to_be_visible(timeout=10_000)
+    sign_in_admin(page, "nf.boss", people["admin_password"], totp_now(people["totp_uri"]))
     yield page
     ctx.close()
 
@@ -94,21 +80,6 @@ def publish(console: Page, text: str) -> None:
     expect(console.locator("#confirm")).to_be_visible()
     console.click("#confirm-ok")
     expect(console.locator("#aup-state")).to_contain_text("Published")
-
-
-def chat_login(page: Page, user: str, password: str) -> None:
-    page.goto("/")
-    page.fill("#login-username", user)
-    page.fill("#login-password", password)
-    page.click("#login-submit")
-    expect(page.locator("#chat-view")).to_be_visible()
-
-
-def send(page: Page, text: str) -> None:
-    before = int(page.evaluate("document.body.dataset.sends || '0'"))
-    page.fill("#composer-input", text)
-    page.press("#composer-input", "Enter")
-    page.wait_for_function(f"() => Number(document.body.dataset.sends || 0) > {before}")
 
 
 def no_sideways_scroll(page: Page) -> None:
@@ -186,7 +157,7 @@ def test_a_clinician_accepts_once_chats_and_rates(browser: Browser, fake_web: Fa
     ctx = browser.new_context(base_url=fake_web.url, viewport=VIEWPORTS[name])
     try:
         page = problems.watch(ctx.new_page())
-        chat_login(page, user, people[user])
+        sign_in_chat(page, user, people[user])
         check_notice_dialog(page, name)
         page.click("#notice-accept")
         expect(page.locator("#notice-dialog")).to_be_hidden()
@@ -244,7 +215,7 @@ def test_a_new_version_asks_again(browser: Browser, fake_web: FakeWeb, console: 
     ctx = browser.new_context(base_url=fake_web.url, viewport=DESKTOP)
     try:
         page = problems.watch(ctx.new_page())
-        chat_login(page, "nf.desk", people["nf.desk"])
+        sign_in_chat(page, "nf.desk", people["nf.desk"])
         expect(page.locator("#composer-input")).to_be_focused()
         assert page.locator("#notice-dialog").count() == 0  # version 1 is accepted
         publish(console, NOTICE_V2)
@@ -268,7 +239,7 @@ def test_a_new_version_asks_again(browser: Browser, fake_web: FakeWeb, console: 
     ctx = browser.new_context(base_url=fake_web.url, viewport=PHONE)
     try:
         page = problems.watch(ctx.new_page())
-        chat_login(page, "nf.phone", people["nf.phone"])
+        sign_in_chat(page, "nf.phone", people["nf.phone"])
         expect(page.locator("#notice-dialog")).to_be_visible()
         assert page.locator("#notice-text").evaluate("el => el.textContent") == NOTICE_V2
         page.click("#notice-logout")

@@ -25,6 +25,9 @@ from tests.e2e.web_fixtures import (  # noqa: F401  (fixtures)
     _run,
     browser,
     fake_web,
+    sign_in_admin,
+    submit_sign_in,
+    watch_problems,
 )
 from tests.support.store_setup import add_users
 
@@ -60,9 +63,7 @@ def nurse_signed_in(browser: Browser, fake_web: FakeWeb, people: dict[str, str])
     page = ctx.new_page()
     page.goto("/")
     page.wait_for_selector("#login-view:not([hidden])")
-    page.fill("#login-username", "rv.nurse")
-    page.fill("#login-password", "not-the-password")
-    page.click("#login-submit")
+    submit_sign_in(page, "rv.nurse", "not-the-password")
     expect(page.locator("#login-error")).to_be_visible()
     page.fill("#login-password", people["rv.nurse"])
     page.click("#login-submit")
@@ -74,16 +75,9 @@ def nurse_signed_in(browser: Browser, fake_web: FakeWeb, people: dict[str, str])
 def auditor(browser: Browser, fake_web: FakeWeb, people: dict[str, str],
             nurse_signed_in: None) -> Iterator[Page]:
     ctx = browser.new_context(base_url=fake_web.url, viewport=DESKTOP, accept_downloads=True)
-    page = ctx.new_page()
     problems: list[str] = []
-    page.on("console", lambda m: problems.append(m.text) if m.type == "error" and (
-        "Content Security Policy" in m.text or "Refused to" in m.text) else None)
-    page.on("pageerror", lambda e: problems.append(f"pageerror {e}"))
-    page.goto("/admin")
-    page.fill("#login-username", "rv.auditor")
-    page.fill("#login-password", people["rv.auditor"])
-    page.click("#login-submit")  # an auditor gives no code
-    expect(page.locator("#audit-view")).to_be_visible(timeout=10_000)
+    page = watch_problems(ctx.new_page(), problems)
+    sign_in_admin(page, "rv.auditor", people["rv.auditor"])  # an auditor gives no code
     yield page
     assert problems == [], problems  # no CSP refusal, no script error
     ctx.close()

@@ -17,12 +17,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pyotp
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests.e2e import web_fixtures
-from tests.e2e.web_fixtures import ARTIFACTS, FakeWeb, _run, start_fake_web
+from tests.e2e.web_fixtures import (
+    ARTIFACTS,
+    FakeWeb,
+    _run,
+    send,
+    sign_in_admin,
+    sign_in_chat,
+    start_fake_web,
+    totp_now,
+)
 from tests.support.store_setup import add_users
 
 ANSWER = """For a healthy adult without renal or hepatic impairment:
@@ -105,26 +113,13 @@ def _save(page: Page, name: str) -> Path:
     return path
 
 
-def _send(page: Page, text: str) -> None:
-    before = int(page.evaluate("document.body.dataset.sends || '0'"))
-    page.fill("#composer-input", text)
-    page.press("#composer-input", "Enter")
-    page.wait_for_function(
-        f"() => Number(document.body.dataset.sends || 0) > {before}", timeout=60_000
-    )
-
-
 def test_chat_page_light_and_dark(chromium: Browser, web: FakeWeb, people: dict[str, Any]) -> None:
     page = chromium.new_context(base_url=web.url, viewport=DESKTOP).new_page()
-    page.goto("/")
-    page.fill("#login-username", "dr.okafor")
-    page.fill("#login-password", people["dr.okafor"])
-    page.click("#login-submit")
-    expect(page.locator("#chat-view")).to_be_visible()
+    sign_in_chat(page, "dr.okafor", people["dr.okafor"])
     for title in EARLIER:  # earlier chats in the list
-        _send(page, title)
+        send(page, title)
         page.click("#new-chat")
-    _send(page, QUESTION)
+    send(page, QUESTION)
     answer = page.locator(".msg-assistant").last
     expect(answer.locator("table tbody tr")).to_have_count(2)
     expect(answer.locator("pre code")).to_contain_text("def max_paracetamol_g")
@@ -145,12 +140,7 @@ def test_console_users_and_usage(chromium: Browser, web: FakeWeb, people: dict[s
     admin = people["admin"]
     viewport = {"width": 1280, "height": 900}
     page = chromium.new_context(base_url=web.url, viewport=viewport).new_page()
-    page.goto("/admin")
-    page.fill("#login-username", admin.name)
-    page.fill("#login-password", admin.password)
-    page.fill("#login-totp", pyotp.TOTP(pyotp.parse_uri(admin.totp_uri).secret).now())
-    page.click("#login-submit")
-    expect(page.locator("#admin-view")).to_be_visible(timeout=10_000)
+    sign_in_admin(page, admin.name, admin.password, totp_now(admin.totp_uri))
     page.click("#tab-users")
     expect(page.locator("#users-table tbody tr", has_text="dr.okafor")).to_have_count(1)
     _save(page, "admin-users")

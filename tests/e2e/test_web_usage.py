@@ -11,7 +11,6 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-import pyotp
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
@@ -24,6 +23,9 @@ from tests.e2e.web_fixtures import (  # noqa: F401  (fixtures)
     _run,
     browser,
     fake_web,
+    sign_in_admin,
+    totp_now,
+    watch_problems,
 )
 from tests.support.store_setup import add_users
 
@@ -70,15 +72,8 @@ def console(browser: Browser, fake_web: FakeWeb, boss: dict[str, str]) -> Iterat
     ctx = browser.new_context(base_url=fake_web.url, viewport=DESKTOP, accept_downloads=True)
     page = ctx.new_page()
     problems: list[str] = []
-    page.on("console", lambda m: problems.append(m.text) if m.type == "error" and (
-        "Content Security Policy" in m.text or "Refused to" in m.text) else None)
-    page.on("pageerror", lambda e: problems.append(f"pageerror {e}"))
-    page.goto("/admin")
-    page.fill("#login-username", boss["name"])
-    page.fill("#login-password", boss["password"])
-    page.fill("#login-totp", pyotp.TOTP(pyotp.parse_uri(boss["totp_uri"]).secret).now())
-    page.click("#login-submit")
-    expect(page.locator("#admin-view")).to_be_visible(timeout=10_000)
+    watch_problems(page, problems)
+    sign_in_admin(page, boss["name"], boss["password"], totp_now(boss["totp_uri"]))
     yield page
     assert problems == [], problems  # no CSP refusal, no script error
     ctx.close()
