@@ -353,7 +353,8 @@ async def test_erase_user_crypto_shreds(stack: Stack) -> None:
                                             "service_keys"):
         candidates.append(s.keys.keyring.unwrap(version, bytes(wrapped),
                                                 b"service-key:" + name.encode()))
-    assert len(candidates) == 5  # fresh, audit (cached), bob's, the audit and TOTP service keys
+    # fresh, audit (cached), bob's, the audit, TOTP and single sign-on service keys
+    assert len(candidates) == 6
     for key in candidates:
         assert key != old_key
         with pytest.raises(Unreadable):
