@@ -303,6 +303,7 @@ async def status(request: web.Request) -> web.Response:
             "tokens_per_second": round(metrics.token_rate(), 2),
             "gpus": metrics.gpu.snapshot(),
             "master_key": (await app[KEYS].status(app[SETTINGS].keys.rotation_days)).as_json(),
+            "replicas": [asdict(r) for r in await app[KEYS].replicas()],
         }
     )
 

@@ -155,9 +155,10 @@ class Rotation:
                 extra={"version": in_use},
             )
         now, wraps = self._now(), self.keyring.current_version
-        await self._db.write(
-            "keys.report",
-            lambda s: repo.report_replica(
+
+        def report(s: Tx) -> None:
+            repo.prune_replicas(s, now - 86400)  # gone for a day: forgotten
+            repo.report_replica(
                 s,
                 self.host,
                 self.keys_where,
@@ -166,8 +167,9 @@ class Rotation:
                 now=now,
                 versions=held,
                 wraps_with=wraps,
-            ),
-        )
+            )
+
+        await self._db.write("keys.report", report)
         await self._finish_rotation()
 
     async def leave(self, pid: int) -> None:
@@ -180,7 +182,6 @@ class Rotation:
         now = self._now()
 
         def read(s: Tx) -> list[ReplicaView]:
-            repo.prune_replicas(s, now - 86400)  # gone for a day: forgotten
             return [
                 ReplicaView(
                     host=r.host,
@@ -194,7 +195,7 @@ class Rotation:
                 for r in repo.replicas(s)
             ]
 
-        return await self._db.write("keys.replicas", read)
+        return await self._db.read("keys.replicas", read)
 
     def _is_me(self, r: ReplicaView) -> bool:
         return (r.host, r.keys_dir) == (self.host, self.keys_where)

@@ -4,6 +4,7 @@ age and the last rotation in GET /admin/api/status (before and after POST
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from deepseekd.http.state import ACCOUNTS, KEYS
@@ -100,3 +101,25 @@ async def test_every_setting_has_a_label_and_help(make_daemon: MakeDaemon,
                                                json={"history.retention_days": 30}))
     assert {s["key"]: s["label"] for s in saved["settings"]} == {
         s["key"]: s["label"] for s in listed}
+
+
+async def test_the_console_lists_the_daemons_on_the_database(make_daemon: MakeDaemon,
+                                                             clock: FakeClock) -> None:
+    """The Keys tab's table: this daemon, the key versions it holds and wraps with, from its
+    own report (the cluster sync's first round runs at start); a prepared version shows."""
+    d = await make_daemon(clock=clock)
+    root = await Admin(d, clock).create()
+    h = await root.headers()
+    for _ in range(100):
+        status = await ok_json(await d.client.get("/admin/api/status", headers=h))
+        if status["replicas"]:
+            break
+        await asyncio.sleep(0.05)
+    keys_dir = str(d.settings.keys_dir.resolve())
+    [me] = status["replicas"]
+    assert me["keys_dir"] == keys_dir and me["live"] is True
+    assert me["key_versions"] == [1] and me["wraps_with"] == 1
+    assert status["master_key"]["prepared_version"] is None
+    made = await d.app[KEYS].prepare(None)
+    key = await master_key(d, h)
+    assert made["version"] == 2 and key["prepared_version"] == 2 and key["version"] == 1

@@ -301,6 +301,12 @@ def test_key_version_and_age_in_the_header_then_a_rotation(console: Page, web: F
     expect(line).not_to_have_class(re.compile("overdue"))
     expect(console.locator("#key-version")).to_have_text("v2")
     expect(console.locator("#key-due")).to_contain_text("Every 90 days; next about")
+    expect(console.locator("#key-prepared")).to_have_text("none")
+    # The one daemon on this database, as it reports itself: wraps with v2 after its sync.
+    rows = console.locator("#replicas-table tbody tr")
+    expect(rows).to_have_count(1)
+    expect(rows.first.locator("td").nth(1)).to_have_text(str(web.data_dir.resolve() / "keys"))
+    expect(rows.first.locator("td").nth(3)).to_have_text("v2", timeout=15_000)
     console.click("#tab-users")
     expect(line).to_be_visible()  # not only in the Keys tab
     shoot_admin(console, "console-keys")

@@ -694,7 +694,7 @@ function renderStatus(s) {
   }
   $("eng-version").textContent = s.version || "—";
   $("eng-updated").textContent = `Last update ${new Date().toLocaleTimeString()}.`;
-  keysAdmin.render(s.master_key); // the header's key line and the Keys tab
+  keysAdmin.render(s.master_key, s.replicas); // the header's key line and the Keys tab
 }
 
 // ---------------------------------------------------------------- usage per department
