@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from deepseekd.bench import BenchConfig, BenchResult, run_bench  # noqa: E402
+from deepseekd.bench_chat import ChatConfig, ChatResult, run_chat  # noqa: E402
 from deepseekd.config import load_settings  # noqa: E402
 
 PY = sys.executable
@@ -220,7 +221,7 @@ def _add_target(targets: list[Target], name: str, env: dict[str, str], key: str,
         targets.append(Target(
             "vllm", "vLLM OpenAI server (raw)",
             [PY, "-m", "vllm.entrypoints.openai.api_server", "--host", "127.0.0.1",
-             "--port", "{port}", "--model", *flags],
+             "--port", "{port}", "--enable-prompt-tokens-details", "--model", *flags],
             {**venv, "VLLM_CACHE_ROOT": str(cache)}, "/health", requests=many,
             cache_dir=cache))
     elif name == "deepseekd":
@@ -265,6 +266,37 @@ def measure(t: Target, concurrency: int) -> BenchResult:
     log(f"{t.name} c={concurrency}: {r.output_tokens_per_s} tok/s, ttft p50 {r.ttft_p50_ms} ms, "
         f"{r.ok} ok / {r.failed} failed / {r.short_answers} short")
     return r
+
+
+CHAT_TARGETS = ("vllm", "deepseekd")
+
+
+def measure_chat(t: Target, users: int, duration: float) -> dict[str, Any]:
+    """The multi-turn chat workload (deepseekd/bench_chat.py) on one server."""
+    r: ChatResult = asyncio.run(run_chat(ChatConfig(
+        url=t.url, key=t.key, users=users, duration_s=duration, think_s=1.0, seed=1)))
+    log(f"{t.name} chat: {r.requests_per_s} req/s, {r.output_tokens_per_s} tok/s, "
+        f"ttft {r.ttft_ms}, prefix hit {r.prefix_cache_hit_rate}")
+    return {"label": t.label, **r.to_json()}
+
+
+def chat_markdown(chat: dict[str, Any]) -> list[str]:
+    if not chat:
+        return []
+    first = next(iter(chat.values()))
+    lines = ["", f"Chat workload (`deepseekd bench --workload chat`): {first['users']} people, "
+             f"{first['duration_s']:.0f} s, 1 s mean think time, history re-sent each turn.", "",
+             "| server | requests/s | tokens/s | TTFT p50 / p95 / p99 (ms) "
+             "| inter-token p50 / p95 / p99 (ms) | prefix cache hit |", "|---|---|---|---|---|---|"]
+    for row in chat.values():
+        t, i = row["ttft_ms"], row["itl_ms"]
+        hit = row["prefix_cache_hit_rate"]
+        lines.append(
+            f"| {row['label']} | {row['requests_per_s']:.2f} | {row['output_tokens_per_s']:.1f} "
+            f"| {' / '.join('–' if v is None else f'{v:.0f}' for v in t.values())} "
+            f"| {' / '.join('–' if v is None else f'{v:.1f}' for v in i.values())} "
+            f"| {'–' if hit is None else f'{hit:.0%}'} |")
+    return lines
 
 
 def med(values: list[float | None]) -> float | None:
@@ -355,6 +387,7 @@ def to_markdown(s: dict[str, Any]) -> str:
     if flagged:
         lines += ["", "Not every answer was whole: " + "; ".join(flagged) + "."]
     r = s["ratios"]
+    lines += chat_markdown(s.get("chat", {}))
     lines += ["", "| target | measured | goal |", "|---|---|---|"]
     goals = [
         ("deepseekd / vLLM throughput, 16 clients", r.get("deepseekd_over_vllm_c16"), "≥ 0.97"),
@@ -392,6 +425,8 @@ def main() -> int:
     p.add_argument("--warm-only", action="store_true",
                    help="skip the cold boots (keep the compile caches)")
     p.add_argument("--no-readme", action="store_true", help="do not update README.md")
+    p.add_argument("--chat-users", type=int, default=8)
+    p.add_argument("--chat-duration", type=float, default=120.0)
     p.add_argument("--quick", action="store_true",
                    help="a smoke run: few requests, one round, no cold boots, README untouched")
     args = p.parse_args()
@@ -419,6 +454,9 @@ def main() -> int:
             for t in order:
                 for c in LEVELS:
                     runs.setdefault((t.name, c), []).append(measure(t, c))
+        chat = {t.name: measure_chat(t, args.chat_users, 20.0 if args.quick
+                                     else args.chat_duration)
+                for t in targets if t.name in CHAT_TARGETS}
         for t in targets:
             memory[t.name] = t.pss_mb()
     finally:
@@ -429,6 +467,7 @@ def main() -> int:
 
     store = store_run(200 if args.quick else 2000, [1, 16])
     summary = summarize(targets, runs, memory, store)
+    summary["chat"] = chat
     md = to_markdown(summary)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(summary, indent=2) + "\n")

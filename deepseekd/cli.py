@@ -409,6 +409,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from deepseekd.bench import BenchConfig, format_result, run_bench
 
     key = args.key or os.environ.get("DEEPSEEKD_API_KEY")
+    if args.workload == "chat":
+        return _chat_bench(args, key)
     try:
         cfg = BenchConfig(
             url=args.url,
@@ -435,6 +437,33 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps(result.to_json(), indent=2) + "\n")
     return 0 if result.ok else 1
+
+
+def _chat_bench(args: argparse.Namespace, key: str | None) -> int:
+    from deepseekd.bench_chat import ChatConfig, format_chat, run_chat
+
+    try:
+        cfg = ChatConfig(
+            url=args.url,
+            key=key,
+            users=args.users,
+            duration_s=args.duration,
+            think_s=args.think_time,
+            max_context=args.max_context,
+            seed=args.seed,
+            model=args.model,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    result = asyncio.run(run_chat(cfg))
+    text = json.dumps(result.to_json(), indent=2)
+    if args.json == "-":
+        print(text)
+    else:
+        print(format_chat(result))
+        if args.json:
+            Path(args.json).write_text(text + "\n")
+    return 0 if result.requests_ok else 1
 
 
 # --------------------------------------------------------------------------- parser
@@ -677,8 +706,33 @@ def _bench_command(sub: Any) -> None:
         arg("--cacert", help="CA bundle for https URLs"),
         arg("--client-cert", help="client certificate (mTLS)"),
         arg("--client-key", help="client certificate's private key (mTLS)"),
+        arg(
+            "--workload",
+            choices=["single", "chat"],
+            default="single",
+            help="single: one fixed question per request (default); chat: multi-turn "
+            "conversations re-sending their history, with think time (README, Benchmarks)",
+        ),
+        arg("--users", type=int, default=4, metavar="N", help="chat: people (default 4)"),
+        arg("--duration", type=float, default=60.0, metavar="S", help="chat: seconds (60)"),
+        arg(
+            "--think-time",
+            type=float,
+            default=2.0,
+            metavar="S",
+            help="chat: mean seconds between turns (default 2; 0 = none)",
+        ),
+        arg(
+            "--max-context",
+            type=int,
+            default=2048,
+            metavar="T",
+            help="chat: a conversation ends before it would exceed T tokens (default 2048)",
+        ),
+        arg("--seed", type=int, default=1, help="chat: the draws' seed (default 1)"),
         description="N clients each send a chat completion, wait for the whole answer and "
-        "send the next, until M answers are in. Works against any OpenAI-compatible server.",
+        "send the next, until M answers are in; or, with --workload chat, people holding "
+        "multi-turn conversations. Works against any OpenAI-compatible server.",
     )
 
 
