@@ -47,6 +47,9 @@ README = ROOT / "README.md"
 MARK_START, MARK_END = "<!-- bench:start -->", "<!-- bench:end -->"
 MAX_TOKENS = 64
 LEVELS = (1, 16)
+"""The levels every server is measured at (the table's columns)."""
+CURVE = (1, 4, 16, 64)
+"""vLLM and deepseekd are also swept over these (curves.png and the curve table)."""
 
 
 def free_port() -> int:
@@ -198,7 +201,7 @@ def vllm_flags(settings: Any, model_dir: Path, name: str) -> tuple[list[str], di
 def build_targets(workdir: Path, names: list[str]) -> list[Target]:
     env, key, model_dir, settings = prepare_deepseekd(workdir)
     targets: list[Target] = []
-    many = {1: 8, 16: 48}
+    many = {1: 8, 4: 16, 16: 48, 64: 128}
     for spec in names:
         # "name@KEY=VALUE+KEY=VALUE": the same server with extra environment (a variant).
         name, _, overrides = spec.partition("@")
@@ -280,6 +283,28 @@ def measure_chat(t: Target, users: int, duration: float) -> dict[str, Any]:
     return {"label": t.label, **r.to_json()}
 
 
+def curve_markdown(s: dict[str, Any]) -> list[str]:
+    """vLLM and deepseekd over the concurrency sweep (and the plot, once drawn)."""
+    rows = [s["rows"][n] for n in CHAT_TARGETS if n in s["rows"]]
+    levels = [c for c in CURVE if all(f"c{c}" in r for r in rows)]
+    if len(rows) < 2 or len(levels) < 3:
+        return []
+
+    def ttft(cell: dict[str, Any]) -> str:
+        return " / ".join("–" if cell.get(k) is None else f"{cell[k]:.0f}"
+                          for k in ("ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms"))
+
+    out = ["", "| clients | vLLM tok/s | deepseekd tok/s | vLLM first token p50 / p95 / p99 (ms) "
+           "| deepseekd first token p50 / p95 / p99 (ms) |", "|---|---|---|---|---|"]
+    for c in levels:
+        v, d = rows[0][f"c{c}"], rows[1][f"c{c}"]
+        out.append(f"| {c} | {v['tokens_per_s']} | {d['tokens_per_s']} | {ttft(v)} | {ttft(d)} |")
+    if s.get("curves_png"):
+        out += ["", "![Throughput and first token against concurrency, vLLM and deepseekd]"
+                "(bench/results/curves.png)"]
+    return out
+
+
 def chat_markdown(chat: dict[str, Any]) -> list[str]:
     if not chat:
         return []
@@ -309,12 +334,13 @@ def summarize(targets: list[Target], runs: dict[tuple[str, int], list[BenchResul
     rows = {}
     for t in targets:
         row: dict[str, Any] = {"label": t.label, "boot_s": t.boot, "pss_mb": memory.get(t.name)}
-        for c in LEVELS:
+        for c in sorted(t.requests):
             rs = runs.get((t.name, c), [])
             row[f"c{c}"] = {
                 "tokens_per_s": med([r.output_tokens_per_s for r in rs]),
                 "ttft_p50_ms": med([r.ttft_p50_ms for r in rs]),
                 "ttft_p95_ms": med([r.ttft_p95_ms for r in rs]),
+                "ttft_p99_ms": med([r.ttft_p99_ms for r in rs]),
                 "latency_p50_ms": med([r.latency_p50_ms for r in rs]),
                 "latency_p95_ms": med([r.latency_p95_ms for r in rs]),
                 "failed": sum(r.failed for r in rs),
@@ -322,20 +348,7 @@ def summarize(targets: list[Target], runs: dict[tuple[str, int], list[BenchResul
                 "runs": len(rs),
             }
         rows[t.name] = row
-    ratios: dict[str, Any] = {}
-
-    def tps(name: str, c: int) -> float | None:
-        return rows.get(name, {}).get(f"c{c}", {}).get("tokens_per_s")
-
-    if tps("deepseekd", 16) and tps("vllm", 16):
-        ratios["deepseekd_over_vllm_c16"] = round(tps("deepseekd", 16) / tps("vllm", 16), 3)
-        ratios["deepseekd_over_vllm_c1"] = round(tps("deepseekd", 1) / tps("vllm", 1), 3)
-        ratios["ttft_overhead_p50_ms_c1"] = round(
-            rows["deepseekd"]["c1"]["ttft_p50_ms"] - rows["vllm"]["c1"]["ttft_p50_ms"], 1)
-    if tps("deepseekd", 16) and tps("naive", 16):
-        ratios["deepseekd_over_naive_c16"] = round(tps("deepseekd", 16) / tps("naive", 16), 2)
-    if memory.get("deepseekd") and memory.get("vllm"):
-        ratios["daemon_memory_beyond_engine_mb"] = round(memory["deepseekd"] - memory["vllm"], 1)
+    ratios = _ratios(rows, memory)
     return {
         "date": dt.date.today().isoformat(),
         "machine": machine(),
@@ -345,6 +358,34 @@ def summarize(targets: list[Target], runs: dict[tuple[str, int], list[BenchResul
         "ratios": ratios,
         "store_turns_per_s": store,
     }
+
+
+def _ratios(rows: dict[str, Any], memory: dict[str, float | None]) -> dict[str, Any]:
+    """The figures the README's targets are checked against (#20: first token under load)."""
+    ratios: dict[str, Any] = {}
+
+    def get(name: str, c: int, what: str) -> float | None:
+        return rows.get(name, {}).get(f"c{c}", {}).get(what)
+
+    def ratio(what: str, c: int, digits: int = 3) -> float | None:
+        a, b = get("deepseekd", c, what), get("vllm", c, what)
+        return round(a / b, digits) if a and b else None
+
+    ratios["deepseekd_over_vllm_c16"] = ratio("tokens_per_s", 16)
+    ratios["deepseekd_over_vllm_c1"] = ratio("tokens_per_s", 1)
+    ratios["ttft_p50_ratio_c16"] = ratio("ttft_p50_ms", 16, 2)
+    ratios["ttft_p95_ratio_c16"] = ratio("ttft_p95_ms", 16, 2)
+    for q in ("p50", "p95"):
+        a, b = get("deepseekd", 1, f"ttft_{q}_ms"), get("vllm", 1, f"ttft_{q}_ms")
+        ratios[f"ttft_overhead_{q}_ms_c1"] = round(a - b, 1) if a and b else None
+    naive = get("naive", 16, "tokens_per_s")
+    if naive and get("deepseekd", 16, "tokens_per_s"):
+        ratios["deepseekd_over_naive_c16"] = round(
+            get("deepseekd", 16, "tokens_per_s") / naive, 2)  # type: ignore[operator]
+    if memory.get("deepseekd") and memory.get("vllm"):
+        ratios["daemon_memory_beyond_engine_mb"] = round(
+            memory["deepseekd"] - memory["vllm"], 1)  # type: ignore[operator]
+    return {k: v for k, v in ratios.items() if v is not None}
 
 
 def machine() -> str:
@@ -387,6 +428,7 @@ def to_markdown(s: dict[str, Any]) -> str:
     if flagged:
         lines += ["", "Not every answer was whole: " + "; ".join(flagged) + "."]
     r = s["ratios"]
+    lines += curve_markdown(s)
     lines += chat_markdown(s.get("chat", {}))
     lines += ["", "| target | measured | goal |", "|---|---|---|"]
     goals = [
@@ -394,6 +436,10 @@ def to_markdown(s: dict[str, Any]) -> str:
         ("deepseekd / vLLM throughput, 1 client", r.get("deepseekd_over_vllm_c1"), "–"),
         ("first-token overhead vs vLLM, 1 client, p50 (ms)", r.get("ttft_overhead_p50_ms_c1"),
          "≤ 5"),
+        ("first-token overhead vs vLLM, 1 client, p95 (ms)", r.get("ttft_overhead_p95_ms_c1"),
+         "≤ 50"),
+        ("deepseekd / vLLM first token, 16 clients, p50", r.get("ttft_p50_ratio_c16"), "≤ 1.10"),
+        ("deepseekd / vLLM first token, 16 clients, p95", r.get("ttft_p95_ratio_c16"), "≤ 1.10"),
         ("deepseekd / naive throughput, 16 clients", r.get("deepseekd_over_naive_c16"), "≥ 8"),
         ("daemon memory beyond the raw server's (MB, PSS)",
          r.get("daemon_memory_beyond_engine_mb"), "≤ 150"),
@@ -439,7 +485,7 @@ def main() -> int:
     targets = build_targets(workdir, args.targets.split(","))
     if args.quick:
         for t in targets:
-            t.requests = {1: 4, 16: 32}
+            t.requests = {c: 2 * c for c in t.requests}
     runs: dict[tuple[str, int], list[BenchResult]] = {}
     memory: dict[str, float | None] = {}
     try:
@@ -452,7 +498,7 @@ def main() -> int:
         for rnd in range(args.rounds):
             order = targets if rnd % 2 == 0 else list(reversed(targets))
             for t in order:
-                for c in LEVELS:
+                for c in sorted(t.requests):
                     runs.setdefault((t.name, c), []).append(measure(t, c))
         chat = {t.name: measure_chat(t, args.chat_users, 20.0 if args.quick
                                      else args.chat_duration)
@@ -468,6 +514,10 @@ def main() -> int:
     store = store_run(200 if args.quick else 2000, [1, 16])
     summary = summarize(targets, runs, memory, store)
     summary["chat"] = chat
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    from bench.curves import plot
+
+    summary["curves_png"] = plot(summary["rows"], RESULTS / "curves.png")
     md = to_markdown(summary)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -2,7 +2,7 @@
 
 ``concurrency`` clients each send one request, wait for the whole answer, and send the next,
 until ``requests`` answers are in. Reported: requests ok/failed, output tokens per second over
-the run's wall time, time to first token (streaming only) and latency at p50/p95.
+the run's wall time, time to first token (streaming only; p50/p95/p99) and latency at p50/p95.
 
 It speaks plain OpenAI chat completions, so the same numbers can be taken from deepseekd, the
 raw vLLM server or any other server (``make bench`` does that side by side).
@@ -65,6 +65,7 @@ class BenchResult:
     """Answers that ended before max_tokens (expected 0 with ignore_eos): a server that cut
     answers short would otherwise look fast."""
     errors: dict[str, int] = field(default_factory=dict)
+    ttft_p99_ms: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,6 +120,7 @@ def summarize(
         latency_p95_ms=ms(percentile(lat, 95)),
         short_answers=sum(s.output_tokens < max_tokens for s in good),
         errors=errors,
+        ttft_p99_ms=ms(percentile(ttfts, 99)),
     )
 
 
@@ -294,7 +296,7 @@ def format_result(r: BenchResult) -> str:
         f"duration        {r.duration_s:.2f} s",
         f"output tokens   {r.output_tokens} ({r.output_tokens_per_s:.1f} tokens/s, "
         f"{r.requests_per_s:.2f} requests/s)",
-        f"first token     p50 {f(r.ttft_p50_ms)}, p95 {f(r.ttft_p95_ms)}",
+        f"first token     p50 {f(r.ttft_p50_ms)}, p95 {f(r.ttft_p95_ms)}, p99 {f(r.ttft_p99_ms)}",
         f"latency         p50 {f(r.latency_p50_ms)}, p95 {f(r.latency_p95_ms)}",
     ]
     if r.short_answers:
