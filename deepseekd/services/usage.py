@@ -16,6 +16,7 @@ from deepseekd.config import QuotaSettings
 from deepseekd.domain.identity import Identity
 from deepseekd.services.usage_report import UsageReport, build_report, check_group, report_range
 from deepseekd.services.usage_summary import UsageSummary, build_summary, day_starts
+from deepseekd.store import Tx
 from deepseekd.store import usage as repo
 from deepseekd.store import usage_summary as summary_repo
 from deepseekd.store.db import Database
@@ -98,13 +99,16 @@ class QuotaService:
 
     async def consume(self, who: Identity) -> QuotaState:
         """Count one request if the user is under both limits; say so either way."""
+        return await self._db.write("quota.consume", lambda s: self.consume_in(s, who))
+
+    def consume_in(self, s: Tx, who: Identity) -> QuotaState:
+        """``consume`` inside the caller's write transaction (a stream's ``.start`` event
+        commits with it: services/chat/service.py)."""
         day, reset_at = self.window(self._now())
         req_limit, tok_limit = self.limits(who)
         if req_limit <= 0:
             return QuotaState(False, req_limit, 0, reset_at, day, "requests")
-        counted, requests, _tokens = await self._db.write(
-            "quota.consume", lambda s: repo.count_request(s, who.user_id, day, req_limit, tok_limit)
-        )
+        counted, requests, _tokens = repo.count_request(s, who.user_id, day, req_limit, tok_limit)
         if counted:
             return QuotaState(True, req_limit, max(req_limit - requests, 0), reset_at, day)
         reason = "requests" if requests >= req_limit else "tokens"

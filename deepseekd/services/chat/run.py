@@ -23,12 +23,12 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from deepseekd.domain.audit import Event
-from deepseekd.domain.errors import AuditUnavailable, DomainError
+from deepseekd.domain.errors import AuditUnavailable, DomainError, RateLimited
 from deepseekd.domain.identity import Identity
 from deepseekd.engine.types import ChoiceDelta, Engine, GenerationStep, TokenLogprob
 from deepseekd.obs.metrics import Metrics
@@ -118,6 +118,10 @@ class ChatRun:
         release: Callable[[], None],
     ) -> None:
         self._deps = deps
+        self._admit: Callable[[Event], Awaitable[Any]] = deps.audit.append
+        """Commits the stream's ``.start`` event (with the quota count: ``admit_with``)."""
+        self._refused = False
+        """The quota refused it at admission: audited there, nothing more to record."""
         self._engine = engine
         self.caller = caller
         self.prepared = prepared
@@ -172,6 +176,11 @@ class ChatRun:
 
     # -- running ---------------------------------------------------------------------
 
+    def admit_with(self, admit: Callable[[Event], Awaitable[None]]) -> None:
+        """Commit the stream's ``.start`` event with ``admit`` (the chat service counts the
+        quota in the same transaction); before ``async with``."""
+        self._admit = admit
+
     async def __aenter__(self) -> ChatRun:
         self._gen = self._steps()
         if self.stream:
@@ -219,17 +228,19 @@ class ChatRun:
         return step
 
     async def audit_started(self) -> None:
-        """Streams: wait until the ``.start`` audit event is committed (Unavailable if not)."""
+        """Streams: wait until the ``.start`` audit event is committed (Unavailable if not;
+        RateLimited when the quota counted beside the prefill refused it)."""
         if self._started is not None:
             try:
                 await self._started
             except DomainError as exc:
                 self._error = exc
+                self._refused = isinstance(exc, RateLimited)
                 raise
 
     async def _audit_start(self) -> None:
         conv = self.conversation
-        await self._deps.audit.append(
+        await self._admit(
             self._event(
                 f"{self.action}.start",
                 prompt_tokens=len(self.prepared.prompt_ids),
@@ -291,6 +302,8 @@ class ChatRun:
         return self._closing
 
     async def _close(self) -> None:
+        if self._refused:
+            return  # no quota counted, refusal audited: its prefill was only aborted
         await self._charge()
         if self._error is not None:
             await self._failed(self._error)

@@ -2,8 +2,11 @@
 caller must have room (``server.max_queued_requests``, ``server.max_concurrent_per_user``),
 the request must be valid for this model, and the caller must have quota left — in that
 order, so a request refused for any reason but its quota costs none. A quota refusal is
-audited (``inference.refused``). The runs in flight are known per user, so an erasure can
-stop them (``stop_user``)."""
+audited (``inference.refused``). For a chat stream the quota is counted in the same
+transaction as its ``inference.start`` event, beside the prefill rather than before it:
+the first byte waits for one commit that overlaps the engine's work, not for two in a row;
+a stream the quota refuses has its prefill aborted and answers 429 before any byte. The runs
+in flight are known per user, so an erasure can stop them (``stop_user``)."""
 
 from __future__ import annotations
 
@@ -32,7 +35,8 @@ from deepseekd.services.history import HistoryService
 from deepseekd.services.lifecycle import Lifecycle
 from deepseekd.services.lora import LoraService
 from deepseekd.services.rights import GroupRights
-from deepseekd.services.usage import QuotaService
+from deepseekd.services.usage import QuotaService, QuotaState
+from deepseekd.store import Tx
 
 RETRY_AFTER_S = 1
 
@@ -106,11 +110,15 @@ class ChatService:
             self._rights.check_model(caller.identity, req.model or engine.model_name)
             prepared, messages = await self._prepare.chat(engine, req, cache_salt(caller))
             conv = await self._conversation(caller, req.conversation_id, messages, req.replace_from)
-            await self._count(caller)
+            if not stream:
+                await self._count(caller)
         except BaseException:
             release()
             raise
-        return self._run(engine, caller, prepared, "inference", "chatcmpl-", stream, conv, release)
+        run = self._run(engine, caller, prepared, "inference", "chatcmpl-", stream, conv, release)
+        if stream:
+            run.admit_with(lambda start: self._count_and_start(caller, start))
+        return run
 
     async def completion(self, caller: Caller, req: CompletionRequest, *, stream: bool) -> ChatRun:
         """``POST /v1/completions``: audited, not kept in history. A role that may not see
@@ -214,7 +222,26 @@ class ChatService:
         return Conversation(messages, str(uuid.uuid4()), new=True)
 
     async def _count(self, caller: Caller) -> None:
-        state = await self._usage.consume(caller.identity)
+        await self._settle(caller, await self._usage.consume(caller.identity))
+
+    async def _count_and_start(self, caller: Caller, start: Event) -> None:
+        """A chat stream's admission: the quota counted and ``inference.start`` appended in
+        one transaction (or ``inference.refused``, then 429)."""
+
+        def both(s: Tx) -> QuotaState:
+            state = self._usage.consume_in(s, caller.identity)
+            if state.allowed:
+                self._audit.append_in(s, start)
+            return state
+
+        state = await self._audit.transaction("inference.start", both, start.action)
+        await self._settle(caller, state)
+        if not state.allowed:  # let through by a break-glass (_settle raises otherwise)
+            await self._audit.append(start)
+
+    async def _settle(self, caller: Caller, state: QuotaState) -> None:
+        """Let a counted request through; a refused one through only under a break-glass
+        lifting the quota (audited), else ``inference.refused`` and 429."""
         caller.quota = state
         if state.allowed:
             return
