@@ -99,8 +99,12 @@ def _match(
     text = title or ""
     if found is None:
         where = "message"
+        searched: set[str] = set()  # each request re-sends the messages before it
         for t in turns:
             for text in _turn_texts(key, user_id, t):
+                if text in searched:
+                    continue
+                searched.add(text)
                 found = pattern.search(text)
                 if found is not None:
                     break

@@ -98,11 +98,19 @@ def conversations(
     others unless ``pinned_first`` is False), with their turn counts; ``after`` (the last id
     of the previous page) pages. None when ``after`` is unknown."""
     pinned = Conversation.pinned_at.is_not(None)
+    # Each listed conversation's turns counted by a subquery on ix_turns_conversation_seq
+    # alone, after the sort and the limit: a join grouped by conversation read every turn row
+    # of every conversation of the user's for each page (55 ms for 2,000 conversations at a
+    # million turns: README, History at scale).
+    count = (
+        select(func.count())
+        .where(Turn.conversation_id == Conversation.id)
+        .correlate(Conversation)
+        .scalar_subquery()
+    )
     query = (
-        select(Conversation, func.count(Turn.id))
-        .outerjoin(Turn, Turn.conversation_id == Conversation.id)
+        select(Conversation, count)
         .where(Conversation.user_id == user_id)
-        .group_by(Conversation.id)
         .order_by(*([pinned.desc()] if pinned_first else []))
         .order_by(Conversation.updated_at.desc(), Conversation.id.desc())
     )

@@ -252,6 +252,8 @@ class Turn(Base):
 
     __table_args__ = (
         Index("ix_turns_conversation_seq", "conversation_id", "seq", "choice", unique=True),
+        # Deleting all of a user's turns (delete all, erasure) without a scan of every turn.
+        Index("ix_turns_user_id", "user_id"),
     )
 
 
