@@ -670,6 +670,35 @@ def _store_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     _command(model, common, "list", cmd_model_list, "list imported models", JSON)
 
 
+CHAT_WORKLOAD = (
+    arg(
+        "--workload",
+        choices=["single", "chat"],
+        default="single",
+        help="single: one fixed question per request (default); chat: multi-turn "
+        "conversations re-sending their history, with think time (README, Benchmarks)",
+    ),
+    arg("--users", type=int, default=4, metavar="N", help="chat: people (default 4)"),
+    arg("--duration", type=float, default=60.0, metavar="S", help="chat: seconds (60)"),
+    arg(
+        "--think-time",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="chat: mean seconds between turns (default 2; 0 = none)",
+    ),
+    arg(
+        "--max-context",
+        type=int,
+        default=2048,
+        metavar="T",
+        help="chat: a conversation ends before it would exceed T tokens (default 2048)",
+    ),
+    arg("--seed", type=int, default=1, help="chat: the draws' seed (default 1)"),
+)
+"""`deepseekd bench --workload chat`'s options (deepseekd/bench_chat.py)."""
+
+
 def _bench_command(sub: Any) -> None:
     bench = argparse.ArgumentParser(add_help=False)  # no --config: it talks to a server
     _command(
@@ -706,30 +735,7 @@ def _bench_command(sub: Any) -> None:
         arg("--cacert", help="CA bundle for https URLs"),
         arg("--client-cert", help="client certificate (mTLS)"),
         arg("--client-key", help="client certificate's private key (mTLS)"),
-        arg(
-            "--workload",
-            choices=["single", "chat"],
-            default="single",
-            help="single: one fixed question per request (default); chat: multi-turn "
-            "conversations re-sending their history, with think time (README, Benchmarks)",
-        ),
-        arg("--users", type=int, default=4, metavar="N", help="chat: people (default 4)"),
-        arg("--duration", type=float, default=60.0, metavar="S", help="chat: seconds (60)"),
-        arg(
-            "--think-time",
-            type=float,
-            default=2.0,
-            metavar="S",
-            help="chat: mean seconds between turns (default 2; 0 = none)",
-        ),
-        arg(
-            "--max-context",
-            type=int,
-            default=2048,
-            metavar="T",
-            help="chat: a conversation ends before it would exceed T tokens (default 2048)",
-        ),
-        arg("--seed", type=int, default=1, help="chat: the draws' seed (default 1)"),
+        *CHAT_WORKLOAD,
         description="N clients each send a chat completion, wait for the whole answer and "
         "send the next, until M answers are in; or, with --workload chat, people holding "
         "multi-turn conversations. Works against any OpenAI-compatible server.",
