@@ -193,8 +193,9 @@ class FakeEngine:
             while k < min(len(old), len(prompt_ids)) and old[k] == prompt_ids[k]:
                 k += 1
             best = max(best, k)
-        if len(seen) < 1000:
-            seen.append(tuple(prompt_ids))
+        key = tuple(prompt_ids)
+        if len(seen) < 1000 and key not in seen:  # a repeated prompt adds nothing to match
+            seen.append(key)
         return min(best, len(prompt_ids) - 1)
 
     @property
@@ -344,12 +345,13 @@ class FakeEngine:
                         token_ids=self._ids([tok.strip()]),
                     )
                     deltas.append(d)
-                    f = finals[i]
-                    f.text += d.text
-                    f.token_count += 1
-                    f.logprobs.extend(d.logprobs)
-                    f.token_ids = [*f.token_ids, *d.token_ids]
-                    f.finish_reason = d.finish_reason
+                    if not stream:  # the whole answer, handed out once at the end
+                        f = finals[i]
+                        f.text += d.text
+                        f.token_count += 1
+                        f.logprobs.extend(d.logprobs)
+                        f.token_ids = [*f.token_ids, *d.token_ids]
+                        f.finish_reason = d.finish_reason
                 produced += 1
                 last = all(done)
                 if stream:
