@@ -455,7 +455,10 @@ def test_containerfile_installs_like_make_install_and_runs_unprivileged() -> Non
     ):
         assert fetch not in code, fetch
     assert re.search(r'^ENTRYPOINT \["deepseekd"\]', code, re.M)
-    ignored = (ROOT / ".containerignore").read_text().split()
+    # Beside the Containerfile (the top level is fixed): BuildKit reads
+    # <Containerfile>.dockerignore itself, podman is given it with --ignorefile.
+    ignored = (ROOT / "config" / "container" / "Containerfile.dockerignore").read_text().split()
+    assert "--ignorefile config/container/Containerfile.dockerignore" in text
     assert {".venv", ".venv-*", "data", ".git"} <= set(ignored)
 
 
