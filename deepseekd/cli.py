@@ -430,13 +430,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(str(exc)) from None
     result = asyncio.run(run_bench(cfg))
-    if args.json == "-":
-        print(json.dumps(result.to_json(), indent=2))
-    else:
-        print(format_result(result))
-        if args.json:
-            Path(args.json).write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    _bench_report(args, result.to_json(), format_result(result))
     return 0 if result.ok else 1
+
+
+def _bench_report(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
+    """The readable report, or with ``--json -`` the JSON alone; ``--json PATH`` also
+    writes the JSON to PATH."""
+    as_json = json.dumps(data, indent=2)
+    if args.json == "-":
+        print(as_json)
+        return
+    print(text)
+    if args.json:
+        Path(args.json).write_text(as_json + "\n")
 
 
 def _chat_bench(args: argparse.Namespace, key: str | None) -> int:
@@ -456,13 +463,7 @@ def _chat_bench(args: argparse.Namespace, key: str | None) -> int:
     except ValueError as exc:
         raise CliError(str(exc)) from None
     result = asyncio.run(run_chat(cfg))
-    text = json.dumps(result.to_json(), indent=2)
-    if args.json == "-":
-        print(text)
-    else:
-        print(format_chat(result))
-        if args.json:
-            Path(args.json).write_text(text + "\n")
+    _bench_report(args, result.to_json(), format_chat(result))
     return 0 if result.requests_ok else 1
 
 
