@@ -154,9 +154,37 @@ def prepare_deepseekd(workdir: Path) -> tuple[dict[str, str], str, Path, Any]:
         creds.write_text(out)
         creds.chmod(0o600)
     key = json.loads(creds.read_text())["api_key"]
+    scraper = workdir / "bench-metrics.json"
+    if not scraper.exists():
+        scraper.write_text(_cli(env, "user", "add", "bench-metrics", "--role", "metrics"))
+        scraper.chmod(0o600)
     settings = load_settings(path=None, env=env)
     (model,) = json.loads(_cli(env, "model", "list", "--json"))[:1]
     return env, key, settings.models_dir / model["name"], settings
+
+
+def daemon_gc(t: Target, workdir: Path) -> dict[str, float] | None:
+    """deepseekd's own collector pauses so far (its /metrics, obs/heap.py): full (generation
+    2) collections stop the event loop, and every stream with it."""
+    if t.name != "deepseekd" or t.proc is None or t.proc.poll() is not None:
+        return None
+    key = json.loads((workdir / "bench-metrics.json").read_text())["api_key"]
+    req = urllib.request.Request(t.url + "/metrics", headers={"Authorization": f"Bearer {key}"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        lines = r.read().decode().splitlines()
+    samples = {x.rsplit(" ", 1)[0]: float(x.rsplit(" ", 1)[1])
+               for x in lines if x and not x.startswith("#")}
+    full = 'generation="2"'
+    count = samples.get(f"deepseekd_gc_pause_seconds_count{{{full}}}", 0.0)
+    young = sum(samples.get(f'deepseekd_gc_pause_seconds_count{{generation="{g}"}}', 0.0)
+                for g in "01")
+    longest = min((float(k.split('le="')[1].split('"')[0]) for k, v in samples.items()
+                   if k.startswith("deepseekd_gc_pause_seconds_bucket") and full in k
+                   and v >= count), default=None) if count else 0.0
+    return {"frozen_objects": samples.get("deepseekd_gc_frozen_objects", 0.0),
+            "full_collections": count,
+            "full_pause_s": round(samples.get(f"deepseekd_gc_pause_seconds_sum{{{full}}}", 0), 4),
+            "longest_full_pause_le_s": longest or 0.0, "young_collections": young}
 
 
 def vllm_flags(settings: Any, model_dir: Path, name: str) -> tuple[list[str], dict[str, str]]:
@@ -305,6 +333,17 @@ def curve_markdown(s: dict[str, Any]) -> list[str]:
     return out
 
 
+def gc_markdown(g: dict[str, float]) -> list[str]:
+    if not g:
+        return []
+    longest = (f", the longest under {g['longest_full_pause_le_s'] * 1e3:.0f} ms"
+               if g["full_collections"] else "")
+    return ["", f"deepseekd's garbage collector over the whole run: {g['full_collections']:.0f} "
+            f"full collections ({g['full_pause_s'] * 1e3:.0f} ms in all{longest}) and "
+            f"{g['young_collections']:.0f} young ones, with {g['frozen_objects']:,.0f} start-up "
+            "objects frozen out of its reach (`deepseekd_gc_pause_seconds`)."]
+
+
 def chat_markdown(chat: dict[str, Any]) -> list[str]:
     if not chat:
         return []
@@ -428,6 +467,7 @@ def to_markdown(s: dict[str, Any]) -> str:
     if flagged:
         lines += ["", "Not every answer was whole: " + "; ".join(flagged) + "."]
     r = s["ratios"]
+    lines += gc_markdown(s.get("daemon_gc") or {})
     lines += curve_markdown(s)
     lines += chat_markdown(s.get("chat", {}))
     lines += ["", "| target | measured | goal |", "|---|---|---|"]
@@ -488,6 +528,7 @@ def main() -> int:
             t.requests = {c: 2 * c for c in t.requests}
     runs: dict[tuple[str, int], list[BenchResult]] = {}
     memory: dict[str, float | None] = {}
+    gc_seen: dict[str, float] = {}
     try:
         for t in targets:
             if t.cache_dir is not None and not args.warm_only and "@" not in t.name:
@@ -505,6 +546,7 @@ def main() -> int:
                 for t in targets if t.name in CHAT_TARGETS}
         for t in targets:
             memory[t.name] = t.pss_mb()
+            gc_seen = daemon_gc(t, workdir) or gc_seen
     finally:
         for t in targets:
             t.stop()
@@ -514,6 +556,7 @@ def main() -> int:
     store = store_run(200 if args.quick else 2000, [1, 16])
     summary = summarize(targets, runs, memory, store)
     summary["chat"] = chat
+    summary["daemon_gc"] = gc_seen
     RESULTS.mkdir(parents=True, exist_ok=True)
     from bench.curves import plot
 

@@ -26,6 +26,7 @@ from deepseekd.domain.errors import AuditUnavailable, Conflict
 from deepseekd.engine.types import Engine, EngineUnavailable, GenerationOptions
 from deepseekd.http.app import create_app
 from deepseekd.http.state import LIFECYCLE, METRICS, NOTIFIER, SERVICES, SETTINGS
+from deepseekd.obs import heap
 from deepseekd.obs.metrics import Metrics, bind_gauges
 from deepseekd.obs.systemd import Notifier
 from deepseekd.obs.tracing import Tracing
@@ -88,7 +89,10 @@ async def warmup(
 
 
 async def _boot(
-    app: web.Application, factory: EngineFactory, stack: contextlib.AsyncExitStack
+    app: web.Application,
+    factory: EngineFactory,
+    stack: contextlib.AsyncExitStack,
+    freeze_heap: bool,
 ) -> None:
     """Load the engine, warm it, mark ready, then watch it until it dies."""
     svc = app[SERVICES]
@@ -102,6 +106,8 @@ async def _boot(
         life.phase = Phase.WARMING
         await warmup(engine, life, svc.settings, notifier)
         if life.phase is Phase.WARMING:
+            if freeze_heap:
+                _freeze_heap(app[METRICS])
             life.phase = Phase.READY
             notifier.ready(f"ready: serving {life.model_name}")
             log.info(
@@ -130,9 +136,12 @@ def build_app(
     *,
     clock: Callable[[], float] = time.time,
     model_sha256: str | None = None,
+    freeze_heap: bool = False,
 ) -> web.Application:
     """The daemon's app. Start-up order: master key (a missing one stops here, before
-    anything starts), database (migrated, key checked), maintenance, then the engine."""
+    anything starts), database (migrated, key checked), maintenance, then the engine.
+    ``freeze_heap``: once ready, the start-up heap leaves the garbage collector's reach
+    (``serve`` sets it; an in-process test app leaves the test runner's heap alone)."""
     metrics = Metrics()
     svc = Services.build(settings, model_name=model_name, clock=clock, metrics=metrics)
     siem = SiemForwarder.from_settings(settings.siem, svc.db, svc.audit, metrics, clock)
@@ -143,6 +152,7 @@ def build_app(
     _bind_gauges(metrics, svc.life)
     metrics.build_info.labels(__version__, model_name, model_sha256 or "").set(1)
     app.on_cleanup.append(lambda _app: asyncio.to_thread(tracing.shutdown))
+    app.cleanup_ctx.append(_gc_ctx)
     app.cleanup_ctx.append(_database_ctx)
     app.cleanup_ctx.append(_maintenance_ctx)
     cluster = ClusterSync(
@@ -151,7 +161,7 @@ def build_app(
     app.cleanup_ctx.append(lambda _app: _cluster_ctx(cluster))
     if siem is not None:  # after the database: the boot events are its first to send
         app.cleanup_ctx.append(lambda _app: _siem_ctx(siem))
-    app.cleanup_ctx.append(lambda app: _engine_ctx(app, factory))
+    app.cleanup_ctx.append(lambda app: _engine_ctx(app, factory, freeze_heap))
     return app
 
 
@@ -198,15 +208,32 @@ async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
         await svc.close()
 
 
-async def _engine_ctx(app: web.Application, factory: EngineFactory) -> AsyncIterator[None]:
+async def _engine_ctx(
+    app: web.Application, factory: EngineFactory, freeze_heap: bool
+) -> AsyncIterator[None]:
     stack = contextlib.AsyncExitStack()
-    task = asyncio.create_task(_boot(app, factory, stack), name="engine-boot")
+    task = asyncio.create_task(_boot(app, factory, stack, freeze_heap), name="engine-boot")
     try:
         yield
     finally:
         await _cancelled(task)
         app[SERVICES].life.engine = None
         await stack.aclose()
+        if freeze_heap:
+            heap.unfreeze()
+
+
+def _freeze_heap(metrics: Metrics) -> None:
+    """The heap at ready is the daemon's for good: out of the collector's reach, so a full
+    collection while serving walks only what requests made (obs/heap.py)."""
+    objects, took = heap.freeze()
+    metrics.gc_frozen_objects.set(objects)
+    log.info("start-up heap frozen", extra={"objects": objects, "collect_ms": round(took * 1e3)})
+
+
+async def _gc_ctx(app: web.Application) -> AsyncIterator[None]:
+    with heap.GcWatch(app[METRICS].gc_pause):
+        yield
 
 
 async def _maintenance_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -417,7 +444,9 @@ def serve(settings: Settings) -> int:
         settings.lora,
         quantization=fit.quantization,
     )
-    app = build_app(settings, lambda: VllmEngine(spec), model_name, model_sha256=model_sha)
+    app = build_app(
+        settings, lambda: VllmEngine(spec), model_name, model_sha256=model_sha, freeze_heap=True
+    )
     return asyncio.run(run_daemon(app))
 
 

@@ -28,6 +28,7 @@ log = logging.getLogger("deepseekd.metrics")
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 DB_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+GC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 TOKEN_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5)
 
 
@@ -168,6 +169,19 @@ class Metrics:
             "Database transactions by name, from the call to the commit (queueing included).",
             ["name"],
             buckets=DB_BUCKETS,
+            registry=r,
+        )
+        self.gc_pause = Histogram(
+            "deepseekd_gc_pause_seconds",
+            "Garbage-collector pauses of the daemon's process (the event loop stops meanwhile), "
+            "by generation (2 = a full collection).",
+            ["generation"],
+            buckets=GC_BUCKETS,
+            registry=r,
+        )
+        self.gc_frozen_objects = Gauge(
+            "deepseekd_gc_frozen_objects",
+            "Objects of the start-up heap moved out of the collector's reach once ready.",
             registry=r,
         )
         self.tls_expiry = Gauge(

@@ -41,5 +41,5 @@ if __name__ == "__main__":
                                                  echo_exact=echo_exact, think=think,
                                                  max_model_len=max_model_len, script=script,
                                                  token_delay=token_delay, keep_history=False),
-                    "fake-model")
+                    "fake-model", freeze_heap=True)
     sys.exit(asyncio.run(run_daemon(app)))

@@ -28,6 +28,7 @@ HISTOGRAMS = {
     "deepseekd_time_to_first_token_seconds",
     "deepseekd_time_per_output_token_seconds",
     "deepseekd_e2e_request_latency_seconds",
+    "deepseekd_gc_pause_seconds",
 }
 COUNTERS = {
     "deepseekd_prompt_tokens_total",
@@ -59,6 +60,7 @@ GAUGES = {
     "deepseekd_gpu_utilization_ratio",
     "deepseekd_gpu_temperature_celsius",
     "deepseekd_gpu_power_watts",
+    "deepseekd_gc_frozen_objects",
 }
 SERIES = (
     {f"{h}_{suffix}" for h in HISTOGRAMS for suffix in ("bucket", "sum", "count")}
