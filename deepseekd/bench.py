@@ -223,19 +223,25 @@ class _Client:
         return Sample(True, time.perf_counter() - start, tokens, ttft)
 
 
-def _ssl_context(cfg: BenchConfig) -> ssl.SSLContext | None:
-    if not cfg.url.startswith("https:"):
-        return None
-    ctx = ssl.create_default_context(cafile=cfg.cafile)
-    if cfg.client_cert:
-        ctx.load_cert_chain(cfg.client_cert, cfg.client_key)
+def ssl_context(
+    url: str, cafile: str | None, client_cert: str | None, client_key: str | None
+) -> ssl.SSLContext | bool:
+    """The TLS context for an https URL (``--cacert``, ``--client-cert`` for mTLS); True
+    (aiohttp's default) for plain http."""
+    if not url.startswith("https:"):
+        return True
+    ctx = ssl.create_default_context(cafile=cafile)
+    if client_cert:
+        ctx.load_cert_chain(client_cert, client_key)
     return ctx
 
 
 async def run_bench(cfg: BenchConfig) -> BenchResult:
     """Run the closed loop and return the summary."""
     timeout = aiohttp.ClientTimeout(total=cfg.timeout_s)
-    connector = aiohttp.TCPConnector(limit=cfg.concurrency, ssl=_ssl_context(cfg) or True)
+    connector = aiohttp.TCPConnector(
+        limit=cfg.concurrency, ssl=ssl_context(cfg.url, cfg.cafile, cfg.client_cert, cfg.client_key)
+    )
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         client = _Client(cfg, session)
         for i in range(cfg.warmup):

@@ -25,7 +25,7 @@ from typing import Any
 
 import aiohttp
 
-from deepseekd.bench import percentile
+from deepseekd.bench import percentile, ssl_context
 
 # (value, weight): a synthetic distribution shaped like public chat logs' (short questions
 # dominate, long pastes are rare; answers mostly one to three paragraphs).
@@ -108,6 +108,9 @@ class ChatConfig:
     seed: int = 1
     model: str | None = None
     timeout_s: float = 600.0
+    cafile: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
 
     def __post_init__(self) -> None:
         if self.users < 1 or self.duration_s <= 0 or self.think_s < 0 or self.max_context < 64:
@@ -248,7 +251,8 @@ async def _read(resp: aiohttp.ClientResponse, start: float, turn: int) -> Turn:
 async def run_chat(cfg: ChatConfig) -> ChatResult:
     """Run the workload for ``duration_s`` and summarise it."""
     timeout = aiohttp.ClientTimeout(total=cfg.timeout_s)
-    connector = aiohttp.TCPConnector(limit=cfg.users)
+    tls = ssl_context(cfg.url, cfg.cafile, cfg.client_cert, cfg.client_key)
+    connector = aiohttp.TCPConnector(limit=cfg.users, ssl=tls)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         people = [Person(cfg, i, session) for i in range(cfg.users)]
         turns: list[Turn] = []

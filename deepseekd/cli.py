@@ -459,6 +459,9 @@ def _chat_bench(args: argparse.Namespace, key: str | None) -> int:
             max_context=args.max_context,
             seed=args.seed,
             model=args.model,
+            cafile=args.cacert,
+            client_cert=args.client_cert,
+            client_key=args.client_key,
         )
     except ValueError as exc:
         raise CliError(str(exc)) from None

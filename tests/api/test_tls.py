@@ -242,3 +242,25 @@ def test_tls_settings_are_checked_before_start(tmp_path: Path, pki: PKI) -> None
                                       "DEEPSEEKD_SERVER__TLS__KEY": str(pki.server.key)})
 
 
+
+
+@pytest.mark.parametrize("tls_daemon", [REQUIRE], indirect=True)
+async def test_both_bench_workloads_speak_mtls(tls_daemon: Running, pki: PKI) -> None:
+    """`deepseekd bench --cacert --client-cert --client-key`, single-turn and chat, against
+    a daemon that requires a client certificate."""
+    from deepseekd.bench import BenchConfig, run_bench
+    from deepseekd.bench_chat import ChatConfig, run_chat
+
+    tls_daemon.engine.token_delay = 0.0
+    tls_daemon.engine._max_model_len = 4096  # the chat workload draws answers up to 384
+    tls = {"cafile": str(pki.ca.cert), "client_cert": str(pki.client.cert),
+           "client_key": str(pki.client.key)}
+    one = await run_bench(BenchConfig(url=tls_daemon.url, key=tls_daemon.key, requests=2,
+                                      max_tokens=4, stream=True, progress=False, **tls))
+    assert (one.ok, one.failed) == (2, 0)
+    chat = await run_chat(ChatConfig(url=tls_daemon.url, key=tls_daemon.key, users=1,
+                                     duration_s=1.0, think_s=0.0, **tls))
+    assert chat.requests_ok >= 1 and chat.requests_failed == 0, chat
+    without = await run_chat(ChatConfig(url=tls_daemon.url, key=tls_daemon.key, users=1,
+                                        duration_s=0.5, think_s=0.0, cafile=tls["cafile"]))
+    assert without.requests_ok == 0 and without.requests_failed >= 1
