@@ -164,27 +164,32 @@ def prepare_deepseekd(workdir: Path) -> tuple[dict[str, str], str, Path, Any]:
 
 
 def daemon_gc(t: Target, workdir: Path) -> dict[str, float] | None:
-    """deepseekd's own collector pauses so far (its /metrics, obs/heap.py): full (generation
-    2) collections stop the event loop, and every stream with it."""
+    """deepseekd's collector samples so far (its /metrics, obs/heap.py): full (generation 2)
+    collections stop the event loop, and every stream with it."""
     if t.name != "deepseekd" or t.proc is None or t.proc.poll() is not None:
         return None
     key = json.loads((workdir / "bench-metrics.json").read_text())["api_key"]
     req = urllib.request.Request(t.url + "/metrics", headers={"Authorization": f"Bearer {key}"})
     with urllib.request.urlopen(req, timeout=30) as r:
         lines = r.read().decode().splitlines()
-    samples = {x.rsplit(" ", 1)[0]: float(x.rsplit(" ", 1)[1])
-               for x in lines if x and not x.startswith("#")}
+    return {x.rsplit(" ", 1)[0]: float(x.rsplit(" ", 1)[1]) for x in lines
+            if x.startswith(("deepseekd_gc_pause_seconds", "deepseekd_gc_frozen_objects"))}
+
+
+def gc_summary(now: dict[str, float], at_ready: dict[str, float]) -> dict[str, float]:
+    """The collections between ready (boot's own, the freeze's included, left out) and now."""
+    d = {k: v - at_ready.get(k, 0.0) for k, v in now.items()}
     full = 'generation="2"'
-    count = samples.get(f"deepseekd_gc_pause_seconds_count{{{full}}}", 0.0)
-    young = sum(samples.get(f'deepseekd_gc_pause_seconds_count{{generation="{g}"}}', 0.0)
+    count = d.get(f"deepseekd_gc_pause_seconds_count{{{full}}}", 0.0)
+    young = sum(d.get(f'deepseekd_gc_pause_seconds_count{{generation="{g}"}}', 0.0)
                 for g in "01")
-    longest = min((float(k.split('le="')[1].split('"')[0]) for k, v in samples.items()
+    longest = min((float(k.split('le="')[1].split('"')[0]) for k, v in d.items()
                    if k.startswith("deepseekd_gc_pause_seconds_bucket") and full in k
-                   and v >= count), default=None) if count else 0.0
-    return {"frozen_objects": samples.get("deepseekd_gc_frozen_objects", 0.0),
+                   and v >= count), default=0.0) if count else 0.0
+    return {"frozen_objects": now.get("deepseekd_gc_frozen_objects", 0.0),
             "full_collections": count,
-            "full_pause_s": round(samples.get(f"deepseekd_gc_pause_seconds_sum{{{full}}}", 0), 4),
-            "longest_full_pause_le_s": longest or 0.0, "young_collections": young}
+            "full_pause_s": round(d.get(f"deepseekd_gc_pause_seconds_sum{{{full}}}", 0), 4),
+            "longest_full_pause_le_s": longest, "young_collections": young}
 
 
 def vllm_flags(settings: Any, model_dir: Path, name: str) -> tuple[list[str], dict[str, str]]:
@@ -259,7 +264,10 @@ def _add_target(targets: list[Target], name: str, env: dict[str, str], key: str,
         targets.append(Target(
             "deepseekd", "deepseekd (auth, quota, encrypted history, audit, metrics)",
             [PY, "-m", "deepseekd", "serve"],
-            {**env, "DEEPSEEKD_SERVER__PORT": "{port}", "DEEPSEEKD_SERVER__HOST": "127.0.0.1"},
+            # One bench key stands for every client: the per-identity cap (16 by default)
+            # would refuse the sweep's 64, which the raw server has no cap for.
+            {**env, "DEEPSEEKD_SERVER__PORT": "{port}", "DEEPSEEKD_SERVER__HOST": "127.0.0.1",
+             "DEEPSEEKD_SERVER__MAX_CONCURRENT_PER_USER": str(max(CURVE))},
             "/readyz", key=key, requests=many, cache_dir=settings.cache_dir / "vllm"))
     elif name == "naive":
         targets.append(Target(
@@ -338,7 +346,8 @@ def gc_markdown(g: dict[str, float]) -> list[str]:
         return []
     longest = (f", the longest under {g['longest_full_pause_le_s'] * 1e3:.0f} ms"
                if g["full_collections"] else "")
-    return ["", f"deepseekd's garbage collector over the whole run: {g['full_collections']:.0f} "
+    return ["", f"deepseekd's garbage collector from ready to the end of the run: "
+            f"{g['full_collections']:.0f} "
             f"full collections ({g['full_pause_s'] * 1e3:.0f} ms in all{longest}) and "
             f"{g['young_collections']:.0f} young ones, with {g['frozen_objects']:,.0f} start-up "
             "objects frozen out of its reach (`deepseekd_gc_pause_seconds`)."]
@@ -529,6 +538,7 @@ def main() -> int:
     runs: dict[tuple[str, int], list[BenchResult]] = {}
     memory: dict[str, float | None] = {}
     gc_seen: dict[str, float] = {}
+    gc_at_ready: dict[str, float] = {}
     try:
         for t in targets:
             if t.cache_dir is not None and not args.warm_only and "@" not in t.name:
@@ -536,6 +546,7 @@ def main() -> int:
                 t.start(workdir, "cold")
                 t.stop()
             t.start(workdir, "warm")
+            gc_at_ready = daemon_gc(t, workdir) or gc_at_ready
         for rnd in range(args.rounds):
             order = targets if rnd % 2 == 0 else list(reversed(targets))
             for t in order:
@@ -546,7 +557,9 @@ def main() -> int:
                 for t in targets if t.name in CHAT_TARGETS}
         for t in targets:
             memory[t.name] = t.pss_mb()
-            gc_seen = daemon_gc(t, workdir) or gc_seen
+            gc_now = daemon_gc(t, workdir)
+            if gc_now is not None:
+                gc_seen = gc_summary(gc_now, gc_at_ready)
     finally:
         for t in targets:
             t.stop()
