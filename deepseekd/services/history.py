@@ -194,8 +194,7 @@ class HistoryService:
         returns the turns' ids. ``replace``: the turns from that one on are deleted first
         and the answers take its seq. Raises Erased when the user was erased meanwhile:
         then no data key is made and nothing is stored."""
-        user = accounts_repo.user_for_update(s, who.user_id)
-        if user is None or user.erased_at is not None:
+        if accounts_repo.erased_for_update(s, who.user_id) is not False:
             raise Erased("the user was erased; nothing is stored", code="user_erased")
         now = self._now()
         key = self._keys.user_key(s, who.user_id, create=True)

@@ -71,10 +71,13 @@ def user_by_id(s: Session, user_id: int) -> User | None:
     return s.get(User, user_id)
 
 
-def user_for_update(s: Session, user_id: int) -> User | None:
-    """The user row, locked for this transaction: an erasure and a turn being stored wait
-    for each other (PostgreSQL; SQLite has one writer anyway)."""
-    return s.execute(select(User).where(User.id == user_id).with_for_update()).scalar_one_or_none()
+def erased_for_update(s: Session, user_id: int) -> bool | None:
+    """Whether the user was erased (None: no such user), the row locked for this
+    transaction: an erasure and a turn being stored wait for each other (PostgreSQL; SQLite
+    has one writer anyway). Only the one column: loading the whole row as an object was 14%
+    of a sealed turn's cost."""
+    row = s.execute(select(User.erased_at).where(User.id == user_id).with_for_update()).first()
+    return None if row is None else row.erased_at is not None
 
 
 def count_users(s: Session) -> int:
