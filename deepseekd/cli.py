@@ -405,6 +405,48 @@ def cmd_model_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token_counter(settings: Settings, model: str | None) -> Any:
+    """The chat-template token counter of ``model`` (default: the served model)."""
+    from deepseekd.engine import models
+    from deepseekd.engine.chat_template import token_counter
+
+    name = model or settings.engine.model
+    return token_counter(models.resolve_model(name, settings.models_dir)[0])
+
+
+def cmd_finetune_dataset_import(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    data = Path(args.file).read_bytes()
+    prompts = Path(args.prompts).read_text() if args.prompts else ""
+    count = _token_counter(settings, args.base)
+    out = _with_services(
+        args, lambda svc: svc.datasets.import_(None, args.name, data, prompts, count)
+    )
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_finetune_dataset_list(args: argparse.Namespace) -> int:
+    rows = _with_services(args, lambda svc: svc.datasets.listing(args.name))
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{'NAME':24} {'VERSION':>7} {'EXAMPLES':>8} {'TRAIN':>6} {'EVAL':>5} CREATED BY")
+    for r in rows:
+        st = r["stats"]
+        print(
+            f"{r['name']:24} {r['version']:>7} {r['examples']:>8} {st['train_examples']:>6} "
+            f"{st['eval_examples']:>5} {r['created_by'] or '-'}"
+        )
+    return 0
+
+
+def cmd_finetune_dataset_delete(args: argparse.Namespace) -> int:
+    out = _with_services(args, lambda svc: svc.datasets.delete(None, args.name, args.version))
+    print(json.dumps(out))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from deepseekd.bench import BenchConfig, format_result, run_bench
 
@@ -782,6 +824,40 @@ def _breakglass_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     )
 
 
+def _finetune_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    finetune = _group(sub, common, "finetune", "fine-tune the model on the box")
+    dataset = _group(finetune, common, "dataset", "training datasets (sealed at rest)")
+    _command(
+        dataset,
+        common,
+        "import",
+        cmd_finetune_dataset_import,
+        "check a JSONL file and store it as the next version of a dataset",
+        arg("file", help='JSONL: {"messages": [...]} or {"prompt", "completion"} per line'),
+        arg("--name", required=True, help="the dataset's name (versions accumulate)"),
+        arg("--prompts", metavar="FILE", help="regression prompts, one per line"),
+        arg("--base", metavar="MODEL", help="model whose chat template counts tokens"),
+    )
+    _command(
+        dataset,
+        common,
+        "list",
+        cmd_finetune_dataset_list,
+        "datasets and their versions (counts, never content)",
+        arg("name", nargs="?", help="only this dataset"),
+        JSON,
+    )
+    _command(
+        dataset,
+        common,
+        "delete",
+        cmd_finetune_dataset_delete,
+        "delete a dataset (every version, or --version) and destroy its keys",
+        NAME,
+        arg("--version", type=int, help="only this version"),
+    )
+
+
 def _report_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     report = _group(sub, common, "report", "reports for auditors")
     _command(
@@ -838,6 +914,7 @@ def build_parser() -> argparse.ArgumentParser:
     _store_commands(sub, common)
     _report_commands(sub, common)
     _breakglass_commands(sub, common)
+    _finetune_commands(sub, common)
     _bench_command(sub)
     return p
 

@@ -223,6 +223,35 @@ class LoraSettings:
 
 
 @dataclass(frozen=True)
+class FinetuneSettings:
+    max_dataset_bytes: int = _f(
+        64 * 1024**2,
+        "Largest fine-tuning dataset file (JSONL) accepted, in bytes.",
+        min=1024,
+        max=1024**3,
+    )
+    max_examples: int = _f(
+        100_000, "Most examples one dataset may hold (after duplicates are dropped).", min=2
+    )
+    eval_fraction: float = _f(
+        0.1,
+        "Share of a dataset's examples held out for evaluation (at least one).",
+        min=0.01,
+        max=0.5,
+    )
+    split_seed: int = _f(
+        1234, "Seed of the train/eval split: one file always splits the same way.", min=0
+    )
+    max_example_tokens: int = _f(
+        2048,
+        "Longest example trained on, in tokens of the base model's chat template; longer "
+        "ones are counted at import and cut at training.",
+        min=64,
+        max=131072,
+    )
+
+
+@dataclass(frozen=True)
 class ApiSettings:
     max_tokens_cap: int = _f(4096, "Largest max_tokens a request may ask for.", min=1)
     max_n: int = _f(8, "Largest n (choices per request).", min=1, max=128)
@@ -642,6 +671,7 @@ class Settings:
     audit: AuditSettings = field(default_factory=AuditSettings)
     obs: ObsSettings = field(default_factory=ObsSettings)
     lora: LoraSettings = field(default_factory=LoraSettings)
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     breakglass: BreakGlassSettings = field(default_factory=BreakGlassSettings)
     siem: SiemSettings = field(default_factory=SiemSettings)
     explicit: tuple[str, ...] = field(

@@ -30,6 +30,7 @@ from deepseekd.services.chat import ChatService
 from deepseekd.services.directory_login import DirectorySignIn
 from deepseekd.services.erasure import ErasureService
 from deepseekd.services.feedback import FeedbackService
+from deepseekd.services.finetune.datasets import DatasetService
 from deepseekd.services.history import HistoryService
 from deepseekd.services.keys import KeyService
 from deepseekd.services.lifecycle import Lifecycle
@@ -74,6 +75,7 @@ class Services:
     feedback: FeedbackService = field(init=False)
     users_view: UsersView = field(init=False)
     user_import: UserImport = field(init=False)
+    datasets: DatasetService = field(init=False)
 
     def __post_init__(self) -> None:
         self.access_review = AccessReview(
@@ -84,6 +86,7 @@ class Services:
         self.feedback = FeedbackService(self.db, self.keys, self.audit, self.usage, self.clock)
         self.users_view = UsersView(self.db, self.accounts, self.usage)
         self.user_import = UserImport(self.db, self.audit, self.clock)
+        self.datasets = DatasetService(self.settings, self.db, self.keys, self.audit, self.clock)
 
     @classmethod
     def build(

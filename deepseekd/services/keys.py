@@ -193,17 +193,26 @@ class KeyService(Rotation):
             return key
 
         def load(s: Tx) -> bytes:
-            row = repo.service_key(s, name)
-            if row is None:
-                new = new_data_key()
-                version, wrapped = self.keyring.wrap(new, service_key_aad(name))
-                repo.add_service_key(s, name, version, wrapped, self._now())
-                return new
-            return self.keyring.unwrap(row.kek_version, row.wrapped, service_key_aad(name))
+            found = self.service_key_in(s, name, create=True)
+            assert found is not None
+            return found
 
         key = await self._db.write("keys.service_key", load)
         self._service_keys[name] = key
         return key
+
+    def service_key_in(self, s: Tx, name: str, *, create: bool) -> bytes | None:
+        """A service key inside the caller's transaction, made when missing and ``create``
+        (None otherwise). Not cached: a fine-tuning dataset's key lives as long as it."""
+        row = repo.service_key(s, name)
+        if row is None:
+            if not create:
+                return None
+            new = new_data_key()
+            version, wrapped = self.keyring.wrap(new, service_key_aad(name))
+            repo.add_service_key(s, name, version, wrapped, self._now())
+            return new
+        return self.keyring.unwrap(row.kek_version, row.wrapped, service_key_aad(name))
 
     def cached_key(self, name: str) -> bytes:
         key = self._service_keys.get(name)

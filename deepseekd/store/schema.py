@@ -399,3 +399,23 @@ class Preset(Base):
     text: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[float] = mapped_column(Float)
     updated_by: Mapped[str | None] = mapped_column(String(64))
+
+
+class FinetuneDataset(Base):
+    """One version of a fine-tuning dataset: its examples sealed (AES-256-GCM) under a data
+    key of its own, the service key ``finetune-dataset:<id>`` (wrapped by the master key and
+    rotated with it). Deleting the dataset destroys that key. ``stats`` holds counts and
+    lengths only, never content."""
+
+    __tablename__ = "finetune_datasets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[float] = mapped_column(Float)
+    created_by: Mapped[str | None] = mapped_column(String(64))
+    examples: Mapped[int] = mapped_column(Integer)
+    stats: Mapped[str] = mapped_column(Text)
+    sealed: Mapped[bytes] = mapped_column(LargeBinary)
+
+    __table_args__ = (Index("uq_finetune_datasets_name_version", "name", "version", unique=True),)

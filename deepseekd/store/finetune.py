@@ -1,0 +1,61 @@
+"""Fine-tuning datasets: one row per version, the examples sealed by the service."""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session, defer
+
+from deepseekd.store.schema import FinetuneDataset, ServiceKey
+
+
+def latest_version(s: Session, name: str) -> int:
+    found = s.execute(
+        select(func.max(FinetuneDataset.version)).where(FinetuneDataset.name == name)
+    ).scalar_one_or_none()
+    return int(found or 0)
+
+
+def add_dataset(
+    s: Session, name: str, version: int, now: float, by: str | None, examples: int, stats: str
+) -> FinetuneDataset:
+    """A new version with an empty seal (its key needs the id): fill ``sealed`` in the
+    same transaction."""
+    row = FinetuneDataset(
+        name=name,
+        version=version,
+        created_at=now,
+        created_by=by,
+        examples=examples,
+        stats=stats,
+        sealed=b"",
+    )
+    s.add(row)
+    s.flush()
+    return row
+
+
+def datasets(s: Session, name: str | None = None) -> list[FinetuneDataset]:
+    """Every version (of ``name``), newest first, without loading the sealed examples."""
+    q = select(FinetuneDataset).order_by(FinetuneDataset.name, FinetuneDataset.version.desc())
+    if name is not None:
+        q = q.where(FinetuneDataset.name == name)
+    return list(s.execute(q.options(defer(FinetuneDataset.sealed))).scalars())
+
+
+def dataset(s: Session, name: str, version: int | None) -> FinetuneDataset | None:
+    """A version of ``name``; None for the newest."""
+    q = select(FinetuneDataset).where(FinetuneDataset.name == name)
+    q = (
+        q.where(FinetuneDataset.version == version)
+        if version is not None
+        else q.order_by(FinetuneDataset.version.desc()).limit(1)
+    )
+    return s.execute(q).scalars().first()
+
+
+def delete_dataset(s: Session, row: FinetuneDataset, key_name: str) -> None:
+    """The row and its data key, in one transaction: the sealed copy any backup or WAL page
+    still holds can no longer be opened."""
+    s.execute(delete(ServiceKey).where(ServiceKey.name == key_name))
+    s.delete(row)
+    s.flush()
