@@ -86,9 +86,10 @@ $(K8S_TOOLS):
 	touch $@
 
 # The whole suite but the soak tests (minutes of load): those run in test-reliability.
+# --durations: the 40 slowest steps are listed at the end, to keep make test in its budget.
 test: $(TEST_INSTALLED) $(K8S_TOOLS) lint
 	bash .ci/system-deps
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m 'not soak' tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=40 -m 'not soak' tests
 
 # The rooms (import-linter contracts in pyproject.toml), ruff and mypy: kept clean.
 lint: $(TEST_INSTALLED)
@@ -108,6 +109,7 @@ test-e2e: $(TEST_INSTALLED)
 bench: $(TEST_INSTALLED)
 	-$(MAKE) bench-llamacpp
 	$(BIN)/python bench/side_by_side.py
+	$(BIN)/python bench/first_token.py --pairs "all cores" --c1 48 --c16 32
 	$(BIN)/python bench/login_flood.py --out bench/results/login_flood.json
 	$(BIN)/python bench/store_scale.py --out bench/results/store_scale.json
 	$(BIN)/python bench/daemon_ceiling.py --profile --out bench/results/daemon_ceiling.json

@@ -66,9 +66,14 @@ class BenchResult:
     answers short would otherwise look fast."""
     errors: dict[str, int] = field(default_factory=dict)
     ttft_p99_ms: float | None = None
+    ttfts_ms: list[float] = field(default_factory=list, repr=False)
+    """Every first-token time, in completion order (pooled across runs by bench/first_token.py;
+    left out of the JSON report)."""
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        del out["ttfts_ms"]
+        return out
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -121,6 +126,7 @@ def summarize(
         short_answers=sum(s.output_tokens < max_tokens for s in good),
         errors=errors,
         ttft_p99_ms=ms(percentile(ttfts, 99)),
+        ttfts_ms=[round(t * 1000.0, 2) for t in ttfts],
     )
 
 
