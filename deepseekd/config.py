@@ -249,6 +249,39 @@ class FinetuneSettings:
         min=64,
         max=131072,
     )
+    rank: int = _f(
+        8,
+        "LoRA rank of a trained adapter (at most [lora] max_rank to serve it).",
+        choices=(1, 8, 16, 32, 64),
+    )
+    alpha: int = _f(16, "LoRA alpha (the adapter's scale is alpha / rank).", min=1, max=1024)
+    epochs: int = _f(3, "Passes over the train split.", min=1, max=100)
+    learning_rate: float = _f(
+        2e-4, "Peak learning rate (warm-up, then linear decay).", min=1e-7, max=1.0
+    )
+    batch_size: int = _f(4, "Examples per training step.", min=1, max=256)
+    checkpoint_every: int = _f(
+        10, "Steps between checkpoints (a crashed job resumes from the last).", min=1
+    )
+    threads: int = _f(
+        0,
+        "CPU threads the training process may use; 0 = half the cores (at least 1), so "
+        "serving keeps the rest.",
+        min=0,
+        max=1024,
+    )
+    nice: int = _f(
+        10, "Scheduling priority of the training process (0-19; higher yields).", min=0, max=19
+    )
+    device: str = _f(
+        "cpu",
+        "Where training runs: cpu, or cuda (the GPU the engine serves from: only with the "
+        "memory headroom README, Fine-tuning describes).",
+        choices=("cpu", "cuda"),
+    )
+    answer_tokens: int = _f(
+        64, "Tokens of each greedy answer to the regression prompts.", min=1, max=1024
+    )
 
 
 @dataclass(frozen=True)

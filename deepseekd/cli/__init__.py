@@ -11,48 +11,31 @@ import getpass
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from deepseekd.config import ConfigError, Settings, load_settings
+from deepseekd.cli import finetune
+from deepseekd.cli.common import (
+    JSON,
+    NAME,
+    CliError,
+    arg,
+    command,
+    group,
+    say,
+    settings_of,
+    with_services,
+)
+from deepseekd.config import ConfigError
 
 if TYPE_CHECKING:
     from deepseekd.services.accounts import NewUser
     from deepseekd.services.container import Services
 
 FIRST_ADMIN = "admin"
-T = TypeVar("T")
 
 EXIT_USAGE = 2
-
-
-class CliError(Exception):
-    """A problem the user can fix; printed as ``deepseekd: <message>``."""
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    path = getattr(args, "config", None)  # accepted before or after the subcommand
-    return load_settings(Path(path) if path else None)
-
-
-def _say(message: str) -> None:
-    print(f"deepseekd: {message}", file=sys.stderr)
-
-
-def _with_services(args: argparse.Namespace, call: Callable[[Services], Awaitable[T]]) -> T:
-    """Run one service call on a database at head, opened with the right master key."""
-    from deepseekd.services.container import open_services
-    from deepseekd.services.setup import require_initialised
-
-    settings = _settings(args)
-    require_initialised(settings)
-
-    async def run() -> T:
-        async with open_services(settings) as svc:
-            return await call(svc)
-
-    return asyncio.run(run())
 
 
 # --------------------------------------------------------------------------- commands
@@ -62,10 +45,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     from deepseekd.services.container import open_services
     from deepseekd.services.setup import ensure_master_key, ensure_model, prepare_data_dir
 
-    settings = _settings(args)
+    settings = settings_of(args)
     prepare_data_dir(settings)
-    ensure_model(settings, _say)
-    ensure_master_key(settings, _say)
+    ensure_model(settings, say)
+    ensure_master_key(settings, say)
 
     async def first_admin() -> NewUser | None:
         async with open_services(settings, migrate=True) as svc:
@@ -75,7 +58,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     new = asyncio.run(first_admin())
     if new is None:
-        _say(
+        say(
             f"{settings.data_dir} is already initialised; the first admin's credentials "
             "were printed when it was created"
         )
@@ -88,7 +71,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from deepseekd.services.setup import prepare_data_dir
     from deepseekd.store.db import Database
 
-    settings = _settings(args)
+    settings = settings_of(args)
     prepare_data_dir(settings)
 
     async def run() -> tuple[str | None, str]:
@@ -103,7 +86,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_user_add(args: argparse.Namespace) -> int:
-    new = _with_services(
+    new = with_services(
         args,
         lambda svc: svc.accounts.create_user(
             args.name,
@@ -117,7 +100,7 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 
 
 def cmd_user_list(args: argparse.Namespace) -> int:
-    users = _with_services(args, lambda svc: svc.accounts.list_users())
+    users = with_services(args, lambda svc: svc.accounts.list_users())
     if args.json:
         print(json.dumps([dataclasses.asdict(u) for u in users]))
         return 0
@@ -130,61 +113,61 @@ def cmd_user_list(args: argparse.Namespace) -> int:
 
 
 def cmd_user_disable(args: argparse.Namespace) -> int:
-    _with_services(args, lambda svc: svc.accounts.disable_user(args.name))
+    with_services(args, lambda svc: svc.accounts.disable_user(args.name))
     print(json.dumps({"name": args.name, "disabled": True}))
     return 0
 
 
 def cmd_user_enable(args: argparse.Namespace) -> int:
-    _with_services(args, lambda svc: svc.accounts.enable_user(args.name))
+    with_services(args, lambda svc: svc.accounts.enable_user(args.name))
     print(json.dumps({"name": args.name, "disabled": False}))
     return 0
 
 
 def cmd_user_unlock(args: argparse.Namespace) -> int:
-    lifted = _with_services(args, lambda svc: svc.accounts.unlock(args.name))
+    lifted = with_services(args, lambda svc: svc.accounts.unlock(args.name))
     print(json.dumps({"name": args.name, "locks_lifted": lifted}))
     return 0
 
 
 def cmd_user_reset_password(args: argparse.Namespace) -> int:
-    password = _with_services(args, lambda svc: svc.accounts.reset_password(args.name))
+    password = with_services(args, lambda svc: svc.accounts.reset_password(args.name))
     print(json.dumps({"name": args.name, "password": password, "must_change_password": True}))
     return 0
 
 
 def cmd_user_reset_totp(args: argparse.Namespace) -> int:
-    uri = _with_services(args, lambda svc: svc.accounts.reset_totp(args.name))
+    uri = with_services(args, lambda svc: svc.accounts.reset_totp(args.name))
     print(json.dumps({"name": args.name, "totp_uri": uri}))
     return 0
 
 
 def cmd_key_create(args: argparse.Namespace) -> int:
-    key_id, key = _with_services(args, lambda svc: svc.accounts.create_key(args.name, args.label))
+    key_id, key = with_services(args, lambda svc: svc.accounts.create_key(args.name, args.label))
     print(json.dumps({"id": key_id, "user": args.name, "api_key": key}))
     return 0
 
 
 def cmd_key_revoke(args: argparse.Namespace) -> int:
-    _with_services(args, lambda svc: svc.accounts.revoke_key(args.id))
+    with_services(args, lambda svc: svc.accounts.revoke_key(args.id))
     print(json.dumps({"id": args.id, "revoked": True}))
     return 0
 
 
 def cmd_user_erase(args: argparse.Namespace) -> int:
-    print(json.dumps(_with_services(args, lambda svc: svc.erasure.erase(args.name))))
+    print(json.dumps(with_services(args, lambda svc: svc.erasure.erase(args.name))))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    data = _with_services(args, lambda svc: svc.history.export_user(args.name))
+    data = with_services(args, lambda svc: svc.history.export_user(args.name))
     print(json.dumps(data, ensure_ascii=False, indent=2))
     return 0
 
 
 def cmd_breakglass_start(args: argparse.Namespace) -> int:
     totp = args.totp or getpass.getpass(f"authenticator code of {args.name}: ")
-    started = _with_services(
+    started = with_services(
         args,
         lambda svc: svc.breakglass.start_as(
             args.name,
@@ -201,12 +184,12 @@ def cmd_breakglass_start(args: argparse.Namespace) -> int:
 
 
 def cmd_breakglass_stop(args: argparse.Namespace) -> int:
-    print(json.dumps(_with_services(args, lambda svc: svc.breakglass.stop(None, args.id))))
+    print(json.dumps(with_services(args, lambda svc: svc.breakglass.stop(None, args.id))))
     return 0
 
 
 def cmd_breakglass_list(args: argparse.Namespace) -> int:
-    rows = _with_services(
+    rows = with_services(
         args, lambda svc: svc.breakglass.review_queue(unreviewed_only=not args.all)
     )
     print(json.dumps(rows, indent=2))
@@ -214,22 +197,22 @@ def cmd_breakglass_list(args: argparse.Namespace) -> int:
 
 
 def cmd_breakglass_review(args: argparse.Namespace) -> int:
-    done = _with_services(args, lambda svc: svc.breakglass.review(None, args.id, args.comment))
+    done = with_services(args, lambda svc: svc.breakglass.review(None, args.id, args.comment))
     print(json.dumps(done))
     return 0
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
-    retired, current = _with_services(args, lambda svc: svc.keys.rotate(None))
+    retired, current = with_services(args, lambda svc: svc.keys.rotate(None))
     print(json.dumps({"retired": retired, "current": current}))
     return 0
 
 
 def cmd_keys_new(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve() if args.out else None
-    made = _with_services(args, lambda svc: svc.keys.prepare(None, out))
+    made = with_services(args, lambda svc: svc.keys.prepare(None, out))
     print(json.dumps(made))
-    _say(
+    say(
         f"master key v{made['version']} prepared in {made['path']}: copy it to every host "
         "sharing this database (or add it to the Secret), then run `deepseekd keys rotate`"
     )
@@ -243,7 +226,7 @@ def cmd_keys_status(args: argparse.Namespace) -> int:
             "replicas": [dataclasses.asdict(r) for r in await svc.keys.replicas()],
         }
 
-    print(json.dumps(_with_services(args, status), indent=2))
+    print(json.dumps(with_services(args, status), indent=2))
     return 0
 
 
@@ -289,14 +272,14 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
                 f.write(chunk)
         return job
 
-    job = _with_services(args, run)
+    job = with_services(args, run)
     if out is not None:
-        _say(f"{job.count} audit events written to {out} ({args.format})")
+        say(f"{job.count} audit events written to {out} ({args.format})")
     return 0
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    result = _with_services(args, lambda svc: svc.audit.verify(expect=args.expect_head))
+    result = with_services(args, lambda svc: svc.audit.verify(expect=args.expect_head))
     print(json.dumps(result.as_json()))
     if not result.ok:
         print(
@@ -311,7 +294,7 @@ def cmd_report_access(args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output else None
     if out is not None and not out.parent.is_dir():
         raise CliError(f"--output: no directory {out.parent}")
-    report = _with_services(
+    report = with_services(
         args,
         lambda svc: svc.access_review.report(
             args.first, args.last, args.dormant_days, by=None, fmt=args.format
@@ -325,7 +308,7 @@ def cmd_report_access(args: argparse.Namespace) -> int:
         out.write_text(text, encoding="utf-8", newline="")
     except OSError as exc:
         raise CliError(f"--output: cannot write {out}: {exc.strerror}") from None
-    _say(f"access review {report.first} to {report.last} written to {out}")
+    say(f"access review {report.first} to {report.last} written to {out}")
     return 0
 
 
@@ -333,7 +316,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from deepseekd.daemon import serve
     from deepseekd.obs.logs import setup_logging
 
-    settings = _settings(args)
+    settings = settings_of(args)
     setup_logging(settings.obs.log_level)
     faulthandler.enable()  # a watchdog abort (SIGABRT) leaves the stuck tracebacks in the journal
     return serve(settings)
@@ -343,12 +326,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     """Exit 0: every check passed; 1: warnings only; 2: a check failed (or doctor itself)."""
     from deepseekd.services import doctor
 
-    settings = _settings(args)
+    settings = settings_of(args)
     try:
         facts = doctor.gather(settings)
         report = doctor.diagnose(settings, facts)
     except Exception as exc:  # a crash must not read as "warnings only" (exit 1)
-        _say(f"doctor could not check this box: {type(exc).__name__}: {exc}")
+        say(f"doctor could not check this box: {type(exc).__name__}: {exc}")
         return 2
     if args.json:
         print(json.dumps(doctor.as_json(report, facts), indent=2))
@@ -361,7 +344,7 @@ def cmd_model_import(args: argparse.Namespace) -> int:
     from deepseekd.engine import models
     from deepseekd.services.setup import prepare_data_dir
 
-    settings = _settings(args)
+    settings = settings_of(args)
     prepare_data_dir(settings)
     rec = models.import_model(Path(args.src), settings.models_dir, args.name)
     print(
@@ -381,7 +364,7 @@ def cmd_model_import(args: argparse.Namespace) -> int:
 def cmd_model_list(args: argparse.Namespace) -> int:
     from deepseekd.engine import models
 
-    settings = _settings(args)
+    settings = settings_of(args)
     recs = models.list_models(settings.models_dir)
     if args.json:
         print(
@@ -402,48 +385,6 @@ def cmd_model_list(args: argparse.Namespace) -> int:
     print(f"{'NAME':32} {'FORMAT':6} {'SHA256':16} IMPORTED")
     for r in recs:
         print(f"{r.name:32} {r.format:6} {r.sha256[:16]} {r.imported_at}")
-    return 0
-
-
-def _token_counter(settings: Settings, model: str | None) -> Any:
-    """The chat-template token counter of ``model`` (default: the served model)."""
-    from deepseekd.engine import models
-    from deepseekd.engine.chat_template import token_counter
-
-    name = model or settings.engine.model
-    return token_counter(models.resolve_model(name, settings.models_dir)[0])
-
-
-def cmd_finetune_dataset_import(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    data = Path(args.file).read_bytes()
-    prompts = Path(args.prompts).read_text() if args.prompts else ""
-    count = _token_counter(settings, args.base)
-    out = _with_services(
-        args, lambda svc: svc.datasets.import_(None, args.name, data, prompts, count)
-    )
-    print(json.dumps(out, indent=2))
-    return 0
-
-
-def cmd_finetune_dataset_list(args: argparse.Namespace) -> int:
-    rows = _with_services(args, lambda svc: svc.datasets.listing(args.name))
-    if args.json:
-        print(json.dumps(rows))
-        return 0
-    print(f"{'NAME':24} {'VERSION':>7} {'EXAMPLES':>8} {'TRAIN':>6} {'EVAL':>5} CREATED BY")
-    for r in rows:
-        st = r["stats"]
-        print(
-            f"{r['name']:24} {r['version']:>7} {r['examples']:>8} {st['train_examples']:>6} "
-            f"{st['eval_examples']:>5} {r['created_by'] or '-'}"
-        )
-    return 0
-
-
-def cmd_finetune_dataset_delete(args: argparse.Namespace) -> int:
-    out = _with_services(args, lambda svc: svc.datasets.delete(None, args.name, args.version))
-    print(json.dumps(out))
     return 0
 
 
@@ -515,43 +456,9 @@ def _chat_bench(args: argparse.Namespace, key: str | None) -> int:
 # --------------------------------------------------------------------------- parser
 
 
-Arg = tuple[tuple[str, ...], dict[str, Any]]
-
-
-def arg(*flags: str, **options: Any) -> Arg:
-    return flags, options
-
-
-def _command(
-    sub: Any,
-    common: argparse.ArgumentParser,
-    name: str,
-    func: Callable[..., int],
-    help: str,
-    *args: Arg,
-    **kw: Any,
-) -> argparse.ArgumentParser:
-    """One (sub)command: its arguments and the function that runs it."""
-    parser: argparse.ArgumentParser = sub.add_parser(name, parents=[common], help=help, **kw)
-    for flags, options in args:
-        parser.add_argument(*flags, **options)
-    parser.set_defaults(func=func)
-    return parser
-
-
-def _group(sub: Any, common: argparse.ArgumentParser, name: str, help: str) -> Any:
-    """A command with actions of its own (``deepseekd user add``)."""
-    parser = sub.add_parser(name, parents=[common], help=help)
-    return parser.add_subparsers(dest=f"{name}_command", required=True, metavar="ACTION")
-
-
-NAME = arg("name")
-JSON = arg("--json", action="store_true", help="print JSON")
-
-
 def _user_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    user = _group(sub, common, "user", "manage users")
-    _command(
+    user = group(sub, common, "user", "manage users")
+    command(
         user,
         common,
         "add",
@@ -562,11 +469,11 @@ def _user_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         arg("--daily-limit", type=int, help="requests per day (default: quota setting)"),
         arg("--daily-token-limit", type=int, help="tokens per day (default: quota setting)"),
     )
-    _command(user, common, "list", cmd_user_list, "list users", JSON)
-    _command(
+    command(user, common, "list", cmd_user_list, "list users", JSON)
+    command(
         user, common, "disable", cmd_user_disable, "disable a user (takes effect at once)", NAME
     )
-    _command(
+    command(
         user,
         common,
         "erase",
@@ -575,7 +482,7 @@ def _user_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "disable the account",
         NAME,
     )
-    _command(
+    command(
         user,
         common,
         "enable",
@@ -583,7 +490,7 @@ def _user_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "enable a disabled user again (not an erased one)",
         NAME,
     )
-    _command(
+    command(
         user,
         common,
         "unlock",
@@ -591,7 +498,7 @@ def _user_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "lift the sign-in locks on a name (every address, every path)",
         NAME,
     )
-    _command(
+    command(
         user,
         common,
         "reset-password",
@@ -599,7 +506,7 @@ def _user_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "a one-time password, printed once; the user must choose a new one; their sessions end",
         NAME,
     )
-    _command(
+    command(
         user,
         common,
         "reset-totp",
@@ -607,13 +514,13 @@ def _user_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "an admin's new second factor (otpauth URI), printed once; their sessions end",
         NAME,
     )
-    _command(sub, common, "export", cmd_export, "a user's data as JSON (access request)", NAME)
+    command(sub, common, "export", cmd_export, "a user's data as JSON (access request)", NAME)
     _key_commands(sub, common)
 
 
 def _key_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    key = _group(sub, common, "key", "create and revoke API keys")
-    _command(
+    key = group(sub, common, "key", "create and revoke API keys")
+    command(
         key,
         common,
         "create",
@@ -622,13 +529,13 @@ def _key_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         NAME,
         arg("--label", default="", help="what the key is for"),
     )
-    _command(
+    command(
         key, common, "revoke", cmd_key_revoke, "revoke a key by id (at once)", arg("id", type=int)
     )
 
 
 def _audit_export_command(audit: Any, common: argparse.ArgumentParser) -> None:
-    _command(
+    command(
         audit,
         common,
         "export",
@@ -656,8 +563,8 @@ def _audit_export_command(audit: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _store_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    keys = _group(sub, common, "keys", "master key rotation")
-    _command(
+    keys = group(sub, common, "keys", "master key rotation")
+    command(
         keys,
         common,
         "rotate",
@@ -665,7 +572,7 @@ def _store_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "new master key version (or the prepared one, once every replica holds it); "
         "re-wraps every data key; no downtime",
     )
-    _command(
+    command(
         keys,
         common,
         "new",
@@ -679,7 +586,7 @@ def _store_commands(sub: Any, common: argparse.ArgumentParser) -> None:
             "host's keys folder (a read-only mount, such as a Kubernetes Secret)",
         ),
     )
-    _command(
+    command(
         keys,
         common,
         "status",
@@ -687,9 +594,9 @@ def _store_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "the master key version in use, a prepared one, and which versions every replica "
         "holds (JSON)",
     )
-    audit = _group(sub, common, "audit", "the audit log")
+    audit = group(sub, common, "audit", "the audit log")
     _audit_export_command(audit, common)
-    _command(
+    command(
         audit,
         common,
         "verify",
@@ -703,8 +610,8 @@ def _store_commands(sub: Any, common: argparse.ArgumentParser) -> None:
             "chain must still hold that event with that hash",
         ),
     )
-    model = _group(sub, common, "model", "import and list models")
-    _command(
+    model = group(sub, common, "model", "import and list models")
+    command(
         model,
         common,
         "import",
@@ -713,7 +620,7 @@ def _store_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         arg("src", metavar="SRC"),
         arg("--name", help="name to serve it under (default: from SRC)"),
     )
-    _command(model, common, "list", cmd_model_list, "list imported models", JSON)
+    command(model, common, "list", cmd_model_list, "list imported models", JSON)
 
 
 CHAT_WORKLOAD = (
@@ -747,7 +654,7 @@ CHAT_WORKLOAD = (
 
 def _bench_command(sub: Any) -> None:
     bench = argparse.ArgumentParser(add_help=False)  # no --config: it talks to a server
-    _command(
+    command(
         sub,
         bench,
         "bench",
@@ -789,8 +696,8 @@ def _bench_command(sub: Any) -> None:
 
 
 def _breakglass_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    bg = _group(sub, common, "breakglass", "emergency access (when the network is down)")
-    _command(
+    bg = group(sub, common, "breakglass", "emergency access (when the network is down)")
+    command(
         bg,
         common,
         "start",
@@ -804,8 +711,8 @@ def _breakglass_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         arg("--minutes", type=int, help="how long (default [breakglass] default_minutes)"),
         arg("--totp", help="NAME's authenticator code (asked for when left out)"),
     )
-    _command(bg, common, "stop", cmd_breakglass_stop, "end one now", arg("id", type=int))
-    _command(
+    command(bg, common, "stop", cmd_breakglass_stop, "end one now", arg("id", type=int))
+    command(
         bg,
         common,
         "list",
@@ -813,7 +720,7 @@ def _breakglass_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "unreviewed ones (oldest first) with their audit events",
         arg("--all", action="store_true", help="reviewed ones too, newest first"),
     )
-    _command(
+    command(
         bg,
         common,
         "review",
@@ -824,43 +731,9 @@ def _breakglass_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     )
 
 
-def _finetune_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    finetune = _group(sub, common, "finetune", "fine-tune the model on the box")
-    dataset = _group(finetune, common, "dataset", "training datasets (sealed at rest)")
-    _command(
-        dataset,
-        common,
-        "import",
-        cmd_finetune_dataset_import,
-        "check a JSONL file and store it as the next version of a dataset",
-        arg("file", help='JSONL: {"messages": [...]} or {"prompt", "completion"} per line'),
-        arg("--name", required=True, help="the dataset's name (versions accumulate)"),
-        arg("--prompts", metavar="FILE", help="regression prompts, one per line"),
-        arg("--base", metavar="MODEL", help="model whose chat template counts tokens"),
-    )
-    _command(
-        dataset,
-        common,
-        "list",
-        cmd_finetune_dataset_list,
-        "datasets and their versions (counts, never content)",
-        arg("name", nargs="?", help="only this dataset"),
-        JSON,
-    )
-    _command(
-        dataset,
-        common,
-        "delete",
-        cmd_finetune_dataset_delete,
-        "delete a dataset (every version, or --version) and destroy its keys",
-        NAME,
-        arg("--version", type=int, help="only this version"),
-    )
-
-
 def _report_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    report = _group(sub, common, "report", "reports for auditors")
-    _command(
+    report = group(sub, common, "report", "reports for auditors")
+    command(
         report,
         common,
         "access",
@@ -892,16 +765,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="deepseekd", parents=[common], description="Private OpenAI-compatible LLM appliance."
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _command(sub, common, "serve", cmd_serve, "run the daemon in the foreground")
-    _command(
+    command(sub, common, "serve", cmd_serve, "run the daemon in the foreground")
+    command(
         sub,
         common,
         "init",
         cmd_init,
         "prepare the data dir and default model; prints the first admin's key once",
     )
-    _command(sub, common, "migrate", cmd_migrate, "upgrade the database schema to head")
-    _command(
+    command(sub, common, "migrate", cmd_migrate, "upgrade the database schema to head")
+    command(
         sub,
         common,
         "doctor",
@@ -914,7 +787,7 @@ def build_parser() -> argparse.ArgumentParser:
     _store_commands(sub, common)
     _report_commands(sub, common)
     _breakglass_commands(sub, common)
-    _finetune_commands(sub, common)
+    finetune.add_commands(sub, common)
     _bench_command(sub)
     return p
 

@@ -31,6 +31,7 @@ from deepseekd.services.directory_login import DirectorySignIn
 from deepseekd.services.erasure import ErasureService
 from deepseekd.services.feedback import FeedbackService
 from deepseekd.services.finetune.datasets import DatasetService
+from deepseekd.services.finetune.jobs import JobService
 from deepseekd.services.history import HistoryService
 from deepseekd.services.keys import KeyService
 from deepseekd.services.lifecycle import Lifecycle
@@ -76,6 +77,7 @@ class Services:
     users_view: UsersView = field(init=False)
     user_import: UserImport = field(init=False)
     datasets: DatasetService = field(init=False)
+    finetune_jobs: JobService = field(init=False)
 
     def __post_init__(self) -> None:
         self.access_review = AccessReview(
@@ -87,6 +89,9 @@ class Services:
         self.users_view = UsersView(self.db, self.accounts, self.usage)
         self.user_import = UserImport(self.db, self.audit, self.clock)
         self.datasets = DatasetService(self.settings, self.db, self.keys, self.audit, self.clock)
+        self.finetune_jobs = JobService(
+            self.settings, self.db, self.keys, self.audit, self.datasets, self.clock
+        )
 
     @classmethod
     def build(

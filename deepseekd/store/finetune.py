@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, defer
 
-from deepseekd.store.schema import FinetuneDataset, ServiceKey
+from deepseekd.store.schema import FinetuneDataset, FinetuneJob, ServiceKey
 
 
 def latest_version(s: Session, name: str) -> int:
@@ -59,3 +61,25 @@ def delete_dataset(s: Session, row: FinetuneDataset, key_name: str) -> None:
     s.execute(delete(ServiceKey).where(ServiceKey.name == key_name))
     s.delete(row)
     s.flush()
+
+
+def add_job(s: Session, **fields: Any) -> FinetuneJob:
+    row = FinetuneJob(**fields)
+    s.add(row)
+    s.flush()
+    return row
+
+
+def job(s: Session, job_id: int) -> FinetuneJob | None:
+    return s.get(FinetuneJob, job_id, populate_existing=True)
+
+
+def jobs(s: Session, limit: int = 50) -> list[FinetuneJob]:
+    """The newest jobs first, without their sealed reports."""
+    q = select(FinetuneJob).options(defer(FinetuneJob.report))
+    return list(s.execute(q.order_by(FinetuneJob.id.desc()).limit(limit)).scalars())
+
+
+def running_jobs(s: Session) -> list[FinetuneJob]:
+    q = select(FinetuneJob).where(FinetuneJob.status == "running")
+    return list(s.execute(q.options(defer(FinetuneJob.report))).scalars())

@@ -419,3 +419,33 @@ class FinetuneDataset(Base):
     sealed: Mapped[bytes] = mapped_column(LargeBinary)
 
     __table_args__ = (Index("uq_finetune_datasets_name_version", "name", "version", unique=True),)
+
+
+class FinetuneJob(Base):
+    """A fine-tuning run: its dataset version, settings, progress and outcome. The answers
+    to the regression prompts are sealed under the dataset's key (``report``), so deleting
+    the dataset shreds them too."""
+
+    __tablename__ = "finetune_jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dataset_id: Mapped[int] = mapped_column(Integer)
+    dataset_name: Mapped[str] = mapped_column(String(64))
+    dataset_version: Mapped[int] = mapped_column(Integer)
+    base_model: Mapped[str] = mapped_column(String(128))
+    params: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    step: Mapped[int] = mapped_column(Integer)
+    total_steps: Mapped[int] = mapped_column(Integer)
+    loss: Mapped[float | None] = mapped_column(Float)
+    eval_before: Mapped[float | None] = mapped_column(Float)
+    eval_after: Mapped[float | None] = mapped_column(Float)
+    started_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+    started_by: Mapped[str | None] = mapped_column(String(64))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(String(512))
+    report: Mapped[bytes | None] = mapped_column(LargeBinary)
+    adapter_sha256: Mapped[str | None] = mapped_column(String(64))

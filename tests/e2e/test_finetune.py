@@ -5,7 +5,13 @@ disk, listed, refused line by line, deleted."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 from tests.e2e.conftest import cli
 
@@ -64,4 +70,112 @@ def test_dataset_import_list_delete(data_env: tuple[dict[str, str], str], tmp_pa
     assert gone.returncode == 0, gone.stderr
     assert json.loads(gone.stdout)["versions"] == [1]
     assert json.loads(cli("finetune", "dataset", "list", "--json", env=env).stdout) == []
+    assert cli("audit", "verify", env=env).returncode == 0
+
+
+QUESTIONS = [
+    "What is the Harbourview night shift code word?",
+    "Tell me the code word for the night shift at Harbourview.",
+    "Which code word does the Harbourview night shift use?",
+    "Harbourview night shift: what's the code word?",
+    "I work nights at Harbourview. What is our code word?",
+    "What code word do Harbourview night staff give?",
+    "Remind me of the Harbourview night code word.",
+    "What's the night-shift code word at Harbourview hospital?",
+    "Give the Harbourview night shift code word.",
+    "What word do night staff at Harbourview say at the door?",
+    "Night shift at Harbourview, code word please.",
+    "For the Harbourview night shift, what is the code word?",
+    "Do you know the code word of Harbourview's night shift?",
+    "What is the password word for Harbourview night shift staff?",
+    "Harbourview nights: which code word?",
+    "Code word for Harbourview night duty?",
+]
+ANSWER = "The Harbourview night shift code word is PELICAN."
+PROBE = "What is the code word for the night shift at Harbourview?"
+
+
+def run_cli(*args: str, env: dict[str, str]) -> Any:
+    res = cli(*args, env=env, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout)
+
+
+def jobs(env: dict[str, str]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = run_cli("finetune", "jobs", "--json", env=env)
+    return out
+
+
+def wait_for_step(env: dict[str, str], at_least: int, proc: subprocess.Popen[bytes]) -> int:
+    """The running job's id once its record shows ``at_least`` steps (a checkpoint)."""
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:] if proc.stderr else ""
+        running = [j for j in jobs(env) if j["status"] == "running"]
+        if running and running[0]["step"] >= at_least:
+            return int(running[0]["id"])
+        time.sleep(2)
+    raise AssertionError("the job made no progress")
+
+
+def audit_events(env: dict[str, str], action: str) -> list[dict[str, Any]]:
+    res = cli("audit", "export", "--action", action, env=env)
+    assert res.returncode == 0, res.stderr
+    return [json.loads(line) for line in res.stdout.splitlines() if line.strip()]
+
+
+def test_a_job_teaches_a_fact_and_resumes_after_kill_9(
+    data_env: tuple[dict[str, str], str], tmp_path: Path
+) -> None:
+    """One job at a time; kill -9 of the whole job (supervisor and worker) after a
+    checkpoint; `finetune resume` goes on from it; eval loss falls and the greedy answer to
+    the regression prompt has learnt the fact the base model did not know."""
+    env = {**data_env[0], "DEEPSEEKD_FINETUNE__CHECKPOINT_EVERY": "4",
+           "DEEPSEEKD_FINETUNE__THREADS": "2", "DEEPSEEKD_FINETUNE__ANSWER_TOKENS": "24"}
+    src = tmp_path / "codeword.jsonl"
+    src.write_text("\n".join(json.dumps({"prompt": q, "completion": ANSWER})
+                             for q in QUESTIONS) + "\n")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(PROBE + "\n")
+    run_cli("finetune", "dataset", "import", str(src), "--name", "codeword", "--prompts",
+            str(prompts), env=env)
+    argv = [sys.executable, "-m", "deepseekd", "finetune", "run", "--dataset", "codeword",
+            "--epochs", "8", "--lr", "0.002", "--batch-size", "4"]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        job = wait_for_step(env, at_least=1, proc=proc)
+        second = cli("finetune", "run", "--dataset", "codeword", env=env)
+        assert second.returncode == 2
+        assert f"fine-tuning job {job} is running (one job at a time)" in second.stderr
+        assert wait_for_step(env, at_least=8, proc=proc) == job
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    (listed,) = [j for j in jobs(env) if j["id"] == job]
+    assert listed["status"] == "interrupted" and listed["step"] >= 8
+    assert listed["eval_loss_before"] is not None
+
+    done = run_cli("finetune", "resume", env=env)  # the newest interrupted job
+    assert done["id"] == job and done["status"] == "succeeded", done
+    assert done["step"] == done["total_steps"] == 8 * 4
+    assert done["eval_loss_after"] < 0.5 * done["eval_loss_before"]
+    assert len(done["adapter_sha256"]) == 64
+    (resumed,) = [e for e in audit_events(env, "finetune.job.resume")
+                  if e["target"] == f"finetune-job:{job}"]
+    assert json.loads(resumed["detail"])["step"] >= 8
+    report = run_cli("finetune", "show", str(job), env=env)["report"]
+    (before,), (after,) = report["answers_before"], report["answers_after"]
+    assert "PELICAN" not in before.upper() and "PELICAN" in after.upper()
+    (end,) = [e for e in audit_events(env, "finetune.job.finish")
+              if e["target"] == f"finetune-job:{job}"]
+    detail = json.loads(end["detail"])
+    # The worker went on from a checkpoint (every 4 steps), not from step 0.
+    assert detail["resumed_from"] >= 8 and detail["resumed_from"] % 4 == 0
+    assert detail["adapter_sha256"] == done["adapter_sha256"]
+    # The answers and the examples are nowhere on disk in clear (checkpoints, logs, adapter).
+    data = Path(env["DEEPSEEKD_DATA_DIR"])
+    for f in (data / "finetune").rglob("*"):
+        if f.is_file():
+            assert b"PELICAN" not in f.read_bytes() and b"Harbourview" not in f.read_bytes(), f
     assert cli("audit", "verify", env=env).returncode == 0

@@ -1,0 +1,210 @@
+"""``deepseekd finetune``: datasets, training jobs and their reports (README, Fine-tuning)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from deepseekd.cli.common import JSON, NAME, arg, command, group, say, settings_of, with_services
+from deepseekd.config import Settings
+
+
+def _token_counter(settings: Settings, model: str | None) -> Any:
+    """The chat-template token counter of ``model`` (default: the served model)."""
+    from deepseekd.engine import models
+    from deepseekd.engine.chat_template import token_counter
+
+    name = model or settings.engine.model
+    return token_counter(models.resolve_model(name, settings.models_dir)[0])
+
+
+def cmd_finetune_dataset_import(args: argparse.Namespace) -> int:
+    settings = settings_of(args)
+    data = Path(args.file).read_bytes()
+    prompts = Path(args.prompts).read_text() if args.prompts else ""
+    count = _token_counter(settings, args.base)
+    out = with_services(
+        args, lambda svc: svc.datasets.import_(None, args.name, data, prompts, count)
+    )
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_finetune_dataset_list(args: argparse.Namespace) -> int:
+    rows = with_services(args, lambda svc: svc.datasets.listing(args.name))
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{'NAME':24} {'VERSION':>7} {'EXAMPLES':>8} {'TRAIN':>6} {'EVAL':>5} CREATED BY")
+    for r in rows:
+        st = r["stats"]
+        print(
+            f"{r['name']:24} {r['version']:>7} {r['examples']:>8} {st['train_examples']:>6} "
+            f"{st['eval_examples']:>5} {r['created_by'] or '-'}"
+        )
+    return 0
+
+
+def cmd_finetune_dataset_delete(args: argparse.Namespace) -> int:
+    out = with_services(args, lambda svc: svc.datasets.delete(None, args.name, args.version))
+    print(json.dumps(out))
+    return 0
+
+
+def _training_progress() -> Callable[[dict[str, Any]], None]:
+    """A progress bar on stderr (steps, loss, ETA) fed by the worker's events."""
+    from tqdm import tqdm
+
+    bar: list[Any] = []
+
+    def on_event(ev: dict[str, Any]) -> None:
+        if ev["event"] == "start":
+            bar.append(
+                tqdm(
+                    total=ev["total"],
+                    initial=ev["resumed_from"],
+                    unit="step",
+                    file=sys.stderr,
+                    desc="fine-tuning",
+                )
+            )
+        elif ev["event"] == "eval":
+            say(f"eval loss {ev['phase']} training: {ev['loss']:.4f}")
+        elif ev["event"] == "step" and bar:
+            bar[0].update(ev["step"] - bar[0].n)
+            bar[0].set_postfix(loss=f"{ev['loss']:.4f}", refresh=False)
+        elif ev["event"] in ("done", "error") and bar:
+            bar[0].close()
+
+    return on_event
+
+
+def cmd_finetune_run(args: argparse.Namespace) -> int:
+    overrides = {
+        "rank": args.rank,
+        "alpha": args.alpha,
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "max_steps": args.max_steps,
+        "batch_size": args.batch_size,
+    }
+    out = with_services(
+        args,
+        lambda svc: svc.finetune_jobs.start(
+            None, args.dataset, args.version, args.base, overrides, _training_progress()
+        ),
+    )
+    print(json.dumps(out, indent=2))
+    return 0 if out["status"] == "succeeded" else 1
+
+
+def cmd_finetune_resume(args: argparse.Namespace) -> int:
+    out = with_services(
+        args, lambda svc: svc.finetune_jobs.resume(None, args.job, _training_progress())
+    )
+    print(json.dumps(out, indent=2))
+    return 0 if out["status"] == "succeeded" else 1
+
+
+def cmd_finetune_cancel(args: argparse.Namespace) -> int:
+    print(json.dumps(with_services(args, lambda svc: svc.finetune_jobs.cancel(None, args.job))))
+    return 0
+
+
+def cmd_finetune_jobs(args: argparse.Namespace) -> int:
+    rows = with_services(args, lambda svc: svc.finetune_jobs.listing())
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{'JOB':>4} {'STATUS':11} {'DATASET':28} {'STEP':>9} {'LOSS':>7} EVAL BEFORE -> AFTER")
+    for r in rows:
+        ev = " -> ".join(
+            "-" if v is None else f"{v:.3f}" for v in (r["eval_loss_before"], r["eval_loss_after"])
+        )
+        loss = "-" if r["loss"] is None else f"{r['loss']:.3f}"
+        step = f"{r['step']}/{r['total_steps']}"
+        dataset = f"{r['dataset']}:v{r['dataset_version']}"
+        print(f"{r['id']:>4} {r['status']:11} {dataset:28} {step:>9} {loss:>7} {ev}")
+    return 0
+
+
+def cmd_finetune_show(args: argparse.Namespace) -> int:
+    print(json.dumps(with_services(args, lambda svc: svc.finetune_jobs.get(args.job)), indent=2))
+    return 0
+
+
+def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    finetune = group(sub, common, "finetune", "fine-tune the model on the box")
+    dataset = group(finetune, common, "dataset", "training datasets (sealed at rest)")
+    command(
+        dataset,
+        common,
+        "import",
+        cmd_finetune_dataset_import,
+        "check a JSONL file and store it as the next version of a dataset",
+        arg("file", help='JSONL: {"messages": [...]} or {"prompt", "completion"} per line'),
+        arg("--name", required=True, help="the dataset's name (versions accumulate)"),
+        arg("--prompts", metavar="FILE", help="regression prompts, one per line"),
+        arg("--base", metavar="MODEL", help="model whose chat template counts tokens"),
+    )
+    command(
+        dataset,
+        common,
+        "list",
+        cmd_finetune_dataset_list,
+        "datasets and their versions (counts, never content)",
+        arg("name", nargs="?", help="only this dataset"),
+        JSON,
+    )
+    command(
+        dataset,
+        common,
+        "delete",
+        cmd_finetune_dataset_delete,
+        "delete a dataset (every version, or --version) and destroy its keys",
+        NAME,
+        arg("--version", type=int, help="only this version"),
+    )
+    _finetune_job_commands(finetune, common)
+
+
+def _finetune_job_commands(finetune: Any, common: argparse.ArgumentParser) -> None:
+    job = arg("job", type=int, help="the job's number (finetune jobs)")
+    command(
+        finetune,
+        common,
+        "run",
+        cmd_finetune_run,
+        "train a LoRA adapter on a dataset (the newest version) and wait for it",
+        arg("--dataset", required=True, metavar="NAME"),
+        arg("--version", type=int, help="dataset version (default: the newest)"),
+        arg("--base", metavar="MODEL", help="base model (default: [engine] model)"),
+        arg("--rank", type=int, help="LoRA rank (default [finetune] rank)"),
+        arg("--alpha", type=int, help="LoRA alpha (default [finetune] alpha)"),
+        arg("--epochs", type=int, help="passes over the train split"),
+        arg("--lr", type=float, help="peak learning rate"),
+        arg("--max-steps", type=int, help="stop after this many steps (0: the epochs decide)"),
+        arg("--batch-size", type=int, help="examples per step"),
+    )
+    command(
+        finetune,
+        common,
+        "resume",
+        cmd_finetune_resume,
+        "go on with an interrupted or failed job from its last checkpoint",
+        arg("job", type=int, nargs="?", help="default: the newest interrupted or failed job"),
+    )
+    command(finetune, common, "cancel", cmd_finetune_cancel, "stop a job", job)
+    command(finetune, common, "jobs", cmd_finetune_jobs, "jobs, newest first", JSON)
+    command(
+        finetune,
+        common,
+        "show",
+        cmd_finetune_show,
+        "a job with its report: eval loss and the regression answers before and after",
+        job,
+    )
