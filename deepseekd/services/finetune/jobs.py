@@ -303,7 +303,9 @@ class JobService:
         state = _State(job_id)
         try:
             async for line in proc.stdout:
-                event = json.loads(line)
+                event = _event(line)
+                if event is None:
+                    continue
                 await self._on_event(state, event)
                 if on_event is not None:
                     on_event(event)
@@ -465,6 +467,15 @@ class _State:
         self.adapter: Path | None = None
         self.error: str | None = None
         self.resumed_from = 0
+
+
+def _event(line: bytes) -> dict[str, Any] | None:
+    """One of the worker's events; None for anything else a library printed to stdout."""
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) and "event" in event else None
 
 
 def _report_aad(row: FinetuneJob) -> bytes:
