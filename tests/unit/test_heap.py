@@ -38,7 +38,8 @@ def test_freeze_spares_the_heap_but_not_later_garbage() -> None:
     kept = _Node()
     try:
         objects, took = heap.freeze()
-        assert objects == gc.get_freeze_count() > 1000 and took >= 0
+        # Frozen objects that die later leave the count (a busy suite frees a few at once).
+        assert objects > 1000 and 0 < gc.get_freeze_count() <= objects and took >= 0
         # Garbage made after the freeze is collected as before.
         later = _Node()
         ref = weakref.ref(later)
