@@ -60,6 +60,19 @@ def fill_login(page: Any, user: str, password: str) -> None:
     submit_sign_in(page, user, password)
 
 
+def signed_in(page: Any, web: FakeWeb) -> None:
+    """Wait for the chat after a sign-in; when it does not come, say what the page and the
+    daemon said instead (CI once timed out here and kept nothing else)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_selector("#chat-view:not([hidden])")
+    except PlaywrightTimeout:
+        shown = page.text_content("#login-error") if page.is_visible("#login-error") else None
+        tail = "\n".join(web.log().splitlines()[-40:])
+        raise AssertionError(f"no chat after sign-in; login error: {shown!r}\n{tail}") from None
+
+
 def answers(page: Any) -> list[str]:
     return [t.strip() for t in page.locator(".msg-assistant .answer").all_text_contents()]
 
@@ -309,7 +322,7 @@ def test_change_password_from_the_chat_page(browser: Any, slow_web: FakeWeb) -> 
         page.wait_for_selector("#login-error:not([hidden])")
         assert "Wrong username or password" in (page.text_content("#login-error") or "")
         fill_login(page, "pw.nurse", new_password)
-        page.wait_for_selector("#chat-view:not([hidden])")
+        signed_in(page, slow_web)
         assert console.problems == []
     finally:
         ctx.close()
