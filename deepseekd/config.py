@@ -282,6 +282,12 @@ class FinetuneSettings:
     answer_tokens: int = _f(
         64, "Tokens of each greedy answer to the regression prompts.", min=1, max=1024
     )
+    keep_versions: int = _f(
+        3,
+        "Promoted versions of each adapter kept for rollback (the serving one is always kept).",
+        min=1,
+        max=100,
+    )
 
 
 @dataclass(frozen=True)

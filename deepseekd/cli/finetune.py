@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import sys
 from collections.abc import Callable
@@ -137,6 +138,54 @@ def cmd_finetune_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _as_admin(args: argparse.Namespace, act: Any) -> Any:
+    """Run ``act(svc, who, totp)`` as the admin named by --admin, with their code (asked
+    for when --totp is left out)."""
+    totp = args.totp or getpass.getpass(f"authenticator code of {args.admin}: ")
+
+    async def run(svc: Any) -> Any:
+        who = await svc.accounts.at_keyboard(args.admin)
+        return await act(svc, who, totp)
+
+    return with_services(args, run)
+
+
+def cmd_finetune_promote(args: argparse.Namespace) -> int:
+    done = _as_admin(
+        args,
+        lambda svc, who, totp: svc.releases.promote(who, args.job, args.name, totp, live=False),
+    )
+    print(json.dumps(done, indent=2))
+    say(
+        f"registered as {done['base_model']}:{done['name']} (v{done['version']}); a running "
+        "daemon serves it within [cluster] sync_interval_s, a stopped one when it starts"
+    )
+    return 0
+
+
+def cmd_finetune_rollback(args: argparse.Namespace) -> int:
+    done = _as_admin(
+        args,
+        lambda svc, who, totp: svc.releases.rollback(who, args.name, totp, to=args.to, live=False),
+    )
+    print(json.dumps(done, indent=2))
+    return 0
+
+
+def cmd_finetune_releases(args: argparse.Namespace) -> int:
+    rows = with_services(args, lambda svc: svc.releases.listing(args.name))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'NAME':24} {'VERSION':>7} {'JOB':>5} {'SERVING':7} {'PROMOTED BY':16} SHA256")
+    for r in rows:
+        print(
+            f"{r['name']:24} {'v' + str(r['version']):>7} {r['job']:>5} "
+            f"{'yes' if r['serving'] else '':7} {r['promoted_by'] or '':16} {r['sha256'][:16]}"
+        )
+    return 0
+
+
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     finetune = group(sub, common, "finetune", "fine-tune the model on the box")
     dataset = group(finetune, common, "dataset", "training datasets (sealed at rest)")
@@ -199,6 +248,7 @@ def _finetune_job_commands(finetune: Any, common: argparse.ArgumentParser) -> No
         arg("job", type=int, nargs="?", help="default: the newest interrupted or failed job"),
     )
     command(finetune, common, "cancel", cmd_finetune_cancel, "stop a job", job)
+    _finetune_release_commands(finetune, common, job)
     command(finetune, common, "jobs", cmd_finetune_jobs, "jobs, newest first", JSON)
     command(
         finetune,
@@ -207,4 +257,40 @@ def _finetune_job_commands(finetune: Any, common: argparse.ArgumentParser) -> No
         cmd_finetune_show,
         "a job with its report: eval loss and the regression answers before and after",
         job,
+    )
+
+
+def _finetune_release_commands(finetune: Any, common: argparse.ArgumentParser, job: Any) -> None:
+    admin = arg("--admin", required=True, metavar="NAME", help="the admin doing it")
+    totp = arg("--totp", help="the admin's authenticator code (asked for when left out)")
+    command(
+        finetune,
+        common,
+        "promote",
+        cmd_finetune_promote,
+        "serve a job's adapter as the next version of NAME ([lora] enabled)",
+        job,
+        arg("--name", required=True, help="the served name: clients ask for <base>:<name>"),
+        admin,
+        totp,
+    )
+    command(
+        finetune,
+        common,
+        "rollback",
+        cmd_finetune_rollback,
+        "serve the version before the one serving (or --to V) again",
+        arg("name", help="the served name"),
+        arg("--to", type=int, metavar="V", help="this kept version"),
+        admin,
+        totp,
+    )
+    command(
+        finetune,
+        common,
+        "releases",
+        cmd_finetune_releases,
+        "promoted versions kept, and which one serves",
+        arg("name", nargs="?", help="only this name"),
+        JSON,
     )

@@ -19,6 +19,7 @@ from deepseekd.http import (
     breakglass,
     conversations,
     feedback,
+    finetune,
     health,
     lora,
     metrics,
@@ -333,6 +334,25 @@ TABLE: tuple[Route, ...] = (
         "POST", "/admin/api/lora", lora.load_adapter, ADMIN, body=lora.LoadBody, answers="created"
     ),
     Route("DELETE", "/admin/api/lora/{name}", lora.unload_adapter, ADMIN),
+    Route("GET", "/admin/api/finetune/jobs", finetune.list_jobs, ADMIN),
+    Route("GET", "/admin/api/finetune/jobs/{id}", finetune.get_job, ADMIN),
+    Route(
+        "POST",
+        "/admin/api/finetune/jobs/{id}/promote",
+        finetune.promote,
+        ADMIN,
+        body=finetune.PromoteBody,
+        answers="created",
+    ),
+    Route("GET", "/admin/api/finetune/releases", finetune.list_releases, ADMIN),
+    Route(
+        "POST",
+        "/admin/api/finetune/releases/{name}/rollback",
+        finetune.rollback,
+        ADMIN,
+        body=finetune.RollbackBody,
+        body_optional=True,
+    ),
 )
 
 BY_KEY: dict[tuple[str, str], Route] = {(r.method, r.path): r for r in TABLE}

@@ -199,6 +199,11 @@ class AccountService:
         log.info("user created", extra={"user": name, "role": role})
         return NewUser(name, role, key, password, uri)
 
+    async def at_keyboard(self, name: str) -> Identity:
+        """The person at the command line, named by ``--admin``/``name``: an active account,
+        who then proves it with their own fresh second factor (break-glass, promotion)."""
+        return await person_at_keyboard(self._db, name)
+
     async def has_users(self) -> bool:
         return await self._db.read("user.count", repo.count_users) > 0
 
@@ -406,3 +411,13 @@ class AccountService:
             ]
 
         return await self._db.read("key.list", keys)
+
+
+async def person_at_keyboard(db: Database, name: str) -> Identity:
+    """An active account as the identity of a command-line action (``via`` "cli")."""
+    user = await db.read("accounts.at_keyboard", lambda s: repo.user_by_name(s, name))
+    if user is None or user.disabled or user.erased_at is not None:
+        raise NotFound(f"no active user named '{name}'", field="name")
+    return Identity(
+        user.id, user.name, user.role, "cli", groups=split_groups(user.groups), client="cli"
+    )

@@ -30,9 +30,9 @@ from deepseekd.domain.audit import Event
 from deepseekd.domain.errors import Conflict, Forbidden, Invalid, NotFound
 from deepseekd.domain.identity import Identity, cli_actor
 from deepseekd.obs.notify import Notifier
+from deepseekd.services.accounts import person_at_keyboard
 from deepseekd.services.audit import AuditLog
 from deepseekd.services.history import HistoryService
-from deepseekd.services.rights import split_groups
 from deepseekd.store import Tx
 from deepseekd.store import accounts as accounts_repo
 from deepseekd.store import breakglass as repo
@@ -182,14 +182,7 @@ class BreakGlassService:
     async def start_as(self, name: str, **request: Any) -> dict[str, Any]:
         """The command line (the network is down): ``name`` is the person at the keyboard,
         who proves it with their own fresh code, exactly as on the console."""
-        user = await self._db.read(
-            "breakglass.holder", lambda s: accounts_repo.user_by_name(s, name)
-        )
-        if user is None or user.disabled or user.erased_at is not None:
-            raise NotFound(f"no active user named '{name}'", field="name")
-        who = Identity(
-            user.id, user.name, user.role, "cli", groups=split_groups(user.groups), client="cli"
-        )
+        who = await person_at_keyboard(self._db, name)
         try:
             return await self.start(who, **request)
         finally:

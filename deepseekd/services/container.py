@@ -32,6 +32,7 @@ from deepseekd.services.erasure import ErasureService
 from deepseekd.services.feedback import FeedbackService
 from deepseekd.services.finetune.datasets import DatasetService
 from deepseekd.services.finetune.jobs import JobService
+from deepseekd.services.finetune.releases import ReleaseService
 from deepseekd.services.history import HistoryService
 from deepseekd.services.keys import KeyService
 from deepseekd.services.lifecycle import Lifecycle
@@ -78,6 +79,7 @@ class Services:
     user_import: UserImport = field(init=False)
     datasets: DatasetService = field(init=False)
     finetune_jobs: JobService = field(init=False)
+    releases: ReleaseService = field(init=False)
 
     def __post_init__(self) -> None:
         self.access_review = AccessReview(
@@ -91,6 +93,14 @@ class Services:
         self.datasets = DatasetService(self.settings, self.db, self.keys, self.audit, self.clock)
         self.finetune_jobs = JobService(
             self.settings, self.db, self.keys, self.audit, self.datasets, self.clock
+        )
+        self.releases = ReleaseService(
+            self.settings,
+            self.db,
+            self.audit,
+            self.lora,
+            self.auth.verify_second_factor,
+            self.clock,
         )
 
     @classmethod

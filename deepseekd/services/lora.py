@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -146,7 +148,8 @@ class LoraService:
         return rec
 
     async def _load(self, engine: Engine, name: str, path: str, by: Identity) -> AdapterRecord:
-        """Copy, check, hand to the engine, register: all of it, or nothing left behind."""
+        """Copy, check, hand to the engine, register: all of it, or nothing left behind.
+        Invalid comes only before the engine took the new one (``replace`` relies on it)."""
         adapters_dir = self._settings.adapters_dir
         try:
             src = files.resolve_source(self._settings.lora_source_dir, path)
@@ -184,6 +187,38 @@ class LoraService:
         except BaseException:
             await asyncio.to_thread(files.remove, adapters_dir, name)
             raise
+        return rec
+
+    async def replace(self, name: str, path: str, by: Identity) -> AdapterRecord:
+        """Serve ``path`` as ``name`` in place of the adapter of that name (a promotion or a
+        rollback); a plain load when none is loaded. The old one serves until the engine
+        holds the new one, and serves on when the new one is refused."""
+        if not self.is_loaded(name):
+            return await self.load(name, path, by)
+        self.require_enabled()
+        adapters_dir = self._settings.adapters_dir
+        async with self._lock:
+            old = self._loaded[name]
+            engine = self._life.engine_for_work(warming_ok=True)
+            aside = adapters_dir / f".replaced-{name}"
+            await asyncio.to_thread(_move, adapters_dir / name, aside)
+            try:
+                rec = await self._load(engine, name, path, by)
+            except Invalid:  # refused before the engine swapped: the old one still serves
+                await asyncio.to_thread(_move, aside, adapters_dir / name)
+                raise
+            except BaseException:
+                # The engine had swapped when the registry failed: hand the old one back.
+                await asyncio.to_thread(_move, aside, adapters_dir / name)
+                try:
+                    await engine.add_adapter(name, str(adapters_dir / name))
+                except Exception:
+                    log.exception("lora adapter could not be handed back", extra={"adapter": name})
+                    del self._loaded[name]
+                raise
+            await asyncio.to_thread(shutil.rmtree, aside, True)
+            self._loaded[name] = rec
+        log.info("lora adapter replaced", extra={"adapter": name, "sha256": rec.sha256})
         return rec
 
     async def unload(self, name: str, by: Identity) -> None:
@@ -352,3 +387,11 @@ class LoraService:
             }
             for r in self.loaded()
         ]
+
+
+def _move(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst`` (replacing a leftover ``dst``); nothing when ``src`` is gone."""
+    if os.path.lexists(dst):
+        shutil.rmtree(dst)
+    if os.path.lexists(src):
+        os.rename(src, dst)

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, defer
 
-from deepseekd.store.schema import FinetuneDataset, FinetuneJob, ServiceKey
+from deepseekd.store.schema import FinetuneDataset, FinetuneJob, FinetuneRelease, ServiceKey
 
 
 def latest_version(s: Session, name: str) -> int:
@@ -83,3 +83,31 @@ def jobs(s: Session, limit: int = 50) -> list[FinetuneJob]:
 def running_jobs(s: Session) -> list[FinetuneJob]:
     q = select(FinetuneJob).where(FinetuneJob.status == "running")
     return list(s.execute(q.options(defer(FinetuneJob.report))).scalars())
+
+
+def add_release(s: Session, **fields: Any) -> FinetuneRelease:
+    row = FinetuneRelease(**fields)
+    s.add(row)
+    s.flush()
+    return row
+
+
+def releases(s: Session, name: str | None = None) -> list[FinetuneRelease]:
+    """Every kept version (of ``name``), by name then newest first."""
+    q = select(FinetuneRelease)
+    if name is not None:
+        q = q.where(FinetuneRelease.name == name)
+    order = (FinetuneRelease.name, FinetuneRelease.version.desc())
+    return list(s.execute(q.order_by(*order)).scalars())
+
+
+def next_release_version(s: Session, name: str) -> int:
+    found = s.execute(
+        select(func.max(FinetuneRelease.version)).where(FinetuneRelease.name == name)
+    ).scalar_one_or_none()
+    return int(found or 0) + 1
+
+
+def drop_release(s: Session, row: FinetuneRelease) -> None:
+    s.delete(row)
+    s.flush()

@@ -449,3 +449,24 @@ class FinetuneJob(Base):
     error: Mapped[str | None] = mapped_column(String(512))
     report: Mapped[bytes | None] = mapped_column(LargeBinary)
     adapter_sha256: Mapped[str | None] = mapped_column(String(64))
+
+
+class FinetuneRelease(Base):
+    """A trained adapter promoted into the LoRA registry as version ``version`` of the
+    served name ``name``: its copy under the LoRA source folder, with the files' sha256, so a
+    rollback serves it again exactly. Which version serves is the registry's (lora_adapters)."""
+
+    __tablename__ = "finetune_releases"
+    __table_args__ = (Index("uq_finetune_releases_name_version", "name", "version", unique=True),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    job_id: Mapped[int] = mapped_column(Integer)
+    base_model: Mapped[str] = mapped_column(String(128))
+    path: Mapped[str] = mapped_column(String(1024))
+    sha256: Mapped[str] = mapped_column(String(64))
+    files: Mapped[str] = mapped_column(Text)
+    rank: Mapped[int] = mapped_column(Integer)
+    promoted_at: Mapped[float] = mapped_column(Float)
+    promoted_by: Mapped[str | None] = mapped_column(String(64))
