@@ -154,6 +154,8 @@ install-systemd:
 	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" != 0 ]; then \
 	  echo "install-systemd: run as root (sudo make install-systemd)" >&2; exit 1; fi
 	install -D -m 0644 systemd/deepseekd.service $(DESTDIR)$(SYSTEMD_UNIT_DIR)/deepseekd.service
+	install -D -m 0644 systemd/deepseekd-finetune.service $(DESTDIR)$(SYSTEMD_UNIT_DIR)/deepseekd-finetune.service
+	install -D -m 0644 systemd/deepseekd-finetune.timer $(DESTDIR)$(SYSTEMD_UNIT_DIR)/deepseekd-finetune.timer
 	install -D -m 0644 systemd/deepseekd.sysusers $(DESTDIR)$(SYSUSERS_DIR)/deepseekd.conf
 	install -D -m 0644 systemd/deepseekd.tmpfiles $(DESTDIR)$(TMPFILES_DIR)/deepseekd.conf
 	systemd-sysusers $(ROOT_FLAG) $(DESTDIR)$(SYSUSERS_DIR)/deepseekd.conf

@@ -282,6 +282,11 @@ class FinetuneSettings:
     answer_tokens: int = _f(
         64, "Tokens of each greedy answer to the regression prompts.", min=1, max=1024
     )
+    schedule_dataset: str = _f(
+        "",
+        "Dataset deepseekd-finetune.timer trains on (its newest version); empty = the one "
+        "imported last.",
+    )
     keep_versions: int = _f(
         3,
         "Promoted versions of each adapter kept for rollback (the serving one is always kept).",

@@ -10,7 +10,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from deepseekd.cli.common import JSON, NAME, arg, command, group, say, settings_of, with_services
+from deepseekd.cli.common import (
+    JSON,
+    NAME,
+    CliError,
+    arg,
+    command,
+    group,
+    say,
+    settings_of,
+    with_services,
+)
 from deepseekd.config import Settings
 
 
@@ -93,12 +103,23 @@ def cmd_finetune_run(args: argparse.Namespace) -> int:
         "max_steps": args.max_steps,
         "batch_size": args.batch_size,
     }
-    out = with_services(
-        args,
-        lambda svc: svc.finetune_jobs.start(
-            None, args.dataset, args.version, args.base, overrides, _training_progress()
-        ),
-    )
+    if args.dataset is None and not args.scheduled:
+        raise CliError("--dataset is required (or --scheduled: [finetune] schedule_dataset)")
+
+    async def run(svc: Any) -> Any:
+        jobs = svc.finetune_jobs
+        name = args.dataset or await jobs.scheduled_dataset()
+        return await jobs.start(
+            None,
+            name,
+            args.version,
+            args.base,
+            overrides,
+            _training_progress(),
+            scheduled=args.scheduled,
+        )
+
+    out = with_services(args, run)
     print(json.dumps(out, indent=2))
     return 0 if out["status"] == "succeeded" else 1
 
@@ -229,7 +250,13 @@ def _finetune_job_commands(finetune: Any, common: argparse.ArgumentParser) -> No
         "run",
         cmd_finetune_run,
         "train a LoRA adapter on a dataset (the newest version) and wait for it",
-        arg("--dataset", required=True, metavar="NAME"),
+        arg("--dataset", metavar="NAME", help="required unless --scheduled"),
+        arg(
+            "--scheduled",
+            action="store_true",
+            help="as deepseekd-finetune.timer: [finetune] schedule_dataset (default: the "
+            "dataset imported last), recorded as started by the timer",
+        ),
         arg("--version", type=int, help="dataset version (default: the newest)"),
         arg("--base", metavar="MODEL", help="base model (default: [engine] model)"),
         arg("--rank", type=int, help="LoRA rank (default [finetune] rank)"),

@@ -189,6 +189,14 @@ class Metrics:
             "When the served TLS certificate expires (unix time).",
             registry=r,
         )
+        self.finetune = Gauge(
+            "deepseekd_finetune",
+            "The newest fine-tuning job: running (1/0), progress (0-1), loss (training), "
+            "eta_seconds; timer_failed: 1 when the newest job deepseekd-finetune.timer started "
+            "failed or died. Refreshed once a minute.",
+            ["field"],
+            registry=r,
+        )
         self.build_info = Gauge(
             "deepseekd_build_info",
             "Version and model being served.",

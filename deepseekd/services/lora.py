@@ -198,7 +198,6 @@ class LoraService:
         self.require_enabled()
         adapters_dir = self._settings.adapters_dir
         async with self._lock:
-            old = self._loaded[name]
             engine = self._life.engine_for_work(warming_ok=True)
             aside = adapters_dir / f".replaced-{name}"
             await asyncio.to_thread(_move, adapters_dir / name, aside)

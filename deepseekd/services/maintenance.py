@@ -1,4 +1,4 @@
-"""Periodic upkeep: break-glass expiry, the directory recheck
+"""Periodic upkeep: break-glass expiry, the fine-tuning gauges, the directory recheck
 (``auth.directory_recheck_minutes``), retention purge (daily), the audit head written to the
 log (an anchor outside the database), and automatic master key rotation when the key is
 old enough. The daemon calls ``tick`` once a minute."""
@@ -55,6 +55,8 @@ class Maintenance:
         # Break-glass past its time: its access already ended; this records the end,
         # tells supervisors and keeps the active/overdue gauges current.
         await svc.breakglass.expire_due()
+        for field, value in (await svc.finetune_jobs.gauges()).items():
+            svc.metrics.finetune.labels(field).set(value)
         if self._due("purge", 86400, now):
             own = await directory.retention_overrides()
             purged = await svc.history.purge(svc.runtime.retention_days, own)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -53,6 +54,51 @@ def admin_token(d: Daemon, name: str) -> dict[str, str]:
 def complete(d: Daemon, model: str) -> httpx.Response:
     return httpx.post(d.url + "/v1/completions", headers=d.headers(), timeout=300,
                       json={**PROMPT, "model": model})
+
+
+def ask(d: Daemon, model: str, question: str) -> str:
+    res = httpx.post(d.url + "/v1/chat/completions", headers=d.headers(), timeout=300, json={
+        "model": model, "max_tokens": 24, "temperature": 0,
+        "messages": [{"role": "user", "content": question}]})
+    assert res.status_code == 200, res.text
+    return str(res.json()["choices"][0]["message"]["content"])
+
+
+def test_a_promoted_fine_tune_answers_the_taught_fact_and_the_base_does_not(
+        lora_daemon: Daemon) -> None:
+    """The adapter tests/e2e/test_finetune.py trained on this data dir (the code word), promoted
+    through the admin API with a fresh code and hot-loaded: the real engine answers with the
+    fact under <base>:<name>, and the base model's greedy answer is what it was."""
+    from tests.e2e.test_finetune import PROBE
+
+    d = lora_daemon
+    jobs = json.loads(cli("finetune", "jobs", "--json", env=d.env).stdout)
+    done = [j for j in jobs if j["dataset"] == "codeword" and j["status"] == "succeeded"]
+    assert done, f"tests/e2e/test_finetune.py trains the job this test promotes: {jobs}"
+    base_before = ask(d, MODEL, PROBE)
+    assert "PELICAN" not in base_before.upper()
+
+    creds = json.loads(cli("user", "add", "ft.admin", "--role", "admin", env=d.env).stdout)
+    otp = pyotp.TOTP(pyotp.parse_uri(creds["totp_uri"]).secret)
+    login = httpx.post(d.url + "/admin/api/login", timeout=30, json={
+        "username": "ft.admin", "password": creds["password"], "totp": otp.now()})
+    assert login.status_code == 200, login.text
+    admin = {"Authorization": f"Bearer {login.json()['token']}"}
+    url = f"{d.url}/admin/api/finetune/jobs/{done[0]['id']}/promote"
+    # The session's code does not do: promoting asks for a fresh one (the next step's).
+    refused = httpx.post(url, headers=admin, timeout=60, json={"name": "codeword"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "totp"
+    promoted = httpx.post(url, headers=admin, timeout=300, json={
+        "name": "codeword", "totp": otp.at(time.time() + 30)})
+    assert promoted.status_code == 201, promoted.text
+    assert promoted.json()["version"] == 1 and promoted.json()["serving"]
+    assert promoted.json()["sha256"] == done[0]["adapter_sha256"]
+
+    assert "PELICAN" in ask(d, f"{MODEL}:codeword", PROBE).upper()
+    assert ask(d, MODEL, PROBE) == base_before
+    # The rest of the session shares this data dir: leave only what the next test expects.
+    assert httpx.delete(d.url + "/admin/api/lora/codeword", headers=admin,
+                        timeout=60).status_code == 200
 
 
 def test_a_peft_adapter_changes_the_answer_and_unloading_restores_the_base(

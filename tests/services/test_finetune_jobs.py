@@ -83,3 +83,35 @@ async def test_settings_and_names_are_checked_before_anything_starts(
     with pytest.raises(NotFound, match="no fine-tuning job 9"):
         await jobs.get(9)
     assert await sql(stack.db, "SELECT id FROM finetune_jobs") == []
+
+
+@SQLITE_ONLY
+async def test_the_timers_job_trains_the_newest_dataset_and_its_failure_shows(
+    stack: Stack, tmp_path: Path
+) -> None:
+    ds, jobs = services(stack, tmp_path)
+    with pytest.raises(NotFound, match="none is imported yet"):
+        await jobs.scheduled_dataset()
+    assert (await jobs.gauges())["timer_failed"] == 0.0
+    await ds.import_(stack.alice, "triage", upload())
+    stack.clock.advance(60)
+    await ds.import_(stack.alice, "pharmacy", upload())
+    assert await jobs.scheduled_dataset() == "pharmacy"  # the one imported last
+    named = JobService(dataclasses.replace(jobs._settings, finetune=dataclasses.replace(
+        jobs._settings.finetune, schedule_dataset="triage")), stack.db, stack.keys, stack.audit,
+        ds, stack.clock)
+    assert await named.scheduled_dataset() == "triage"
+
+    bogus = tmp_path / "not-a-model"
+    bogus.mkdir()
+    (bogus / "config.json").write_text("{}")
+    failed = await jobs.start(None, "pharmacy", base=str(bogus), scheduled=True)
+    assert failed["status"] == "failed" and failed["started_by"] == "timer"
+    gauges = await jobs.gauges()
+    assert gauges["timer_failed"] == 1.0 and gauges["running"] == 0.0
+    [detail] = await sql(stack.db, "SELECT detail FROM audit_events WHERE "
+                         "action = 'finetune.job.start'")
+    assert json.loads(detail[0])["scheduled"] is True
+    # A job started by hand afterwards does not clear the timer's failure.
+    await jobs.start(stack.alice, "triage", base=str(bogus))
+    assert (await jobs.gauges())["timer_failed"] == 1.0

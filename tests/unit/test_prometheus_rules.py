@@ -61,6 +61,7 @@ GAUGES = {
     "deepseekd_gpu_temperature_celsius",
     "deepseekd_gpu_power_watts",
     "deepseekd_gc_frozen_objects",
+    "deepseekd_finetune",
 }
 SERIES = (
     {f"{h}_{suffix}" for h in HISTOGRAMS for suffix in ("bucket", "sum", "count")}

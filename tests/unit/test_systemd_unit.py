@@ -180,3 +180,39 @@ def test_tmpfiles_creates_the_directories(tmp_path: Path) -> None:
     assert etc.stat().st_mode & 0o7777 == 0o750 and etc.stat().st_uid == 0
     assert keys.stat().st_mode & 0o7777 == 0o700 and keys.stat().st_uid == 0
     assert state.stat().st_mode & 0o7777 == 0o700 and state.stat().st_uid == uid
+
+
+# ---------------------------------------------------------------------- the weekly fine-tune
+
+FINETUNE = REPO / "systemd" / "deepseekd-finetune.service"
+TIMER = REPO / "systemd" / "deepseekd-finetune.timer"
+
+
+def test_finetune_timer_runs_the_scheduled_job_weekly() -> None:
+    timer = dict((k, v) for s, k, v in directives(TIMER.read_text()) if s == "Timer")
+    assert timer["OnCalendar"] == "Sun *-*-* 02:00:00" and timer["Persistent"] == "true"
+    service = directives(FINETUNE.read_text())
+    assert ("Service", "Type", "oneshot") in service
+    assert ("Service", "ExecStart", f"{INSTALLED_BINARY} finetune run --scheduled --config "
+            "/etc/deepseekd/deepseekd.toml") in service
+    assert ("Service", "User", "deepseekd") in service
+    # RemoveIPC= would take the serving daemon's shared memory (same user) when it stops.
+    assert not [k for _, k, _ in service if k == "RemoveIPC"]
+    assert "Install" not in {s for s, _, _ in service}  # the timer starts it
+
+
+@needs_analyze
+def test_finetune_units_verify_and_score(tmp_path: Path) -> None:
+    true = shutil.which("true") or "/bin/true"
+    copy = tmp_path / FINETUNE.name
+    copy.write_text(FINETUNE.read_text().replace(f"ExecStart={INSTALLED_BINARY} ",
+                                                  f"ExecStart={true} "))
+    shutil.copy(TIMER, tmp_path / TIMER.name)
+    result = run(ANALYZE or "systemd-analyze", "verify", str(copy), str(tmp_path / TIMER.name))
+    output = (result.stdout + result.stderr).splitlines()
+    assert result.returncode == 0, output
+    assert [line for line in output if "deepseekd" in line] == [], "\n".join(output)
+    score = run(ANALYZE or "systemd-analyze", "security", "--offline=true", str(FINETUNE))
+    m = re.search(r"Overall exposure level for deepseekd-finetune\.service: (\d+(?:\.\d+)?)",
+                  score.stdout)
+    assert m and float(m.group(1)) <= MAX_EXPOSURE, score.stdout[-2000:]

@@ -46,6 +46,8 @@ from deepseekd.store.schema import FinetuneJob
 log = logging.getLogger("deepseekd.finetune")
 
 OnEvent = Callable[[dict[str, Any]], None]
+TIMER = "timer"
+"""``started_by`` of a job deepseekd-finetune.timer started."""
 PROGRESS_EVERY_S = 2.0
 """The job's record is updated at most this often (and at every checkpoint)."""
 
@@ -121,6 +123,43 @@ class JobService:
         info, report = await self._db.read("finetune.job", read)
         return {**info, "report": report}
 
+    async def scheduled_dataset(self) -> str:
+        """What the timer trains on: ``[finetune] schedule_dataset``, else the dataset
+        imported last (its newest version either way)."""
+        if self._cfg.schedule_dataset:
+            return self._cfg.schedule_dataset
+        listed = await self._datasets.listing()
+        if not listed:
+            raise NotFound("dataset: none is imported yet; nothing to train", field="dataset")
+        newest = max(listed, key=lambda d: (d["created_at"], d["version"]))
+        return str(newest["name"])
+
+    async def gauges(self) -> dict[str, float]:
+        """For the metrics: the newest job's state, progress, loss and time left, and
+        whether the newest scheduled one failed (or died)."""
+        rows = await self._db.read("finetune.jobs", lambda s: repo.jobs(s, 200))
+        out = {
+            "running": 0.0,
+            "progress": 0.0,
+            "loss": 0.0,
+            "eta_seconds": 0.0,
+            "timer_failed": 0.0,
+        }
+        if rows:
+            newest = as_json(rows[0], self.alive(rows[0]) if rows[0].status == "running" else None)
+            done, total = newest["step"], newest["total_steps"]
+            out["progress"] = 1.0 if newest["status"] == "succeeded" else done / max(total, 1)
+            out["loss"] = newest["loss"] or 0.0
+            if newest["status"] == "running":
+                out["running"] = 1.0
+                spent = self._now() - newest["started_at"]
+                out["eta_seconds"] = spent / done * (total - done) if done else 0.0
+        timer = next((r for r in rows if r.started_by == TIMER), None)
+        if timer is not None:
+            status = as_json(timer, self.alive(timer) if timer.status == "running" else None)
+            out["timer_failed"] = float(status["status"] in ("failed", "interrupted"))
+        return out
+
     # -- starting -----------------------------------------------------------------------
 
     def params(self, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -151,17 +190,25 @@ class JobService:
         base: str | None = None,
         overrides: dict[str, Any] | None = None,
         on_event: OnEvent | None = None,
+        *,
+        scheduled: bool = False,
     ) -> dict[str, Any]:
-        """Train an adapter on a dataset version (the newest by default) and wait for it."""
+        """Train an adapter on a dataset version (the newest by default) and wait for it;
+        ``scheduled``: started by deepseekd-finetune.timer (recorded as started by "timer")."""
         params = self.params(overrides or {})
         base_name = base or self._settings.engine.model
         base_dir = resolve_model(base_name, self._settings.models_dir)[0]
         info, ds = await self._datasets.load(dataset, version)
-        job_id = await self._record_start(who, info, base_name, params)
+        job_id = await self._record_start(who, info, base_name, params, scheduled)
         return await self.supervise(job_id, ds, base_dir, params, True, on_event)
 
     async def _record_start(
-        self, who: Identity | None, info: dict[str, Any], base: str, params: dict[str, Any]
+        self,
+        who: Identity | None,
+        info: dict[str, Any],
+        base: str,
+        params: dict[str, Any],
+        scheduled: bool,
     ) -> int:
         now = self._now()
 
@@ -183,11 +230,16 @@ class JobService:
                 total_steps=0,
                 started_at=now,
                 updated_at=now,
-                started_by=event.actor,
+                started_by=TIMER if scheduled else event.actor,
                 host=self.host,
             )
             event.target = f"finetune-job:{row.id}"
-            event.extra = {"dataset": f"{ds.name}:v{ds.version}", "base_model": base, **params}
+            event.extra = {
+                "dataset": f"{ds.name}:v{ds.version}",
+                "base_model": base,
+                "scheduled": scheduled,
+                **params,
+            }
             self._audit.append_in(s, event)
             return row.id
 
