@@ -1,5 +1,6 @@
-"""Admin routes for fine-tuning (``/admin/api/finetune``): the jobs and their reports, and
-the promotion and rollback of a trained adapter. The rules live in services/finetune/."""
+"""Admin routes for fine-tuning (``/admin/api/finetune``): datasets (upload, list, delete),
+the jobs and their reports, and the promotion and rollback of a trained adapter. The rules
+live in services/finetune/."""
 
 from __future__ import annotations
 
@@ -13,6 +14,14 @@ from deepseekd.domain.errors import AuthFailed
 from deepseekd.http.body import StrictBody, body_of
 from deepseekd.http.errors import APIError, unauthorized
 from deepseekd.http.state import IDENTITY, SERVICES
+
+
+class DatasetBody(StrictBody):
+    name: str = Field(max_length=64, description="The dataset's name (versions accumulate).")
+    examples: str = Field(
+        description='JSONL: one {"messages": [...]} or {"prompt", "completion"} per line.'
+    )
+    prompts: str = Field("", description="Regression prompts, one per line (at most 100).")
 
 
 class PromoteBody(StrictBody):
@@ -40,6 +49,32 @@ async def _with_code(call: Awaitable[Any]) -> Any:
         if exc.locked_until is not None:
             raise
         raise unauthorized(AuthFailed.PUBLIC_MESSAGE, "second_factor_failed") from None
+
+
+async def list_datasets(request: web.Request) -> web.Response:
+    return web.json_response({"datasets": await request.app[SERVICES].datasets.listing()})
+
+
+async def import_dataset(request: web.Request) -> web.Response:
+    """The console's upload (up to [server] max_body_bytes; larger files with the CLI)."""
+    body = body_of(request, DatasetBody)
+    datasets = request.app[SERVICES].datasets
+    count = await datasets.served_model_counter()
+    done = await datasets.import_(
+        request[IDENTITY], body.name, body.examples.encode(), body.prompts, count
+    )
+    return web.json_response(done, status=201)
+
+
+async def delete_dataset(request: web.Request) -> web.Response:
+    """Every version of a dataset, with their keys (?version=N: that one only)."""
+    raw = request.query.get("version")
+    if raw is not None and (not raw.isdigit() or len(raw) > 9):
+        raise APIError(400, "version: a positive integer", code="invalid_value", param="version")
+    datasets = request.app[SERVICES].datasets
+    name = request.match_info["name"]
+    done = await datasets.delete(request[IDENTITY], name, int(raw) if raw else None)
+    return web.json_response(done)
 
 
 async def list_jobs(request: web.Request) -> web.Response:

@@ -334,6 +334,22 @@ TABLE: tuple[Route, ...] = (
         "POST", "/admin/api/lora", lora.load_adapter, ADMIN, body=lora.LoadBody, answers="created"
     ),
     Route("DELETE", "/admin/api/lora/{name}", lora.unload_adapter, ADMIN),
+    Route("GET", "/admin/api/finetune/datasets", finetune.list_datasets, ADMIN),
+    Route(
+        "POST",
+        "/admin/api/finetune/datasets",
+        finetune.import_dataset,
+        ADMIN,
+        body=finetune.DatasetBody,
+        answers="created",
+    ),
+    Route(
+        "DELETE",
+        "/admin/api/finetune/datasets/{name}",
+        finetune.delete_dataset,
+        ADMIN,
+        query=(("version", "integer", "Only this version (default: every version)."),),
+    ),
     Route("GET", "/admin/api/finetune/jobs", finetune.list_jobs, ADMIN),
     Route("GET", "/admin/api/finetune/jobs/{id}", finetune.get_job, ADMIN),
     Route(

@@ -223,3 +223,42 @@ async def test_a_version_the_engine_refuses_leaves_the_old_one_serving(
     chat = await d.post(CHAT, {"model": f"{MODEL}:ward", "max_tokens": 2,
                                "messages": [{"role": "user", "content": "hi"}]})
     assert chat.status == 200
+
+
+DATASETS = "/admin/api/finetune/datasets"
+
+
+async def test_the_consoles_dataset_upload_list_and_delete(make_daemon: MakeDaemon,
+                                                           clock: FakeClock) -> None:
+    """The console's upload: line-numbered refusals storing nothing, then a version with counts
+    only, listed, then deleted (the tokenizer is a stand-in: the fake daemon has no model)."""
+    from tests.services.test_finetune_datasets import upload
+
+    d = await make_daemon(clock=clock)
+    a = await an_admin(d, clock)
+    d.app[SERVICES].datasets._counter = lambda messages: sum(
+        len(m["content"].split()) for m in messages)
+    bad = upload(4).decode() + '\n{"messages": [{"role": "doctor", "content": "x"}]}\n'
+    resp = await d.client.post(DATASETS, headers=a.headers, json={"name": "ward7",
+                                                                  "examples": bad})
+    err = await error(resp, 400)
+    assert "line 5: messages[0].role" in err["message"]
+    assert (await ok_json(await d.client.get(DATASETS, headers=a.headers)))["datasets"] == []
+
+    made = await ok_json(await d.client.post(DATASETS, headers=a.headers, json={
+        "name": "ward7", "examples": upload(12).decode(), "prompts": "Who runs ward 7?\n"}), 201)
+    assert (made["name"], made["version"], made["examples"]) == ("ward7", 1, 12)
+    assert made["stats"]["prompts"] == 1 and made["stats"]["tokens"]["max"] > 0
+    listed = (await ok_json(await d.client.get(DATASETS, headers=a.headers)))["datasets"]
+    assert [(r["name"], r["version"], r["created_by"]) for r in listed] == [
+        ("ward7", 1, "ml.admin")]
+    assert "fact number" not in json.dumps(listed)  # counts, never content
+
+    resp = await d.client.delete(f"{DATASETS}/ward7?version=x", headers=a.headers)
+    await error(resp, 400, param="version")
+    gone = await ok_json(await d.client.delete(f"{DATASETS}/ward7", headers=a.headers))
+    assert gone == {"object": "finetune.dataset", "name": "ward7", "versions": [1],
+                    "deleted": True}
+    await error(await d.client.delete(f"{DATASETS}/ward7", headers=a.headers), 404)
+    assert await actions(d, "finetune.dataset.import", "finetune.dataset.delete") == [
+        "finetune.dataset.import", "finetune.dataset.delete"]

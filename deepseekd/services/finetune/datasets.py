@@ -11,6 +11,7 @@ Neither the examples nor the prompts are ever logged or audited: counts only.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import zlib
@@ -80,10 +81,22 @@ class DatasetService:
             seed=cfg.split_seed,
             max_example_tokens=cfg.max_example_tokens,
         )
+        self._settings = settings
         self._db = db
         self._keys = keys
         self._audit = audit
         self._now = clock
+        self._counter: TokenCounter | None = None
+
+    async def served_model_counter(self) -> TokenCounter:
+        """Counts tokens in the served model's chat template (its tokenizer loaded once)."""
+        if self._counter is None:
+            from deepseekd.engine.chat_template import token_counter
+            from deepseekd.engine.models import resolve_model
+
+            model_dir = resolve_model(self._settings.engine.model, self._settings.models_dir)[0]
+            self._counter = await asyncio.to_thread(token_counter, model_dir)
+        return self._counter
 
     def check(
         self, data: bytes, prompts: str = "", count_tokens: TokenCounter | None = None
@@ -101,7 +114,8 @@ class DatasetService:
     ) -> dict[str, Any]:
         """Store the upload as the next version of ``name``; its description (counts only)."""
         name = clean_name(name)
-        ds = self.check(data, prompts, count_tokens)
+        # Parsing and tokenising a large file takes seconds: off the event loop.
+        ds = await asyncio.to_thread(self.check, data, prompts, count_tokens)
         ds.stats["prompts"] = len(ds.prompts)
         plain = zlib.compress(json.dumps(ds.payload(), ensure_ascii=False).encode(), 6)
         now = self._now()
