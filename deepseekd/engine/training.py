@@ -311,10 +311,12 @@ def main() -> int:
     )
     if spec.before and start == 0:
         emit("eval", phase="before", loss=eval_loss(run))
-        emit("answers", phase="before", answers=answers(run, job.get("prompts", [])))
+        prompts = job.get("prompts", [])
+        emit("answers", phase="before", prompts=prompts, answers=answers(run, prompts))
     train_steps(run, start, t0)
     emit("eval", phase="after", loss=eval_loss(run))
-    emit("answers", phase="after", answers=answers(run, job.get("prompts", [])))
+    prompts = job.get("prompts", [])
+    emit("answers", phase="after", prompts=prompts, answers=answers(run, prompts))
     adapter = Path(spec.job_dir) / "adapter"
     shutil.rmtree(adapter, ignore_errors=True)
     run.model.save_pretrained(adapter)

@@ -165,6 +165,7 @@ def test_a_job_teaches_a_fact_and_resumes_after_kill_9(
                   if e["target"] == f"finetune-job:{job}"]
     assert json.loads(resumed["detail"])["step"] >= 8
     report = run_cli("finetune", "show", str(job), env=env)["report"]
+    assert report["prompts"] == [PROBE]  # kept with the answers, for the side-by-side view
     (before,), (after,) = report["answers_before"], report["answers_after"]
     assert "PELICAN" not in before.upper() and "PELICAN" in after.upper()
     (end,) = [e for e in audit_events(env, "finetune.job.finish")

@@ -380,7 +380,7 @@ class JobService:
             field = "eval_before" if ev["phase"] == "before" else "eval_after"
             await self._update(st.job_id, **{field: ev["loss"]})
         elif kind == "answers":
-            await self._store_answers(st.job_id, ev["phase"], ev["answers"])
+            await self._store_answers(st.job_id, ev["phase"], ev.get("prompts"), ev["answers"])
         elif kind == "step":
             st.step, st.loss = ev["step"], ev["loss"]
             if self._now() - st.saved_at >= PROGRESS_EVERY_S:
@@ -407,11 +407,18 @@ class JobService:
 
         await self._db.write("finetune.job_progress", write)
 
-    async def _store_answers(self, job_id: int, phase: str, answers: list[str]) -> None:
+    async def _store_answers(
+        self, job_id: int, phase: str, prompts: list[str] | None, answers: list[str]
+    ) -> None:
+        """The regression answers of one phase, with their prompts (for the side-by-side
+        view), sealed under the dataset's key."""
+
         def write(s: Tx) -> None:
             row = self._row(s, job_id)
             report = self._open_report(s, row)
             report[f"answers_{phase}"] = answers
+            if prompts is not None:
+                report["prompts"] = prompts
             key = self._keys.service_key_in(s, key_name(row.dataset_id), create=False)
             if key is None:
                 raise NotFound("dataset: deleted while its job ran", field="dataset")
