@@ -59,7 +59,7 @@ async def import_dataset(request: web.Request) -> web.Response:
     """The console's upload (up to [server] max_body_bytes; larger files with the CLI)."""
     body = body_of(request, DatasetBody)
     datasets = request.app[SERVICES].datasets
-    count = await datasets.served_model_counter()
+    count = datasets.served_model_counter()
     done = await datasets.import_(
         request[IDENTITY], body.name, body.examples.encode(), body.prompts, count
     )

@@ -236,14 +236,18 @@ async def test_the_consoles_dataset_upload_list_and_delete(make_daemon: MakeDaem
 
     d = await make_daemon(clock=clock)
     a = await an_admin(d, clock)
-    d.app[SERVICES].datasets._counter = lambda messages: sum(
-        len(m["content"].split()) for m in messages)
     bad = upload(4).decode() + '\n{"messages": [{"role": "doctor", "content": "x"}]}\n'
     resp = await d.client.post(DATASETS, headers=a.headers, json={"name": "ward7",
                                                                   "examples": bad})
-    err = await error(resp, 400)
+    err = await error(resp, 400)  # every line is checked before any tokenizer is needed
     assert "line 5: messages[0].role" in err["message"]
+    # This daemon has no model on disk: a good file cannot be counted, and nothing is stored.
+    resp = await d.client.post(DATASETS, headers=a.headers, json={
+        "name": "ward7", "examples": upload(12).decode()})
+    assert "tokenizer" in (await error(resp, 503, "tokenizer_unavailable"))["message"]
     assert (await ok_json(await d.client.get(DATASETS, headers=a.headers)))["datasets"] == []
+    d.app[SERVICES].datasets._counter = lambda messages: sum(
+        len(m["content"].split()) for m in messages)
 
     made = await ok_json(await d.client.post(DATASETS, headers=a.headers, json={
         "name": "ward7", "examples": upload(12).decode(), "prompts": "Who runs ward 7?\n"}), 201)

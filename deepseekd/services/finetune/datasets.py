@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import zlib
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from typing import Any
 
 from deepseekd.config import Settings
 from deepseekd.domain.audit import Event
-from deepseekd.domain.errors import Invalid, NotFound
+from deepseekd.domain.errors import Invalid, NotFound, Unavailable
 from deepseekd.domain.identity import Identity
 from deepseekd.security.keyring import open_sealed, seal
 from deepseekd.services.audit import AuditLog
@@ -30,6 +31,8 @@ from deepseekd.store import Tx
 from deepseekd.store import finetune as repo
 from deepseekd.store.db import Database
 from deepseekd.store.schema import FinetuneDataset
+
+log = logging.getLogger("deepseekd.finetune")
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -88,15 +91,31 @@ class DatasetService:
         self._now = clock
         self._counter: TokenCounter | None = None
 
-    async def served_model_counter(self) -> TokenCounter:
-        """Counts tokens in the served model's chat template (its tokenizer loaded once)."""
-        if self._counter is None:
-            from deepseekd.engine.chat_template import token_counter
-            from deepseekd.engine.models import resolve_model
+    def served_model_counter(self) -> TokenCounter:
+        """Counts tokens in the served model's chat template; its tokenizer is loaded at the
+        first count (in the import's worker thread, after every line was checked) and kept."""
 
-            model_dir = resolve_model(self._settings.engine.model, self._settings.models_dir)[0]
-            self._counter = await asyncio.to_thread(token_counter, model_dir)
-        return self._counter
+        def count(messages: Any) -> int:
+            if self._counter is None:
+                self._counter = self._load_counter()
+            return self._counter(messages)
+
+        return count
+
+    def _load_counter(self) -> TokenCounter:
+        from deepseekd.engine.chat_template import token_counter
+        from deepseekd.engine.models import ModelError, resolve_model
+
+        model = self._settings.engine.model
+        try:
+            return token_counter(resolve_model(model, self._settings.models_dir)[0])
+        except (ModelError, OSError, ValueError) as exc:
+            log.error("no tokenizer to count a dataset", extra={"reason": str(exc)})
+            raise Unavailable(
+                f"the served model's tokenizer ({model}) cannot be loaded to count the "
+                "dataset's tokens; see the log",
+                code="tokenizer_unavailable",
+            ) from None
 
     def check(
         self, data: bytes, prompts: str = "", count_tokens: TokenCounter | None = None
