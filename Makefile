@@ -113,6 +113,7 @@ bench: $(TEST_INSTALLED)
 	$(BIN)/python bench/login_flood.py --out bench/results/login_flood.json
 	$(BIN)/python bench/store_scale.py --out bench/results/store_scale.json
 	$(BIN)/python bench/daemon_ceiling.py --profile --out bench/results/daemon_ceiling.json
+	$(BIN)/python bench/finetune.py --out bench/results/finetune.json
 
 # llama.cpp's server for the comparison, in a venv of its own (compiled from the PyPI sdist,
 # ~15 min on 2 cores). Portable x86-64 kernels: the native build's AVX-512/AMX code died with

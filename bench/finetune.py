@@ -118,6 +118,16 @@ def run(examples: int, epochs: int, work: Path) -> dict[str, Any]:
     }
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--examples", type=int, default=96)
@@ -126,8 +136,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-finetune-") as tmp:
         result = run(args.examples, args.epochs, Path(tmp))
-    result |= {"when": time.strftime("%Y-%m-%d"), "cpu": platform.processor() or platform.machine(),
-               "cores": os.cpu_count()}
+    result |= {"when": time.strftime("%Y-%m-%d"), "cpu": cpu_name(), "cores": os.cpu_count()}
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
