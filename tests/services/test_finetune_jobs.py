@@ -115,3 +115,23 @@ async def test_the_timers_job_trains_the_newest_dataset_and_its_failure_shows(
     # A job started by hand afterwards does not clear the timer's failure.
     await jobs.start(stack.alice, "triage", base=str(bogus))
     assert (await jobs.gauges())["timer_failed"] == 1.0
+
+
+@SQLITE_ONLY
+async def test_resuming_a_job_whose_dataset_was_deleted_leaves_it_as_it_was(
+    stack: Stack, tmp_path: Path
+) -> None:
+    ds, jobs = services(stack, tmp_path)
+    await ds.import_(stack.alice, "triage", upload())
+    bogus = tmp_path / "not-a-model"
+    bogus.mkdir()
+    (bogus / "config.json").write_text("{}")
+    failed = await jobs.start(stack.alice, "triage", base=str(bogus))
+    await ds.delete(stack.alice, "triage")
+    with pytest.raises(NotFound, match="triage"):
+        await jobs.resume(stack.alice, failed["id"])
+    after = await jobs.get(failed["id"])
+    assert after["status"] == "failed" and after["error"] == failed["error"]
+    [(n,)] = await sql(stack.db, "SELECT count(*) FROM audit_events WHERE "
+                       "action = 'finetune.job.resume'")
+    assert n == 0

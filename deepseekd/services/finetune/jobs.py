@@ -258,10 +258,15 @@ class JobService:
     async def resume(
         self, who: Identity | None, job_id: int | None = None, on_event: OnEvent | None = None
     ) -> dict[str, Any]:
-        """Start a new worker for an interrupted or failed job, from its last checkpoint."""
+        """Start a new worker for an interrupted or failed job, from its last checkpoint.
+        Its dataset and base model are opened first: one deleted meanwhile leaves the job as
+        it was, not marked running."""
+        found = await self._db.read("finetune.job", lambda s: self._resumable(s, job_id))
+        base_dir = resolve_model(found.base_model, self._settings.models_dir)[0]
+        _, ds = await self._datasets.load(found.dataset_name, found.dataset_version)
 
         def write(s: Tx) -> tuple[FinetuneJob, bool]:
-            row = self._resumable(s, job_id)
+            row = self._resumable(s, found.id)  # again: another resume may have won the race
             self._refuse_if_busy(s)
             row.status, row.pid, row.error = "running", None, None
             row.updated_at, row.finished_at, row.host = self._now(), None, self.host
@@ -272,8 +277,6 @@ class JobService:
 
         row, before = await self._audit.transaction("finetune.job.resume", write, "finetune.job")
         params = json.loads(row.params)
-        base_dir = resolve_model(row.base_model, self._settings.models_dir)[0]
-        _, ds = await self._datasets.load(row.dataset_name, row.dataset_version)
         return await self.supervise(row.id, ds, base_dir, params, before, on_event)
 
     def _resumable(self, s: Tx, job_id: int | None) -> FinetuneJob:
