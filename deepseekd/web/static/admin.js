@@ -9,6 +9,7 @@ import {
 import * as auditor from "./auditor.js";
 import * as breakglass from "./breakglass.js";
 import * as feedbackReport from "./feedback-report.js";
+import * as finetuneAdmin from "./finetune-admin.js";
 import * as keysAdmin from "./keys-admin.js";
 import * as loraAdmin from "./lora-admin.js";
 import * as noticeAdmin from "./notice-admin.js";
@@ -58,6 +59,7 @@ function clearSensitive() {
   auditor.clear();
   breakglass.clear();
   feedbackReport.clear();
+  finetuneAdmin.clear();
   keysAdmin.clear();
   loraAdmin.clear();
   usageCharts.clear();
@@ -267,7 +269,7 @@ async function logout(idle = false) {
 
 // ---------------------------------------------------------------- tabs
 
-const TABS = ["tab-users", "tab-engine", "tab-lora", "tab-usage", "tab-keys", "tab-breakglass", "tab-settings"];
+const TABS = ["tab-users", "tab-engine", "tab-lora", "tab-finetune", "tab-usage", "tab-keys", "tab-breakglass", "tab-settings"];
 let selectTab = () => {};
 
 function onTab(id) {
@@ -275,6 +277,7 @@ function onTab(id) {
   if (id === "tab-users") loadUsers();
   if (id === "tab-engine") pollStatus();
   if (id === "tab-lora") loraAdmin.load();
+  if (id === "tab-finetune") finetuneAdmin.load(); // its refresh stops once the tab is hidden
   if (id === "tab-usage") loadUsage();
   if (id === "tab-breakglass") breakglass.load();
   if (id === "tab-settings") {
@@ -965,6 +968,7 @@ function wire() {
   breakglass.wire();
   noticeAdmin.wire();
   loraAdmin.wire();
+  finetuneAdmin.wire();
   presetsAdmin.wire();
   usersView.wire(loadUsers);
   $("secrets-dismiss").addEventListener("click", hideSecrets);
