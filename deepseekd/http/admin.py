@@ -15,7 +15,7 @@ from pydantic import Field
 from deepseekd import __version__
 from deepseekd.domain.audit import Event
 from deepseekd.http import sso
-from deepseekd.http.body import StrictBody, body_of, read_json, validate
+from deepseekd.http.body import StrictBody, body_of, read_json, validate, whole_number
 from deepseekd.http.errors import APIError, bad_request
 from deepseekd.http.middleware.auth import ADMIN_COOKIE
 from deepseekd.http.session_cookies import admin_session_answer
@@ -203,13 +203,9 @@ async def create_key(request: web.Request) -> web.Response:
 
 
 async def revoke_key(request: web.Request) -> web.Response:
-    raw = request.match_info["key_id"]
-    if not raw.isdigit() or len(raw) > 12:
-        raise APIError(
-            400, "key_id: must be a positive integer", code="invalid_value", param="key_id"
-        )
-    await request.app[ACCOUNTS].revoke_key(int(raw), by=request[IDENTITY])
-    return web.json_response({"id": int(raw), "revoked": True})
+    key_id = whole_number(request.match_info["key_id"], "key_id")
+    await request.app[ACCOUNTS].revoke_key(key_id, by=request[IDENTITY])
+    return web.json_response({"id": key_id, "revoked": True})
 
 
 async def erase_user(request: web.Request) -> web.Response:

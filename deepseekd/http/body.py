@@ -128,3 +128,13 @@ def body_of(request: web.Request, model: type[M]) -> M:
     body = request[BODY]
     assert isinstance(body, model), f"the route table names no {model.__name__} body here"
     return body
+
+
+def whole_number(raw: str, param: str, max_digits: int = 12) -> int:
+    """A path or query parameter that must be a whole number, else 400 naming it. ASCII
+    digits only: ``"²".isdigit()`` is true, and ``int("²")`` raises."""
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > max_digits:
+        raise APIError(
+            400, f"{param}: must be a positive integer", code="invalid_value", param=param
+        )
+    return int(raw)

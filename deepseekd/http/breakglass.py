@@ -7,7 +7,7 @@ from aiohttp import web
 from pydantic import Field
 
 from deepseekd.domain.errors import AuthFailed
-from deepseekd.http.body import StrictBody, body_of
+from deepseekd.http.body import StrictBody, body_of, whole_number
 from deepseekd.http.errors import APIError, unauthorized
 from deepseekd.http.state import BREAKGLASS, IDENTITY
 from deepseekd.services.breakglass import REASON_CODES, SCOPES
@@ -27,10 +27,7 @@ class ReviewBody(StrictBody):
 
 
 def _id(request: web.Request) -> int:
-    raw = request.match_info["id"]
-    if not raw.isdigit() or len(raw) > 12:
-        raise APIError(400, "id: must be a positive integer", code="invalid_value", param="id")
-    return int(raw)
+    return whole_number(request.match_info["id"], "id")
 
 
 async def overview(request: web.Request) -> web.Response:

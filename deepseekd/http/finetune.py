@@ -11,8 +11,8 @@ from aiohttp import web
 from pydantic import Field
 
 from deepseekd.domain.errors import AuthFailed
-from deepseekd.http.body import StrictBody, body_of
-from deepseekd.http.errors import APIError, unauthorized
+from deepseekd.http.body import StrictBody, body_of, whole_number
+from deepseekd.http.errors import unauthorized
 from deepseekd.http.state import IDENTITY, SERVICES
 
 
@@ -35,10 +35,7 @@ class RollbackBody(StrictBody):
 
 
 def _job_id(request: web.Request) -> int:
-    raw = request.match_info["id"]
-    if not raw.isdigit() or len(raw) > 12:
-        raise APIError(400, "id: must be a positive integer", code="invalid_value", param="id")
-    return int(raw)
+    return whole_number(request.match_info["id"], "id")
 
 
 async def _with_code(call: Awaitable[Any]) -> Any:
@@ -69,11 +66,9 @@ async def import_dataset(request: web.Request) -> web.Response:
 async def delete_dataset(request: web.Request) -> web.Response:
     """Every version of a dataset, with their keys (?version=N: that one only)."""
     raw = request.query.get("version")
-    if raw is not None and (not raw.isdigit() or len(raw) > 9):
-        raise APIError(400, "version: a positive integer", code="invalid_value", param="version")
+    version = whole_number(raw, "version", 9) if raw is not None else None
     datasets = request.app[SERVICES].datasets
-    name = request.match_info["name"]
-    done = await datasets.delete(request[IDENTITY], name, int(raw) if raw else None)
+    done = await datasets.delete(request[IDENTITY], request.match_info["name"], version)
     return web.json_response(done)
 
 

@@ -266,3 +266,16 @@ async def test_the_consoles_dataset_upload_list_and_delete(make_daemon: MakeDaem
     await error(await d.client.delete(f"{DATASETS}/ward7", headers=a.headers), 404)
     assert await actions(d, "finetune.dataset.import", "finetune.dataset.delete") == [
         "finetune.dataset.import", "finetune.dataset.delete"]
+
+
+async def test_numbers_in_paths_are_ascii_digits(make_daemon: MakeDaemon, clock: FakeClock
+                                                 ) -> None:
+    """'²'.isdigit() is true and int('²') raises: schemathesis found the 500 this was."""
+    d = await make_daemon(clock=clock)
+    a = await an_admin(d, clock)
+    for method, path, param in (("GET", f"{JOBS}/²", "id"),
+                                ("DELETE", f"{DATASETS}/ward7?version=²", "version"),
+                                ("DELETE", "/admin/api/keys/²", "key_id"),
+                                ("POST", "/admin/api/breakglass/٣/stop", "id")):
+        resp = await d.client.request(method, path, headers=a.headers)
+        await error(resp, 400, "invalid_value", param)
