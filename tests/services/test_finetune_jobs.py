@@ -31,15 +31,21 @@ def services(stack: Stack, tmp_path: Path) -> tuple[DatasetService, JobService]:
     return ds, JobService(settings, stack.db, stack.keys, stack.audit, ds, stack.clock)
 
 
+def not_a_model(tmp_path: Path) -> Path:
+    """A folder the worker takes for a base model and cannot load: the job fails at once."""
+    bogus = tmp_path / "not-a-model"
+    bogus.mkdir()
+    (bogus / "config.json").write_text("{}")
+    return bogus
+
+
 @SQLITE_ONLY
 async def test_a_failed_worker_is_recorded_and_can_be_resumed_or_cancelled(
     stack: Stack, tmp_path: Path
 ) -> None:
     ds, jobs = services(stack, tmp_path)
     await ds.import_(stack.alice, "triage", upload())
-    bogus = tmp_path / "not-a-model"
-    bogus.mkdir()
-    (bogus / "config.json").write_text("{}")
+    bogus = not_a_model(tmp_path)
     failed = await jobs.start(stack.alice, "triage", base=str(bogus))
     assert failed["status"] == "failed" and failed["error"]
     assert "PELICAN" not in failed["error"]
@@ -75,9 +81,7 @@ async def test_settings_and_names_are_checked_before_anything_starts(
         await jobs.start(stack.alice, "triage", overrides={"rank": 0})
     with pytest.raises(Invalid, match="warmup: not a fine-tuning setting"):
         await jobs.start(stack.alice, "triage", overrides={"warmup": 3})
-    bogus = tmp_path / "m"
-    bogus.mkdir()
-    (bogus / "config.json").write_text("{}")
+    bogus = not_a_model(tmp_path)
     with pytest.raises(NotFound, match="no dataset named 'triage'"):
         await jobs.start(stack.alice, "triage", base=str(bogus))
     with pytest.raises(NotFound, match="no fine-tuning job 9"):
@@ -102,9 +106,7 @@ async def test_the_timers_job_trains_the_newest_dataset_and_its_failure_shows(
         ds, stack.clock)
     assert await named.scheduled_dataset() == "triage"
 
-    bogus = tmp_path / "not-a-model"
-    bogus.mkdir()
-    (bogus / "config.json").write_text("{}")
+    bogus = not_a_model(tmp_path)
     failed = await jobs.start(None, "pharmacy", base=str(bogus), scheduled=True)
     assert failed["status"] == "failed" and failed["started_by"] == "timer"
     gauges = await jobs.gauges()
@@ -123,9 +125,7 @@ async def test_resuming_a_job_whose_dataset_was_deleted_leaves_it_as_it_was(
 ) -> None:
     ds, jobs = services(stack, tmp_path)
     await ds.import_(stack.alice, "triage", upload())
-    bogus = tmp_path / "not-a-model"
-    bogus.mkdir()
-    (bogus / "config.json").write_text("{}")
+    bogus = not_a_model(tmp_path)
     failed = await jobs.start(stack.alice, "triage", base=str(bogus))
     await ds.delete(stack.alice, "triage")
     with pytest.raises(NotFound, match="triage"):

@@ -100,7 +100,9 @@ class ReleaseService:
                 code="finetune_not_promotable",
                 field="job",
             )
-        version = await self._db.read("finetune.release", lambda s: self._next(s, name))
+        version = await self._db.read(
+            "finetune.release", lambda s: repo.next_release_version(s, name)
+        )
         copy = await asyncio.to_thread(self._copy, job_id, name, version)
         if copy.sha256 != job.adapter_sha256:
             await asyncio.to_thread(shutil.rmtree, copy.path, True)
@@ -126,9 +128,6 @@ class ReleaseService:
             await asyncio.to_thread(shutil.rmtree, copy.path, True)
             raise
         return await self._record(who, fields)
-
-    def _next(self, s: Tx, name: str) -> int:
-        return repo.next_release_version(s, name)
 
     def _copy(self, job_id: int, name: str, version: int) -> files.AdapterFiles:
         src = self.jobs_dir / str(job_id) / "adapter"
